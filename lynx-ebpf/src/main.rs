@@ -1,0 +1,20 @@
+//! Lynx's kernel programs. Each hook lives in its own module; the maps they share are in
+//! [`maps`], with names and value types from `lynx-common`.
+#![no_std]
+#![no_main]
+
+mod cpu_clock;
+mod cpu_time;
+mod maps;
+mod sched_switch;
+
+#[cfg(not(test))]
+#[panic_handler]
+fn panic(_info: &core::panic::PanicInfo) -> ! {
+    // The verifier rejects any path that could reach here; there is nothing to unwind to.
+    loop {}
+}
+
+#[unsafe(link_section = "license")]
+#[unsafe(no_mangle)]
+static LICENSE: [u8; 13] = *b"Dual MIT/GPL\0";

@@ -1,0 +1,123 @@
+//! What must hold before the kernel programs can load: privileges and kernel features. Each
+//! check is a plain function over text or a root directory so it is tested without root.
+use std::{
+    fs, io,
+    path::{Path, PathBuf},
+};
+
+/// `CAP_SYS_ADMIN`, which on its own also allows BPF and perf events.
+const CAP_SYS_ADMIN: u32 = 21;
+const CAP_PERFMON: u32 = 38;
+const CAP_BPF: u32 = 39;
+
+/// Why the kernel programs cannot be loaded on this host.
+#[derive(Debug, thiserror::Error)]
+pub enum PreflightError {
+    #[error(
+        "missing privilege: {missing} (lynx needs CAP_BPF and CAP_PERFMON, or root, to load its eBPF programs)"
+    )]
+    MissingPrivilege { missing: String },
+    #[error("missing kernel feature: {feature} ({evidence})")]
+    MissingFeature { feature: String, evidence: String },
+    #[error("cannot read {path}: {source}")]
+    Read { path: PathBuf, source: io::Error },
+}
+
+/// The capabilities among those lynx needs that `CapEff` in `/proc/PID/status` text lacks,
+/// named; empty when the process may load and attach the programs.
+pub fn missing_capabilities(proc_status: &str) -> Vec<&'static str> {
+    let effective = proc_status
+        .lines()
+        .find_map(|line| line.strip_prefix("CapEff:"))
+        .and_then(|hex| u64::from_str_radix(hex.trim(), 16).ok())
+        .unwrap_or(0);
+    let has = |cap: u32| effective & (1 << cap) != 0;
+    if has(CAP_SYS_ADMIN) {
+        return Vec::new();
+    }
+    [(CAP_BPF, "CAP_BPF"), (CAP_PERFMON, "CAP_PERFMON")]
+        .into_iter()
+        .filter(|&(cap, _)| !has(cap))
+        .map(|(_, name)| name)
+        .collect()
+}
+
+/// Fails with the missing capabilities of this process.
+pub fn check_privileges() -> Result<(), PreflightError> {
+    let path = Path::new("/proc/self/status");
+    let status = fs::read_to_string(path).map_err(|source| PreflightError::Read {
+        path: path.to_owned(),
+        source,
+    })?;
+    match missing_capabilities(&status).as_slice() {
+        [] => Ok(()),
+        missing => Err(PreflightError::MissingPrivilege {
+            missing: missing.join(" and "),
+        }),
+    }
+}
+
+/// Fails naming the kernel's missing BTF, looked for under `sys` (normally `/sys`). Lynx's
+/// programs are loaded against it; a missing tracepoint shows only when attaching.
+pub fn check_btf(sys: &Path) -> Result<(), PreflightError> {
+    let vmlinux = sys.join("kernel/btf/vmlinux");
+    if vmlinux.exists() {
+        return Ok(());
+    }
+    Err(PreflightError::MissingFeature {
+        feature: "BTF (CONFIG_DEBUG_INFO_BTF)".into(),
+        evidence: format!("{} not found", vmlinux.display()),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn status(cap_eff: &str) -> String {
+        format!(
+            "Name:\tlynx\nCapInh:\t0000000000000000\nCapEff:\t{cap_eff}\nCapBnd:\t000001ffffffffff\n"
+        )
+    }
+
+    #[test]
+    fn root_has_everything() {
+        assert!(missing_capabilities(&status("000001ffffffffff")).is_empty());
+    }
+
+    #[test]
+    fn cap_sys_admin_alone_is_enough() {
+        assert!(missing_capabilities(&status(&format!("{:016x}", 1u64 << 21))).is_empty());
+    }
+
+    #[test]
+    fn unprivileged_user_misses_bpf_and_perfmon() {
+        assert_eq!(
+            missing_capabilities(&status("0000000000000000")),
+            ["CAP_BPF", "CAP_PERFMON"]
+        );
+    }
+
+    #[test]
+    fn cap_bpf_without_perfmon_names_perfmon() {
+        let only_bpf = format!("{:016x}", 1u64 << 39);
+        assert_eq!(missing_capabilities(&status(&only_bpf)), ["CAP_PERFMON"]);
+    }
+
+    #[test]
+    fn unreadable_status_counts_as_no_capabilities() {
+        assert_eq!(missing_capabilities("garbage"), ["CAP_BPF", "CAP_PERFMON"]);
+    }
+
+    #[test]
+    fn missing_btf_is_named_with_its_path() {
+        let sys = std::env::temp_dir().join(format!("lynx-sys-{}", std::process::id()));
+        fs::create_dir_all(sys.join("kernel/btf")).expect("create fake sysfs");
+        let error = check_btf(&sys).unwrap_err().to_string();
+        assert!(error.starts_with("missing kernel feature: BTF"), "{error}");
+        assert!(error.contains("kernel/btf/vmlinux not found"), "{error}");
+        fs::write(sys.join("kernel/btf/vmlinux"), b"").expect("fake BTF");
+        check_btf(&sys).expect("BTF present");
+        fs::remove_dir_all(&sys).expect("clean up");
+    }
+}

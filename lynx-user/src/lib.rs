@@ -1,0 +1,7 @@
+//! Lynx's user side as a library: the `lynx` binary is a thin `main` over [`cli`], and the
+//! privileged tests drive the same modules directly.
+pub mod cli;
+pub mod collector;
+pub mod daemon;
+pub mod model;
+pub mod sink;

@@ -1,0 +1,2 @@
+//! Sinks: where snapshots go.
+pub mod json_file;

@@ -1,0 +1,187 @@
+//! Helpers for Lynx's privileged end-to-end tests: the gate that makes a test that cannot run
+//! fail under CI, RAII guards for what the tests create, and independent oracles (the kernel's
+//! own cgroup accounting) to check Lynx's counters against.
+use std::{
+    fs,
+    os::unix::{fs::MetadataExt, process::CommandExt},
+    path::{Path, PathBuf},
+    process::{Child, Command},
+    thread::sleep,
+    time::{Duration, Instant},
+};
+
+use lynx::collector::cgroupfs::CgroupLayout;
+
+/// True when this test may go on. Without root it fails under `CI=true` and is skipped, with
+/// a line saying so, elsewhere.
+pub fn privileged(test: &str) -> bool {
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } == 0 {
+        return true;
+    }
+    assert!(
+        std::env::var("CI").as_deref() != Ok("true"),
+        "{test}: needs root to load eBPF programs, and CI=true forbids skipping"
+    );
+    eprintln!("{test}: skipped, needs root (run `cargo xtask test` as root)");
+    false
+}
+
+/// The `lynx` binary that `cargo xtask test` built.
+pub fn lynx_bin() -> PathBuf {
+    std::env::var_os("LYNX_BIN")
+        .expect("LYNX_BIN is unset: run the privileged tests through `cargo xtask test`")
+        .into()
+}
+
+/// The workspace root, for reading the docs the tests check.
+pub fn workspace() -> PathBuf {
+    std::env::var_os("LYNX_WORKSPACE")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join(".."))
+}
+
+/// A child process that is killed and reaped when dropped, also when a test panics.
+pub struct ChildGuard(pub Child);
+
+impl ChildGuard {
+    /// Kills the child and waits for it.
+    pub fn kill(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+impl Drop for ChildGuard {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// A cgroup made for one test: in the v2 hierarchy, and in the v1 `cpuacct` hierarchy too on
+/// a hybrid host. Its processes are killed and its directories removed on drop.
+pub struct TestCgroup {
+    v2: PathBuf,
+    cpuacct: Option<PathBuf>,
+}
+
+impl TestCgroup {
+    pub fn create(name: &str) -> Self {
+        let layout = CgroupLayout::detect().expect("cgroup layout");
+        let leaf = format!("lynx-test-{name}-{}", std::process::id());
+        let v2 = layout.unified.join(&leaf);
+        fs::create_dir(&v2).unwrap_or_else(|e| panic!("create {}: {e}", v2.display()));
+        let cpuacct = layout.v1.get("cpuacct").map(|root| root.join(&leaf));
+        if let Some(dir) = &cpuacct {
+            fs::create_dir(dir).unwrap_or_else(|e| panic!("create {}: {e}", dir.display()));
+        }
+        Self { v2, cpuacct }
+    }
+
+    /// The cgroup v2 id: the inode number of its directory.
+    pub fn id(&self) -> u64 {
+        fs::metadata(&self.v2).expect("stat test cgroup").ino()
+    }
+
+    /// True when a v1 `cpuacct` twin exists (hybrid host).
+    pub fn has_cpuacct(&self) -> bool {
+        self.cpuacct.is_some()
+    }
+
+    /// Starts `command` inside this cgroup (every hierarchy) before it executes anything.
+    pub fn spawn(&self, command: &mut Command) -> ChildGuard {
+        let procs: Vec<fs::File> = self
+            .dirs()
+            .map(|dir| {
+                fs::OpenOptions::new()
+                    .write(true)
+                    .open(dir.join("cgroup.procs"))
+            })
+            .collect::<Result<_, _>>()
+            .expect("open cgroup.procs");
+        let fds: Vec<i32> = procs.iter().map(std::os::fd::AsRawFd::as_raw_fd).collect();
+        // SAFETY: the closure only calls write(2), which is async-signal-safe, on descriptors
+        // opened before the fork.
+        unsafe {
+            command.pre_exec(move || {
+                for &fd in &fds {
+                    // "0" moves the writing process itself.
+                    if libc::write(fd, b"0".as_ptr().cast(), 1) != 1 {
+                        return Err(std::io::Error::last_os_error());
+                    }
+                }
+                Ok(())
+            });
+        }
+        let child = command.spawn().expect("spawn into test cgroup");
+        drop(procs);
+        ChildGuard(child)
+    }
+
+    /// CPU time from the v2 `cpu.stat` `usage_usec`, in nanoseconds.
+    pub fn v2_usage_ns(&self) -> u64 {
+        let stat = read(&self.v2.join("cpu.stat"));
+        let usec: u64 = stat
+            .lines()
+            .find_map(|line| line.strip_prefix("usage_usec "))
+            .and_then(|n| n.trim().parse().ok())
+            .expect("cpu.stat has usage_usec");
+        usec * 1000
+    }
+
+    /// CPU time from the v1 `cpuacct.usage`, in nanoseconds, on a hybrid host.
+    pub fn cpuacct_usage_ns(&self) -> Option<u64> {
+        let dir = self.cpuacct.as_ref()?;
+        Some(
+            read(&dir.join("cpuacct.usage"))
+                .trim()
+                .parse()
+                .expect("cpuacct.usage is a number"),
+        )
+    }
+
+    fn dirs(&self) -> impl Iterator<Item = &PathBuf> {
+        std::iter::once(&self.v2).chain(&self.cpuacct)
+    }
+}
+
+impl Drop for TestCgroup {
+    fn drop(&mut self) {
+        for dir in self.dirs() {
+            let deadline = Instant::now() + Duration::from_secs(5);
+            while Instant::now() < deadline {
+                let procs = fs::read_to_string(dir.join("cgroup.procs")).unwrap_or_default();
+                if procs.trim().is_empty() {
+                    break;
+                }
+                for pid in procs.lines().filter_map(|p| p.trim().parse::<i32>().ok()) {
+                    // SAFETY: kill has no memory-safety preconditions.
+                    unsafe { libc::kill(pid, libc::SIGKILL) };
+                }
+                sleep(Duration::from_millis(20));
+            }
+            if let Err(error) = fs::remove_dir(dir) {
+                eprintln!("cannot remove test cgroup {}: {error}", dir.display());
+            }
+        }
+    }
+}
+
+fn read(path: &Path) -> String {
+    fs::read_to_string(path).unwrap_or_else(|e| panic!("read {}: {e}", path.display()))
+}
+
+/// Asserts `measured` is within `tolerance` (a fraction) of the oracle's `expected`.
+pub fn assert_close(measured: u64, expected: u64, tolerance: f64, what: &str) {
+    let error = (measured as f64 - expected as f64).abs() / expected.max(1) as f64;
+    assert!(
+        error <= tolerance,
+        "{what}: lynx measured {measured}, the oracle says {expected}: off by {:.2}% (allowed {:.2}%)",
+        error * 100.0,
+        tolerance * 100.0
+    );
+    eprintln!(
+        "{what}: lynx {measured}, oracle {expected}, off by {:.3}%",
+        error * 100.0
+    );
+}

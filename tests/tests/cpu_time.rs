@@ -1,0 +1,67 @@
+//! The sched_switch/cpu-clock programs' CPU time per cgroup against the kernel's own cgroup
+//! accounting.
+use std::{process::Command, thread::sleep, time::Duration};
+
+use lynx::collector::kernel::KernelCounters;
+use lynx_tests::{TestCgroup, assert_close, privileged};
+
+/// How long the CPU-bound child runs.
+const BUSY_FOR: Duration = Duration::from_millis(2500);
+
+#[test]
+fn busy_cgroup_cpu_time_matches_kernel_accounting() {
+    if !privileged("busy_cgroup_cpu_time_matches_kernel_accounting") {
+        return;
+    }
+    let kernel = KernelCounters::load().expect("load and attach lynx's programs");
+    let cgroup = TestCgroup::create("busy");
+    let mut busy = cgroup.spawn(Command::new("sh").args(["-c", "while :; do :; done"]));
+    sleep(BUSY_FOR);
+    busy.kill();
+    // The killed task's last slice is charged at its final switch; let that land.
+    sleep(Duration::from_millis(200));
+
+    let lynx_ns = kernel.cgroup_cpu_ns().expect("read CPU map")[&cgroup.id()];
+    assert!(
+        lynx_ns > BUSY_FOR.as_nanos() as u64 / 2,
+        "a CPU-bound child for {BUSY_FOR:?} was charged only {lynx_ns} ns"
+    );
+    assert_close(
+        lynx_ns,
+        cgroup.v2_usage_ns(),
+        0.03,
+        "cgroup v2 cpu.stat usage_usec",
+    );
+    match cgroup.cpuacct_usage_ns() {
+        Some(v1_ns) => assert_close(lynx_ns, v1_ns, 0.03, "cgroup v1 cpuacct.usage"),
+        None => eprintln!("pure cgroup v2 host: no cpuacct hierarchy to compare with"),
+    }
+}
+
+#[test]
+fn sleeping_cgroup_is_charged_under_one_percent_of_a_cpu() {
+    if !privileged("sleeping_cgroup_is_charged_under_one_percent_of_a_cpu") {
+        return;
+    }
+    let kernel = KernelCounters::load().expect("load and attach lynx's programs");
+    let cgroup = TestCgroup::create("sleepy");
+    let asleep_for = Duration::from_secs(2);
+    let mut sleeper = cgroup.spawn(Command::new("sleep").arg(asleep_for.as_secs().to_string()));
+    sleeper.0.wait().expect("sleep exits");
+    sleep(Duration::from_millis(100));
+
+    let lynx_ns = kernel
+        .cgroup_cpu_ns()
+        .expect("read CPU map")
+        .get(&cgroup.id())
+        .copied()
+        .unwrap_or(0);
+    let share = lynx_ns as f64 / asleep_for.as_nanos() as f64;
+    assert!(
+        share < 0.01,
+        "a sleeping child was charged {lynx_ns} ns: {:.2}% of a CPU",
+        share * 100.0
+    );
+    // The kernel agrees the child barely ran, so lynx is not missing time either.
+    assert!(cgroup.v2_usage_ns() < asleep_for.as_nanos() as u64 / 100);
+}

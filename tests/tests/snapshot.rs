@@ -1,0 +1,148 @@
+//! `lynx snapshot` and `lynx daemon` as an operator runs them.
+use std::{
+    collections::BTreeSet,
+    fs,
+    process::{Command, Stdio},
+    thread::sleep,
+    time::{Duration, Instant},
+};
+
+use lynx::model::Snapshot;
+use lynx_tests::{ChildGuard, lynx_bin, privileged, workspace};
+use serde_json::Value;
+
+/// Every key path in a JSON document (`host.cpus`, `cgroups[].id`), arrays by their elements.
+fn key_paths(value: &Value, prefix: &str, out: &mut BTreeSet<String>) {
+    match value {
+        Value::Object(map) => {
+            for (key, value) in map {
+                let path = if prefix.is_empty() {
+                    key.clone()
+                } else {
+                    format!("{prefix}.{key}")
+                };
+                out.insert(path.clone());
+                key_paths(value, &path, out);
+            }
+        }
+        Value::Array(items) => {
+            for item in items {
+                key_paths(item, &format!("{prefix}[]"), out);
+            }
+        }
+        _ => {}
+    }
+}
+
+/// The first ```json block of docs/snapshot.md.
+fn documented_example() -> Value {
+    let path = workspace().join("docs/snapshot.md");
+    let text = fs::read_to_string(&path).unwrap_or_else(|e| panic!("read {}: {e}", path.display()));
+    let start = text
+        .find("```json\n")
+        .expect("docs/snapshot.md has a ```json example")
+        + 8;
+    let end = start
+        + text[start..]
+            .find("```")
+            .expect("the example block is closed");
+    serde_json::from_str(&text[start..end]).expect("the documented example is valid JSON")
+}
+
+#[test]
+fn snapshot_output_matches_the_documented_example() {
+    if !privileged("snapshot_output_matches_the_documented_example") {
+        return;
+    }
+    let output = Command::new(lynx_bin())
+        .args(["snapshot", "--interval", "300ms"])
+        .output()
+        .expect("run lynx snapshot");
+    assert!(
+        output.status.success(),
+        "lynx snapshot failed: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let real: Value = serde_json::from_slice(&output.stdout).expect("lynx snapshot prints JSON");
+    let example = documented_example();
+
+    let (mut real_keys, mut documented_keys) = (BTreeSet::new(), BTreeSet::new());
+    key_paths(&real, "", &mut real_keys);
+    key_paths(&example, "", &mut documented_keys);
+    assert_eq!(
+        real_keys, documented_keys,
+        "docs/snapshot.md's example and a real snapshot differ in keys"
+    );
+
+    for document in [real, example] {
+        let snapshot: Snapshot =
+            serde_json::from_value(document).expect("fits the snapshot schema");
+        assert!(
+            snapshot.cgroups.iter().any(|c| c.path == "/"),
+            "the root cgroup is listed"
+        );
+    }
+}
+
+#[test]
+fn unprivileged_run_names_the_missing_privilege_and_exits_2() {
+    if !privileged("unprivileged_run_names_the_missing_privilege_and_exits_2") {
+        return;
+    }
+    let output = Command::new("setpriv")
+        .args([
+            "--reuid=65534",
+            "--regid=65534",
+            "--clear-groups",
+            "--inh-caps=-all",
+        ])
+        .arg(lynx_bin())
+        .args(["snapshot", "--interval", "100ms"])
+        .output()
+        .expect("run setpriv");
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(2), "stderr: {stderr}");
+    assert_eq!(
+        stderr.trim(),
+        "lynx: missing privilege: CAP_BPF and CAP_PERFMON (lynx needs CAP_BPF and CAP_PERFMON, \
+         or root, to load its eBPF programs)"
+    );
+}
+
+#[test]
+fn daemon_rewrites_the_snapshot_file_and_stops_on_sigterm() {
+    if !privileged("daemon_rewrites_the_snapshot_file_and_stops_on_sigterm") {
+        return;
+    }
+    let dir = std::env::temp_dir().join(format!("lynx-daemon-test-{}", std::process::id()));
+    let path = dir.join("snapshot.json");
+    let mut daemon = ChildGuard(
+        Command::new(lynx_bin())
+            .args(["daemon", "--interval", "100ms", "--output"])
+            .arg(&path)
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("start lynx daemon"),
+    );
+    let read_timestamp = || -> Option<String> {
+        let snapshot: Snapshot = serde_json::from_slice(&fs::read(&path).ok()?).ok()?;
+        Some(snapshot.host.timestamp)
+    };
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let mut seen = BTreeSet::new();
+    while seen.len() < 3 && Instant::now() < deadline {
+        seen.extend(read_timestamp());
+        sleep(Duration::from_millis(30));
+    }
+    assert!(
+        seen.len() >= 3,
+        "the daemon wrote {} distinct snapshots in 10 s",
+        seen.len()
+    );
+
+    // SAFETY: kill has no memory-safety preconditions.
+    unsafe { libc::kill(daemon.0.id() as i32, libc::SIGTERM) };
+    let status = daemon.0.wait().expect("daemon exits");
+    assert!(status.success(), "daemon exit on SIGTERM: {status}");
+    fs::remove_dir_all(&dir).expect("clean up");
+}

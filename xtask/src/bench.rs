@@ -1,0 +1,3 @@
+pub fn run(_lynx: &std::path::Path) -> anyhow::Result<()> {
+    Ok(())
+}

@@ -1,0 +1,173 @@
+//! Building the eBPF object and the workspace, and running the checks and tests.
+use std::{
+    path::{Path, PathBuf},
+    process::{Command, Stdio},
+};
+
+use anyhow::{Context, Result, bail};
+
+use crate::setup::Toolchain;
+
+/// The workspace root (xtask lives one level below it).
+pub fn workspace_root() -> &'static Path {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("xtask is inside the workspace")
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Profile {
+    Dev,
+    Release,
+}
+
+impl Profile {
+    pub fn from_release(release: bool) -> Self {
+        if release { Self::Release } else { Self::Dev }
+    }
+
+    fn cargo_args(self) -> &'static [&'static str] {
+        match self {
+            Self::Dev => &[],
+            Self::Release => &["--release"],
+        }
+    }
+
+    fn dir(self) -> &'static str {
+        match self {
+            Self::Dev => "debug",
+            Self::Release => "release",
+        }
+    }
+}
+
+/// `cargo` as the running toolchain knows it.
+fn cargo() -> Command {
+    let mut command = Command::new(std::env::var_os("CARGO").unwrap_or("cargo".into()));
+    command.current_dir(workspace_root());
+    command
+}
+
+/// Compiles `lynx-ebpf` for bpfel and returns the object's path. Always the release profile:
+/// debug builds of eBPF code do not pass the verifier.
+fn build_ebpf(toolchain: &Toolchain) -> Result<PathBuf> {
+    let target_dir = workspace_root().join("target/ebpf");
+    let mut command = match toolchain {
+        Toolchain::RustupNightly => {
+            let mut command = Command::new("rustup");
+            command
+                .args(["run", "nightly", "cargo"])
+                .current_dir(workspace_root());
+            command
+        }
+        Toolchain::SystemRustc(rustc) => {
+            let mut command = cargo();
+            // A stable compiler accepts -Z flags only with RUSTC_BOOTSTRAP.
+            command.env("RUSTC", rustc).env("RUSTC_BOOTSTRAP", "1");
+            command
+        }
+    };
+    command
+        .args(["build", "--package", "lynx-ebpf", "--release"])
+        .args(["--target", "bpfel-unknown-none", "-Z", "build-std=core"])
+        .env("CARGO_TARGET_DIR", &target_dir)
+        // Host flags and wrappers mean nothing to the eBPF target.
+        .env_remove("RUSTFLAGS")
+        .env_remove("CARGO_ENCODED_RUSTFLAGS")
+        .env_remove("RUSTC_WRAPPER")
+        .env_remove("RUSTC_WORKSPACE_WRAPPER");
+    run_checked(&mut command).context("building the eBPF programs (lynx-ebpf)")?;
+    Ok(target_dir.join("bpfel-unknown-none/release/lynx"))
+}
+
+/// What [`build_all`] made.
+pub struct Built {
+    /// The eBPF object embedded into `lynx`.
+    pub object: PathBuf,
+    /// The `lynx` binary.
+    pub lynx: PathBuf,
+}
+
+/// Builds the eBPF object, then every workspace crate with it embedded.
+pub fn build_all(toolchain: &Toolchain, profile: Profile) -> Result<Built> {
+    let object = build_ebpf(toolchain)?;
+    run_checked(
+        cargo()
+            .args(["build", "--workspace", "--exclude", "lynx-ebpf"])
+            .args(profile.cargo_args())
+            .env("LYNX_EBPF_OBJECT", &object),
+    )?;
+    let lynx = workspace_root()
+        .join("target")
+        .join(profile.dir())
+        .join("lynx");
+    Ok(Built { object, lynx })
+}
+
+/// Formatting, lints, then every unit and privileged test.
+pub fn test_all(toolchain: &Toolchain, test_args: &[String]) -> Result<()> {
+    let Built { object, lynx } = build_all(toolchain, Profile::Dev)?;
+    run_checked(cargo().args(["fmt", "--all", "--check"]))
+        .context("cargo fmt found unformatted code")?;
+    run_checked(
+        cargo()
+            .args([
+                "clippy",
+                "--workspace",
+                "--exclude",
+                "lynx-ebpf",
+                "--all-targets",
+                "--",
+                "-D",
+                "warnings",
+            ])
+            .env("LYNX_EBPF_OBJECT", &object),
+    )
+    .context("clippy found problems")?;
+    run_checked(
+        cargo()
+            .args([
+                "test",
+                "--workspace",
+                "--exclude",
+                "lynx-ebpf",
+                "--no-fail-fast",
+                "--",
+            ])
+            .args(test_args)
+            .env("LYNX_EBPF_OBJECT", &object)
+            .env("LYNX_BIN", &lynx)
+            .env("LYNX_WORKSPACE", workspace_root()),
+    )
+    .context("tests failed")
+}
+
+/// Runs `command`, echoing it, and fails unless it exits 0.
+pub fn run_checked(command: &mut Command) -> Result<()> {
+    println!("+ {command:?}");
+    let status = command
+        .status()
+        .with_context(|| format!("cannot start {:?}", command.get_program()))?;
+    if !status.success() {
+        bail!("{:?} failed: {status}", command.get_program());
+    }
+    Ok(())
+}
+
+/// True when `command` runs and exits 0; its output is discarded.
+pub fn command_succeeds(command: &mut Command) -> bool {
+    command
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .is_ok_and(|status| status.success())
+}
+
+/// Standard output of `command` when it runs and exits 0.
+pub fn output_of(command: &mut Command) -> Option<String> {
+    let output = command.stderr(Stdio::null()).output().ok()?;
+    output
+        .status
+        .success()
+        .then(|| String::from_utf8_lossy(&output.stdout).into_owned())
+}
