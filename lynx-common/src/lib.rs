@@ -11,8 +11,13 @@ pub const CGROUP_CPU_MAP: &str = "CGROUP_CPU";
 /// Capacity of [`CGROUP_CPU_MAP`]: cgroups that can hold a counter at one time.
 pub const CGROUP_CPU_ENTRIES: u32 = 16384;
 
-/// Per-CPU array with one [`CpuSlice`]: the slice the CPU is running now.
+/// Per-CPU array with one [`CpuSlice`]: the task the CPU runs now and the CPU time not yet
+/// moved into [`CGROUP_CPU_MAP`].
 pub const CPU_SLICE_MAP: &str = "CPU_SLICE";
+
+/// Read-only global set by the loader: byte offset of `se.sum_exec_runtime` in the running
+/// kernel's `struct task_struct`, read from its BTF (the layout differs between builds).
+pub const TASK_RUNTIME_OFFSET_GLOBAL: &str = "TASK_RUNTIME_OFFSET";
 
 /// Per-CPU array of `u64` counters of events the kernel side had to drop, indexed by
 /// the `DROP_*` constants.
@@ -22,9 +27,9 @@ pub const DROP_CGROUP_CPU_FULL: u32 = 0;
 /// Number of slots in [`DROPS_MAP`].
 pub const DROP_KINDS: u32 = 1;
 
-/// Program on the `sched_switch` raw tracepoint.
+/// Program on the `sched_switch` BTF tracepoint.
 pub const SCHED_SWITCH_PROGRAM: &str = "lynx_sched_switch";
-/// Raw tracepoint that [`SCHED_SWITCH_PROGRAM`] attaches to (`sched/sched_switch`).
+/// Tracepoint that [`SCHED_SWITCH_PROGRAM`] attaches to (`sched/sched_switch`).
 pub const SCHED_SWITCH_TRACEPOINT: &str = "sched_switch";
 
 /// Program on the software cpu-clock perf event of every CPU.
@@ -38,13 +43,21 @@ pub struct CpuTime {
     pub on_cpu_ns: u64,
 }
 
-/// State of one CPU between two context switches.
+/// What one CPU is running, and CPU time charged on it but not yet moved to
+/// [`CGROUP_CPU_MAP`]. While one cgroup keeps the CPU its time accumulates here, so a context
+/// switch costs no hash update; it moves to the map when another cgroup gets the CPU and on
+/// every cpu-clock sample, so at most one sample period (10 ms) of a CPU's time is here.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct CpuSlice {
-    /// `bpf_ktime_get_ns()` when the last slice ended on this CPU (a context switch or a
-    /// cpu-clock sample); 0 before the first.
-    pub last_switch_ns: u64,
+    /// Address of the `task_struct` switched in last; 0 before the first switch.
+    pub task: u64,
+    /// That task's `se.sum_exec_runtime` when last charged (switch-in or sample).
+    pub task_runtime_ns: u64,
+    /// cgroup v2 id that [`Self::pending_ns`] belongs to.
+    pub cgroup_id: u64,
+    /// Nanoseconds charged to [`Self::cgroup_id`] not yet in [`CGROUP_CPU_MAP`].
+    pub pending_ns: u64,
 }
 
 #[cfg(feature = "user")]

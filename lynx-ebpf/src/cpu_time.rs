@@ -1,43 +1,101 @@
-//! CPU time accounting shared by the hooks that end a CPU slice ([`crate::sched_switch`] and
-//! [`crate::cpu_clock`]): the time since the previous slice ended on this CPU is charged to the
-//! cgroup v2 id of the task that ran it.
+//! CPU time accounting shared by [`crate::sched_switch`] and [`crate::cpu_clock`].
 //!
-//! Both callers run with interrupts off on this CPU (sched_switch under the runqueue lock,
+//! Time comes from the task's own `se.sum_exec_runtime`, the counter the scheduler advances
+//! and the kernel's cgroup CPU accounting (`cpu.stat`, `cpuacct.usage`) sums: the difference
+//! between two readings is exactly what the kernel charged the task in between. Reading it is
+//! a plain load through a BTF pointer, where reading a clock would cost more than the rest of
+//! the program (see `cargo xtask bench`).
+//!
+//! Both callers run with interrupts off on their CPU (sched_switch under the runqueue lock,
 //! the cpu-clock sample in hard-irq context), so they never interleave on one CPU and the
 //! per-CPU slots need no atomics.
 use aya_ebpf::{
     bindings::BPF_NOEXIST,
-    helpers::{bpf_get_current_cgroup_id, bpf_get_current_pid_tgid, bpf_ktime_get_ns},
+    helpers::{bpf_get_current_cgroup_id, bpf_get_current_pid_tgid},
 };
-use lynx_common::{CpuTime, DROP_CGROUP_CPU_FULL};
+use lynx_common::{CpuSlice, CpuTime, DROP_CGROUP_CPU_FULL};
 
 use crate::maps::{CGROUP_CPU, CPU_SLICE, count_drop};
 
-/// Ends the slice `current` has been running on this CPU and charges it. The idle task
-/// (pid 0) is charged to no cgroup.
+/// Offset of `se.sum_exec_runtime` in `struct task_struct`, set by the loader from the running
+/// kernel's BTF. A read-only global: the verifier sees its value as a constant, so it checks
+/// the load below against the kernel's own type information.
+#[unsafe(no_mangle)]
+static TASK_RUNTIME_OFFSET: u64 = 0;
+
+/// `task->se.sum_exec_runtime`; `task` must be a BTF `task_struct` pointer.
 #[inline(always)]
-pub fn end_slice() -> Result<(), u32> {
-    let now = unsafe { bpf_ktime_get_ns() };
-    let slice = CPU_SLICE.get_ptr_mut(0).ok_or(1u32)?;
-    // SAFETY: this CPU's own slot, not touched concurrently (see the module comment).
-    let started = unsafe { core::mem::replace(&mut (*slice).last_switch_ns, now) };
-    let is_idle = bpf_get_current_pid_tgid() as u32 == 0;
-    if started != 0 && !is_idle {
-        charge(unsafe { bpf_get_current_cgroup_id() }, now - started);
+fn runtime_of(task: *const u8) -> u64 {
+    // SAFETY: a BTF-typed kernel pointer; the verifier checks the offset against the type
+    // and turns the load into a fault-safe one.
+    unsafe {
+        let offset = core::ptr::read_volatile(&TASK_RUNTIME_OFFSET) as usize;
+        core::ptr::read(task.add(offset).cast::<u64>())
     }
+}
+
+/// A context switch on this CPU: charges `prev` (the current task) and starts `next`.
+#[inline(always)]
+pub fn switch(prev: *const u8, next: *const u8) -> Result<(), u32> {
+    let slice = slice()?;
+    charge_current(slice, prev);
+    slice.task = next as u64;
+    slice.task_runtime_ns = runtime_of(next);
+    Ok(())
+}
+
+/// A periodic sample on this CPU: charges the current task's time so far and moves this CPU's
+/// pending time into the cgroup map.
+#[inline(always)]
+pub fn sample(current: *const u8) -> Result<(), u32> {
+    let slice = slice()?;
+    charge_current(slice, current);
+    flush(slice);
     Ok(())
 }
 
 #[inline(always)]
-fn charge(cgroup_id: u64, ns: u64) {
-    match CGROUP_CPU.get_ptr_mut(&cgroup_id) {
+fn slice() -> Result<&'static mut CpuSlice, u32> {
+    let slice = CPU_SLICE.get_ptr_mut(0).ok_or(1u32)?;
+    // SAFETY: this CPU's own slot, not touched concurrently (see the module comment).
+    Ok(unsafe { &mut *slice })
+}
+
+/// Charges `task`, the current task, for its runtime since it was last charged. Nothing is
+/// charged for the idle task (pid 0), nor for a task switched in before the programs were
+/// attached (it has no baseline yet).
+#[inline(always)]
+fn charge_current(slice: &mut CpuSlice, task: *const u8) {
+    let is_idle = bpf_get_current_pid_tgid() as u32 == 0;
+    if slice.task != task as u64 || is_idle {
+        return;
+    }
+    let runtime = runtime_of(task);
+    let ns = runtime.saturating_sub(slice.task_runtime_ns);
+    slice.task_runtime_ns = runtime;
+    let cgroup_id = unsafe { bpf_get_current_cgroup_id() };
+    if cgroup_id != slice.cgroup_id {
+        flush(slice);
+        slice.cgroup_id = cgroup_id;
+    }
+    slice.pending_ns += ns;
+}
+
+/// Moves this CPU's pending time into the cgroup map.
+#[inline(always)]
+fn flush(slice: &mut CpuSlice) {
+    if slice.pending_ns == 0 {
+        return;
+    }
+    let ns = core::mem::take(&mut slice.pending_ns);
+    match CGROUP_CPU.get_ptr_mut(&slice.cgroup_id) {
         // SAFETY: a per-CPU value, written only from this CPU.
         Some(time) => unsafe { (*time).on_cpu_ns += ns },
         None => {
             let first = CpuTime { on_cpu_ns: ns };
             // No other program inserts on this CPU meanwhile, so any failure is a full map.
             if CGROUP_CPU
-                .insert(&cgroup_id, &first, BPF_NOEXIST as u64)
+                .insert(&slice.cgroup_id, &first, BPF_NOEXIST as u64)
                 .is_err()
             {
                 count_drop(DROP_CGROUP_CPU_FULL);

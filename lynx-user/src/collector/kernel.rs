@@ -2,27 +2,30 @@
 use std::collections::HashMap;
 
 use aya::{
-    Ebpf, EbpfError,
+    EbpfError, EbpfLoader,
     maps::{MapError, PerCpuArray, PerCpuHashMap},
     programs::{
-        PerfEvent, Program, ProgramError, RawTracePoint,
+        BtfTracePoint, PerfEvent, Program, ProgramError,
         perf_event::{PerfEventConfig, PerfEventScope, SamplePolicy, SoftwareEvent},
     },
     util::online_cpus,
 };
 use lynx_common::{
-    CGROUP_CPU_MAP, CPU_CLOCK_PROGRAM, CpuTime, DROP_CGROUP_CPU_FULL, DROPS_MAP,
-    SCHED_SWITCH_PROGRAM, SCHED_SWITCH_TRACEPOINT,
+    CGROUP_CPU_MAP, CPU_CLOCK_PROGRAM, CPU_SLICE_MAP, CpuSlice, CpuTime, DROP_CGROUP_CPU_FULL,
+    DROPS_MAP, SCHED_SWITCH_PROGRAM, SCHED_SWITCH_TRACEPOINT, TASK_RUNTIME_OFFSET_GLOBAL,
 };
 
-use super::preflight::{self, PreflightError};
+use super::{
+    btf::{Btf, BtfError},
+    preflight::{self, PreflightError},
+};
 
-/// The eBPF object built from `lynx-ebpf` (see `build.rs`).
 /// How often the cpu-clock program charges the running task on each CPU: the CPU time of a
 /// task that is never switched out lags by at most 1/100 s, and 100 wake-ups a second per
 /// CPU cost nothing measurable.
 const CPU_CLOCK_HZ: u64 = 100;
 
+/// The eBPF object built from `lynx-ebpf` (see `build.rs`).
 static EBPF_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/lynx.bpf.o"));
 
 /// Errors of loading the programs or reading their maps.
@@ -30,6 +33,8 @@ static EBPF_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"),
 pub enum KernelError {
     #[error(transparent)]
     Preflight(#[from] PreflightError),
+    #[error(transparent)]
+    Btf(#[from] BtfError),
     #[error("cannot load the eBPF object: {0}")]
     Load(#[from] EbpfError),
     #[error("eBPF program {name}: {source}")]
@@ -58,7 +63,10 @@ pub struct Drops {
 
 /// Lynx's programs, loaded and attached; detached when dropped.
 pub struct KernelCounters {
-    ebpf: Ebpf,
+    ebpf: aya::Ebpf,
+    /// The last CPU totals handed out, which later reads never go below (see
+    /// [`Self::cgroup_cpu_ns`]).
+    cpu_floor: HashMap<u64, u64>,
 }
 
 impl KernelCounters {
@@ -66,25 +74,31 @@ impl KernelCounters {
     pub fn load() -> Result<Self, KernelError> {
         preflight::check_privileges()?;
         preflight::check_btf(std::path::Path::new("/sys"))?;
-        let mut ebpf = Ebpf::load(EBPF_OBJECT)?;
+        let task_runtime_offset = u64::from(
+            Btf::from_kernel()?.member_offset("task_struct", &["se", "sum_exec_runtime"])?,
+        );
+        let mut ebpf = EbpfLoader::new()
+            .override_global(TASK_RUNTIME_OFFSET_GLOBAL, &task_runtime_offset, true)
+            .load(EBPF_OBJECT)?;
 
-        let sched_switch: &mut RawTracePoint = program(&mut ebpf, SCHED_SWITCH_PROGRAM)?;
+        let kernel_btf = aya::Btf::from_sys_fs().map_err(EbpfError::from)?;
+        let sched_switch: &mut BtfTracePoint = program(&mut ebpf, SCHED_SWITCH_PROGRAM)?;
         sched_switch
-            .attach(SCHED_SWITCH_TRACEPOINT)
+            .load(SCHED_SWITCH_TRACEPOINT, &kernel_btf)
             .map_err(|error| match error {
-                ProgramError::SyscallError(ref e)
-                    if e.io_error.kind() == std::io::ErrorKind::NotFound =>
-                {
-                    PreflightError::MissingFeature {
-                        feature: format!("tracepoint sched/{SCHED_SWITCH_TRACEPOINT}"),
-                        evidence: "the kernel does not know it".into(),
-                    }
-                    .into()
+                ProgramError::Btf(_) => PreflightError::MissingFeature {
+                    feature: format!("tracepoint sched/{SCHED_SWITCH_TRACEPOINT}"),
+                    evidence: "not in the kernel's BTF".into(),
                 }
+                .into(),
                 error => program_error(SCHED_SWITCH_PROGRAM)(error),
             })?;
+        sched_switch
+            .attach()
+            .map_err(program_error(SCHED_SWITCH_PROGRAM))?;
 
         let cpu_clock: &mut PerfEvent = program(&mut ebpf, CPU_CLOCK_PROGRAM)?;
+        cpu_clock.load().map_err(program_error(CPU_CLOCK_PROGRAM))?;
         let cpus =
             online_cpus().map_err(|(_, error)| program_error(CPU_CLOCK_PROGRAM)(error.into()))?;
         for cpu in cpus {
@@ -97,23 +111,50 @@ impl KernelCounters {
                 )
                 .map_err(program_error(CPU_CLOCK_PROGRAM))?;
         }
-        Ok(Self { ebpf })
+        Ok(Self {
+            ebpf,
+            cpu_floor: HashMap::new(),
+        })
     }
 
     /// Nanoseconds on CPU per cgroup v2 id since the programs were loaded, summed over CPUs.
-    pub fn cgroup_cpu_ns(&self) -> Result<HashMap<u64, u64>, KernelError> {
-        let map_error = |source| KernelError::Map {
-            name: CGROUP_CPU_MAP,
-            source,
-        };
-        let map: PerCpuHashMap<_, u64, CpuTime> =
-            self.map(CGROUP_CPU_MAP)?.try_into().map_err(map_error)?;
-        map.iter()
+    ///
+    /// The total is the cgroup map plus each CPU's pending time. The two are read one after
+    /// the other while the kernel moves pending time into the map, so one read can miss up
+    /// to one sample period per CPU; a total therefore never goes below what an earlier call
+    /// returned, and the time missed shows up in the next read.
+    pub fn cgroup_cpu_ns(&mut self) -> Result<HashMap<u64, u64>, KernelError> {
+        let map_error = |name| move |source| KernelError::Map { name, source };
+        let map: PerCpuHashMap<_, u64, CpuTime> = self
+            .map(CGROUP_CPU_MAP)?
+            .try_into()
+            .map_err(map_error(CGROUP_CPU_MAP))?;
+        let mut totals = map
+            .iter()
             .map(|entry| {
-                let (cgroup_id, per_cpu) = entry.map_err(map_error)?;
+                let (cgroup_id, per_cpu) = entry.map_err(map_error(CGROUP_CPU_MAP))?;
                 Ok((cgroup_id, per_cpu.iter().map(|t| t.on_cpu_ns).sum()))
             })
-            .collect()
+            .collect::<Result<HashMap<u64, u64>, KernelError>>()?;
+
+        let slices: PerCpuArray<_, CpuSlice> = self
+            .map(CPU_SLICE_MAP)?
+            .try_into()
+            .map_err(map_error(CPU_SLICE_MAP))?;
+        for slice in slices.get(&0, 0).map_err(map_error(CPU_SLICE_MAP))?.iter() {
+            if slice.pending_ns > 0 {
+                *totals.entry(slice.cgroup_id).or_default() += slice.pending_ns;
+            }
+        }
+
+        for (cgroup_id, total) in &mut totals {
+            let floor = self.cpu_floor.entry(*cgroup_id).or_default();
+            *total = (*total).max(*floor);
+            *floor = *total;
+        }
+        self.cpu_floor
+            .retain(|cgroup_id, _| totals.contains_key(cgroup_id));
+        Ok(totals)
     }
 
     /// What the kernel programs had to drop.
@@ -142,37 +183,16 @@ fn program_error(name: &'static str) -> impl Fn(ProgramError) -> KernelError {
     move |source| KernelError::Program { name, source }
 }
 
-/// The program `name` of the object, as type `P`, loaded into the kernel.
-fn program<'a, P>(ebpf: &'a mut Ebpf, name: &'static str) -> Result<&'a mut P, KernelError>
+/// The program `name` of the object, as type `P`.
+fn program<'a, P>(ebpf: &'a mut aya::Ebpf, name: &'static str) -> Result<&'a mut P, KernelError>
 where
-    P: LoadProgram,
     &'a mut P: TryFrom<&'a mut Program, Error = ProgramError>,
 {
-    let program: &mut P = ebpf
-        .program_mut(name)
+    ebpf.program_mut(name)
         .ok_or(KernelError::Missing {
             kind: "program",
             name,
         })?
         .try_into()
-        .map_err(program_error(name))?;
-    program.load_program().map_err(program_error(name))?;
-    Ok(program)
-}
-
-/// The `load` that every aya program type has, as a trait.
-trait LoadProgram {
-    fn load_program(&mut self) -> Result<(), ProgramError>;
-}
-
-impl LoadProgram for RawTracePoint {
-    fn load_program(&mut self) -> Result<(), ProgramError> {
-        self.load()
-    }
-}
-
-impl LoadProgram for PerfEvent {
-    fn load_program(&mut self) -> Result<(), ProgramError> {
-        self.load()
-    }
+        .map_err(program_error(name))
 }

@@ -1,5 +1,6 @@
 //! Collectors: everything lynx reads from the kernel, cgroupfs and procfs, turned into
 //! [`Sample`]s of cumulative counters. Rates and percentages are the model's job.
+pub mod btf;
 pub mod cgroupfs;
 pub mod host;
 pub mod kernel;
