@@ -2,7 +2,7 @@
 //! [`CliError::exit_code`] main uses.
 use std::{
     io::{self, Write},
-    path::PathBuf,
+    path::{Path, PathBuf},
     sync::{Arc, atomic::AtomicBool},
     time::{Duration, Instant},
 };
@@ -11,17 +11,18 @@ use clap::{Args, Parser, Subcommand};
 
 use crate::{
     collector::{CollectError, Collector},
+    config::{Config, ConfigError, DEFAULT_CONFIG_PATH},
     daemon::{self, DaemonOptions},
     model,
 };
-
-/// Default path of the snapshot file.
-pub const DEFAULT_SNAPSHOT_PATH: &str = "/run/lynx/snapshot.json";
 
 /// Lynx: host observer and autoscaler for nginx + LXD container web farms.
 #[derive(Debug, Parser)]
 #[command(name = "lynx", version, about)]
 pub struct Cli {
+    /// Config file (TOML); without it `/etc/lynx/lynx.toml` is read when it exists.
+    #[arg(long, global = true, value_name = "PATH")]
+    pub config: Option<PathBuf>,
     #[command(subcommand)]
     pub command: Command,
 }
@@ -36,12 +37,13 @@ pub enum Command {
 
 #[derive(Debug, Args)]
 pub struct DaemonArgs {
-    /// How often to collect, e.g. `500ms`, `1s`, `10s`.
-    #[arg(long, default_value = "1s", value_parser = parse_interval)]
-    pub interval: Duration,
-    /// Where to write the snapshot document (replaced atomically each interval).
-    #[arg(long, default_value = DEFAULT_SNAPSHOT_PATH)]
-    pub output: PathBuf,
+    /// How often to collect, e.g. `500ms`, `1s`, `10s` [config: daemon.interval, default 1s].
+    #[arg(long, value_parser = parse_interval)]
+    pub interval: Option<Duration>,
+    /// Where to write the snapshot document, replaced atomically each interval
+    /// [config: daemon.snapshot_path, default /run/lynx/snapshot.json].
+    #[arg(long)]
+    pub output: Option<PathBuf>,
 }
 
 #[derive(Debug, Args)]
@@ -68,6 +70,8 @@ pub fn parse_interval(text: &str) -> Result<Duration, String> {
 #[derive(Debug, thiserror::Error)]
 pub enum CliError {
     #[error(transparent)]
+    Config(#[from] ConfigError),
+    #[error(transparent)]
     Collect(#[from] CollectError),
     #[error("cannot write to standard output: {0}")]
     Stdout(io::Error),
@@ -76,9 +80,11 @@ pub enum CliError {
 }
 
 impl CliError {
-    /// 2 when this host cannot run lynx (privilege, kernel feature), 1 for any other failure.
+    /// 2 for bad input (config) or a host that cannot run lynx (privilege, kernel feature),
+    /// 1 for any other failure.
     pub fn exit_code(&self) -> u8 {
         match self {
+            Self::Config(_) => 2,
             Self::Collect(error) if error.is_unsupported_host() => 2,
             _ => 1,
         }
@@ -87,6 +93,10 @@ impl CliError {
 
 /// Runs the parsed command line.
 pub fn run(cli: Cli) -> Result<(), CliError> {
+    let config = match &cli.config {
+        Some(path) => Config::load(path, true)?,
+        None => Config::load(Path::new(DEFAULT_CONFIG_PATH), false)?,
+    };
     match cli.command {
         Command::Daemon(args) => {
             let stop = Arc::new(AtomicBool::new(false));
@@ -95,8 +105,8 @@ pub fn run(cli: Cli) -> Result<(), CliError> {
                     .map_err(CliError::Signals)?;
             }
             let options = DaemonOptions {
-                interval: args.interval,
-                snapshot_path: args.output,
+                interval: args.interval.unwrap_or(config.daemon.interval),
+                snapshot_path: args.output.unwrap_or(config.daemon.snapshot_path),
             };
             Ok(daemon::run(&options, &stop)?)
         }

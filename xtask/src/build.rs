@@ -1,5 +1,6 @@
 //! Building the eBPF object and the workspace, and running the checks and tests.
 use std::{
+    io::{BufRead, BufReader},
     path::{Path, PathBuf},
     process::{Command, Stdio},
 };
@@ -124,22 +125,70 @@ pub fn test_all(toolchain: &Toolchain, test_args: &[String]) -> Result<()> {
             .env("LYNX_EBPF_OBJECT", &object),
     )
     .context("clippy found problems")?;
-    run_checked(
-        cargo()
-            .args([
-                "test",
-                "--workspace",
-                "--exclude",
-                "lynx-ebpf",
-                "--no-fail-fast",
-                "--",
-            ])
-            .args(test_args)
-            .env("LYNX_EBPF_OBJECT", &object)
-            .env("LYNX_BIN", &lynx)
-            .env("LYNX_WORKSPACE", workspace_root()),
-    )
-    .context("tests failed")
+    let mut test = cargo();
+    test.args([
+        "test",
+        "--workspace",
+        "--exclude",
+        "lynx-ebpf",
+        "--no-fail-fast",
+        "--",
+    ])
+    .args(test_args)
+    .env("LYNX_EBPF_OBJECT", &object)
+    .env("LYNX_BIN", &lynx)
+    .env("LYNX_WORKSPACE", workspace_root())
+    .stdout(Stdio::piped());
+    println!("+ {test:?}");
+    let mut child = test.spawn().context("cannot start cargo test")?;
+    let stdout = child.stdout.take().expect("stdout is piped");
+    let mut totals = TestTotals::default();
+    for line in BufReader::new(stdout).lines() {
+        let line = line?;
+        println!("{line}");
+        totals.add(&line);
+    }
+    let status = child.wait()?;
+    // One closing line for the whole run, whatever order cargo ran the test binaries in.
+    println!("{} passed, {} failed", totals.passed, totals.failed);
+    if !status.success() {
+        bail!("tests failed: {status}");
+    }
+    if totals.passed == 0 {
+        bail!("no test ran");
+    }
+    Ok(())
+}
+
+/// Sums of libtest's `test result:` lines.
+#[derive(Debug, Default, PartialEq, Eq)]
+struct TestTotals {
+    passed: u64,
+    failed: u64,
+}
+
+impl TestTotals {
+    fn add(&mut self, line: &str) {
+        let Some(result) = line.strip_prefix("test result: ") else {
+            return;
+        };
+        let count = |label: &str| -> u64 {
+            result
+                .split(';')
+                .find_map(|part| {
+                    let part = part.trim();
+                    let part = part
+                        .strip_prefix("ok. ")
+                        .or(part.strip_prefix("FAILED. "))
+                        .unwrap_or(part);
+                    part.strip_suffix(label)
+                })
+                .and_then(|n| n.trim().parse().ok())
+                .unwrap_or(0)
+        };
+        self.passed += count(" passed");
+        self.failed += count(" failed");
+    }
 }
 
 /// Runs `command`, echoing it, and fails unless it exits 0.
@@ -170,4 +219,28 @@ pub fn output_of(command: &mut Command) -> Option<String> {
         .status
         .success()
         .then(|| String::from_utf8_lossy(&output.stdout).into_owned())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn test_totals_sum_libtest_result_lines() {
+        let mut totals = TestTotals::default();
+        for line in [
+            "test result: ok. 21 passed; 0 failed; 0 ignored; 0 measured; 0 filtered out; finished in 0.00s",
+            "running 2 tests",
+            "test result: FAILED. 1 passed; 1 failed; 0 ignored; 0 measured; 0 filtered out; finished in 2.9s",
+        ] {
+            totals.add(line);
+        }
+        assert_eq!(
+            totals,
+            TestTotals {
+                passed: 22,
+                failed: 1
+            }
+        );
+    }
 }

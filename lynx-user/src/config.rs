@@ -1,0 +1,190 @@
+//! `/etc/lynx/lynx.toml`: every key optional, with the defaults documented in
+//! `lynx.example.toml`; unknown or mistyped keys are errors that name the key and line.
+use std::{
+    fs, io,
+    path::{Path, PathBuf},
+    time::Duration,
+};
+
+use serde::{Deserialize, Deserializer};
+
+/// Where the daemon looks for its config when `--config` is not given.
+pub const DEFAULT_CONFIG_PATH: &str = "/etc/lynx/lynx.toml";
+
+/// Errors of reading the config file.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("{path}: {source}")]
+    Read { path: PathBuf, source: io::Error },
+    #[error("{path}: line {line}, column {column}: {message}")]
+    Invalid {
+        path: PathBuf,
+        line: usize,
+        column: usize,
+        message: String,
+    },
+}
+
+/// The whole config.
+#[derive(Clone, Debug, Default, PartialEq, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Config {
+    pub daemon: DaemonConfig,
+    pub lxd: LxdConfig,
+}
+
+/// `[daemon]`: collection and the snapshot file.
+#[derive(Clone, Debug, PartialEq, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct DaemonConfig {
+    /// How often to collect.
+    #[serde(deserialize_with = "interval")]
+    pub interval: Duration,
+    /// Where the snapshot document is written.
+    pub snapshot_path: PathBuf,
+    /// bpffs directory where the kernel maps are pinned, so that a restarted daemon goes on
+    /// counting from where the last one stopped.
+    pub pin_dir: PathBuf,
+}
+
+/// `[lxd]`: where LXD's API is.
+#[derive(Clone, Debug, PartialEq, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct LxdConfig {
+    /// Unix sockets tried in order; the first that exists is used.
+    pub sockets: Vec<PathBuf>,
+}
+
+impl Default for DaemonConfig {
+    fn default() -> Self {
+        Self {
+            interval: Duration::from_secs(1),
+            snapshot_path: "/run/lynx/snapshot.json".into(),
+            pin_dir: "/sys/fs/bpf/lynx".into(),
+        }
+    }
+}
+
+impl Default for LxdConfig {
+    fn default() -> Self {
+        Self {
+            sockets: [
+                "/var/lib/lxd/unix.socket",
+                "/var/snap/lxd/common/lxd/unix.socket",
+                "/var/lib/incus/unix.socket",
+            ]
+            .map(PathBuf::from)
+            .into(),
+        }
+    }
+}
+
+impl Config {
+    /// Reads `path`; with `explicit` false (the default path), a missing file means defaults.
+    pub fn load(path: &Path, explicit: bool) -> Result<Self, ConfigError> {
+        match fs::read_to_string(path) {
+            Ok(text) => Self::parse(path, &text),
+            Err(error) if error.kind() == io::ErrorKind::NotFound && !explicit => {
+                Ok(Self::default())
+            }
+            Err(source) => Err(ConfigError::Read {
+                path: path.to_owned(),
+                source,
+            }),
+        }
+    }
+
+    /// Parses config text; `path` only names the file in errors.
+    pub fn parse(path: &Path, text: &str) -> Result<Self, ConfigError> {
+        toml::from_str(text).map_err(|error| {
+            let offset = error.span().map_or(0, |span| span.start);
+            let before = &text[..offset.min(text.len())];
+            ConfigError::Invalid {
+                path: path.to_owned(),
+                line: before.matches('\n').count() + 1,
+                column: before.len() - before.rfind('\n').map_or(0, |i| i + 1) + 1,
+                message: error.message().trim().replace('\n', " "),
+            }
+        })
+    }
+}
+
+fn interval<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Duration, D::Error> {
+    let text = String::deserialize(deserializer)?;
+    crate::cli::parse_interval(&text).map_err(serde::de::Error::custom)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(text: &str) -> Result<Config, String> {
+        Config::parse(Path::new("lynx.toml"), text).map_err(|e| e.to_string())
+    }
+
+    #[test]
+    fn empty_file_is_all_defaults() {
+        assert_eq!(parse(""), Ok(Config::default()));
+    }
+
+    #[test]
+    fn the_example_file_parses_to_the_defaults() {
+        let example = include_str!("../../lynx.example.toml");
+        let uncommented: String = example
+            .lines()
+            .map(|line| {
+                line.strip_prefix("# ")
+                    .filter(|l| l.contains(" = ") || l.starts_with('['))
+                    .unwrap_or("")
+            })
+            .collect::<Vec<_>>()
+            .join("\n");
+        assert_eq!(
+            parse(&uncommented),
+            Ok(Config::default()),
+            "example:\n{uncommented}"
+        );
+    }
+
+    #[test]
+    fn keys_override_defaults() {
+        let config = parse("[daemon]\ninterval = \"250ms\"\nsnapshot_path = \"/tmp/s.json\"\n")
+            .expect("valid");
+        assert_eq!(config.daemon.interval, Duration::from_millis(250));
+        assert_eq!(config.daemon.snapshot_path, Path::new("/tmp/s.json"));
+        assert_eq!(config.lxd, LxdConfig::default());
+    }
+
+    #[test]
+    fn unknown_key_is_named_with_its_line() {
+        let error = parse("[daemon]\ninterval = \"1s\"\nintervall = \"2s\"\n").unwrap_err();
+        assert!(
+            error.starts_with("lynx.toml: line 3, column 1: unknown field `intervall`"),
+            "{error}"
+        );
+        assert!(!error.contains('\n'), "one line: {error}");
+    }
+
+    #[test]
+    fn mistyped_value_is_named_with_its_line() {
+        let error = parse("[daemon]\n\ninterval = \"soon\"\n").unwrap_err();
+        assert!(
+            error.starts_with("lynx.toml: line 3, column 12:"),
+            "{error}"
+        );
+        assert!(error.contains("\"soon\""), "{error}");
+        let error = parse("[lxd]\nsockets = \"/one/path\"\n").unwrap_err();
+        assert!(error.starts_with("lynx.toml: line 2"), "{error}");
+    }
+
+    #[test]
+    fn missing_default_file_means_defaults_but_a_named_one_is_an_error() {
+        let missing = Path::new("/nonexistent/lynx.toml");
+        assert_eq!(
+            Config::load(missing, false).expect("defaults"),
+            Config::default()
+        );
+        let error = Config::load(missing, true).unwrap_err().to_string();
+        assert!(error.starts_with("/nonexistent/lynx.toml: "), "{error}");
+    }
+}
