@@ -2,6 +2,7 @@
 //! privileged tests drive the same modules directly.
 pub mod cli;
 pub mod collector;
+pub mod config;
 pub mod daemon;
 pub mod model;
 pub mod sink;
