@@ -8,8 +8,6 @@
 
 /// Per-CPU hash: cgroup v2 id (`u64`) -> nanoseconds on CPU ([`CpuTime`]).
 pub const CGROUP_CPU_MAP: &str = "CGROUP_CPU";
-/// Capacity of [`CGROUP_CPU_MAP`]: cgroups that can hold a counter at one time.
-pub const CGROUP_CPU_ENTRIES: u32 = 16384;
 
 /// Per-CPU array with one [`CpuSlice`]: the task the CPU runs now and the CPU time not yet
 /// moved into [`CGROUP_CPU_MAP`].
@@ -19,13 +17,36 @@ pub const CPU_SLICE_MAP: &str = "CPU_SLICE";
 /// kernel's `struct task_struct`, read from its BTF (the layout differs between builds).
 pub const TASK_RUNTIME_OFFSET_GLOBAL: &str = "TASK_RUNTIME_OFFSET";
 
+/// Per-CPU hash: cgroup v2 id (`u64`) -> [`NetCounters`] of its sockets' traffic.
+pub const CGROUP_NET_MAP: &str = "CGROUP_NET";
+/// Per-CPU hash: cgroup v2 id (`u64`) -> [`IoCounters`] of the block I/O its tasks submitted.
+pub const CGROUP_IO_MAP: &str = "CGROUP_IO";
+/// Capacity of each per-cgroup map: cgroups that can hold a counter at one time.
+pub const CGROUP_MAP_ENTRIES: u32 = 16384;
+
 /// Per-CPU array of `u64` counters of events the kernel side had to drop, indexed by
 /// the `DROP_*` constants.
 pub const DROPS_MAP: &str = "DROPS";
 /// A cgroup's CPU time could not be recorded because [`CGROUP_CPU_MAP`] was full.
 pub const DROP_CGROUP_CPU_FULL: u32 = 0;
+/// A packet could not be counted because [`CGROUP_NET_MAP`] was full.
+pub const DROP_CGROUP_NET_FULL: u32 = 1;
+/// A block I/O could not be counted because [`CGROUP_IO_MAP`] was full.
+pub const DROP_CGROUP_IO_FULL: u32 = 2;
 /// Number of slots in [`DROPS_MAP`].
-pub const DROP_KINDS: u32 = 1;
+pub const DROP_KINDS: u32 = 3;
+
+/// The maps a daemon pins under bpffs, so that its successor continues the counts.
+pub const PINNED_MAPS: [&str; 5] = [
+    CGROUP_CPU_MAP,
+    CPU_SLICE_MAP,
+    CGROUP_NET_MAP,
+    CGROUP_IO_MAP,
+    DROPS_MAP,
+];
+/// Raised whenever a pinned map's key, value or size changes, so that a new daemon never
+/// reuses a pinned map of another layout: pins live in a directory named after it.
+pub const MAPS_LAYOUT_VERSION: u32 = 1;
 
 /// Program on the `sched_switch` BTF tracepoint.
 pub const SCHED_SWITCH_PROGRAM: &str = "lynx_sched_switch";
@@ -34,6 +55,19 @@ pub const SCHED_SWITCH_TRACEPOINT: &str = "sched_switch";
 
 /// Program on the software cpu-clock perf event of every CPU.
 pub const CPU_CLOCK_PROGRAM: &str = "lynx_cpu_clock";
+
+/// cgroup socket-buffer programs, on ingress and egress of the v2 root cgroup.
+pub const NET_INGRESS_PROGRAM: &str = "lynx_net_in";
+pub const NET_EGRESS_PROGRAM: &str = "lynx_net_out";
+
+/// Program on the `block_bio_queue` BTF tracepoint.
+pub const BIO_QUEUE_PROGRAM: &str = "lynx_bio_queue";
+/// Tracepoint that [`BIO_QUEUE_PROGRAM`] attaches to (`block/block_bio_queue`).
+pub const BIO_QUEUE_TRACEPOINT: &str = "block_bio_queue";
+/// Read-only globals set by the loader from BTF: offsets of `bi_opf` and `bi_iter.bi_size`
+/// in `struct bio`.
+pub const BIO_OPF_OFFSET_GLOBAL: &str = "BIO_OPF_OFFSET";
+pub const BIO_SIZE_OFFSET_GLOBAL: &str = "BIO_SIZE_OFFSET";
 
 /// CPU time charged to one cgroup on one CPU.
 #[repr(C)]
@@ -60,9 +94,32 @@ pub struct CpuSlice {
     pub pending_ns: u64,
 }
 
+/// Traffic of one cgroup's sockets on one CPU, as the cgroup socket-buffer hooks see it:
+/// lengths from the network header on, so without link-layer headers.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct NetCounters {
+    pub rx_bytes: u64,
+    pub rx_packets: u64,
+    pub tx_bytes: u64,
+    pub tx_packets: u64,
+}
+
+/// Block I/O that one cgroup's tasks submitted, on one CPU.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct IoCounters {
+    pub read_bytes: u64,
+    pub read_ops: u64,
+    pub write_bytes: u64,
+    pub write_ops: u64,
+}
+
 #[cfg(feature = "user")]
 mod pod {
     // SAFETY: plain `#[repr(C)]` structs of `u64` fields: no padding, every bit pattern valid.
     unsafe impl aya::Pod for super::CpuTime {}
     unsafe impl aya::Pod for super::CpuSlice {}
+    unsafe impl aya::Pod for super::NetCounters {}
+    unsafe impl aya::Pod for super::IoCounters {}
 }

@@ -9,13 +9,10 @@
 //! Both callers run with interrupts off on their CPU (sched_switch under the runqueue lock,
 //! the cpu-clock sample in hard-irq context), so they never interleave on one CPU and the
 //! per-CPU slots need no atomics.
-use aya_ebpf::{
-    bindings::BPF_NOEXIST,
-    helpers::{bpf_get_current_cgroup_id, bpf_get_current_pid_tgid},
-};
-use lynx_common::{CpuSlice, CpuTime, DROP_CGROUP_CPU_FULL};
+use aya_ebpf::helpers::{bpf_get_current_cgroup_id, bpf_get_current_pid_tgid};
+use lynx_common::{CpuSlice, DROP_CGROUP_CPU_FULL};
 
-use crate::maps::{CGROUP_CPU, CPU_SLICE, count_drop};
+use crate::maps::{CGROUP_CPU, CPU_SLICE, update_cgroup};
 
 /// Offset of `se.sum_exec_runtime` in `struct task_struct`, set by the loader from the running
 /// kernel's BTF. A read-only global: the verifier sees its value as a constant, so it checks
@@ -88,18 +85,7 @@ fn flush(slice: &mut CpuSlice) {
         return;
     }
     let ns = core::mem::take(&mut slice.pending_ns);
-    match CGROUP_CPU.get_ptr_mut(&slice.cgroup_id) {
-        // SAFETY: a per-CPU value, written only from this CPU.
-        Some(time) => unsafe { (*time).on_cpu_ns += ns },
-        None => {
-            let first = CpuTime { on_cpu_ns: ns };
-            // No other program inserts on this CPU meanwhile, so any failure is a full map.
-            if CGROUP_CPU
-                .insert(&slice.cgroup_id, &first, BPF_NOEXIST as u64)
-                .is_err()
-            {
-                count_drop(DROP_CGROUP_CPU_FULL);
-            }
-        }
-    }
+    update_cgroup(&CGROUP_CPU, slice.cgroup_id, DROP_CGROUP_CPU_FULL, |time| {
+        time.on_cpu_ns += ns
+    });
 }

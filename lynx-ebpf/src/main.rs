@@ -3,9 +3,13 @@
 #![no_std]
 #![no_main]
 
+mod bio_queue;
 mod cpu_clock;
 mod cpu_time;
 mod maps;
+mod net;
+mod net_egress;
+mod net_ingress;
 mod sched_switch;
 
 #[cfg(not(test))]

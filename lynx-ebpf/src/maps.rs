@@ -1,26 +1,59 @@
 //! Maps shared by the kernel programs. Static names are the map names the user side
 //! looks up (`lynx_common::*_MAP`).
 use aya_ebpf::{
+    bindings::BPF_NOEXIST,
     macros::map,
     maps::{PerCpuArray, PerCpuHashMap},
 };
-use lynx_common::{CGROUP_CPU_ENTRIES, CpuSlice, CpuTime, DROP_KINDS};
+use lynx_common::{CGROUP_MAP_ENTRIES, CpuSlice, CpuTime, DROP_KINDS, IoCounters, NetCounters};
 
 #[map]
 pub static CGROUP_CPU: PerCpuHashMap<u64, CpuTime> =
-    PerCpuHashMap::with_max_entries(CGROUP_CPU_ENTRIES, 0);
+    PerCpuHashMap::with_max_entries(CGROUP_MAP_ENTRIES, 0);
 
 #[map]
 pub static CPU_SLICE: PerCpuArray<CpuSlice> = PerCpuArray::with_max_entries(1, 0);
 
 #[map]
+pub static CGROUP_NET: PerCpuHashMap<u64, NetCounters> =
+    PerCpuHashMap::with_max_entries(CGROUP_MAP_ENTRIES, 0);
+
+#[map]
+pub static CGROUP_IO: PerCpuHashMap<u64, IoCounters> =
+    PerCpuHashMap::with_max_entries(CGROUP_MAP_ENTRIES, 0);
+
+#[map]
 pub static DROPS: PerCpuArray<u64> = PerCpuArray::with_max_entries(DROP_KINDS, 0);
 
-/// Counts one dropped event of `kind` (a `lynx_common::DROP_*` index) on this CPU.
+/// Applies `update` to `cgroup_id`'s counters on this CPU, creating them at zero first; when
+/// the map is full, counts a drop of `drop_kind` (a `lynx_common::DROP_*` index) instead.
 #[inline(always)]
-pub fn count_drop(kind: u32) {
+pub fn update_cgroup<V: Copy + Default>(
+    map: &PerCpuHashMap<u64, V>,
+    cgroup_id: u64,
+    drop_kind: u32,
+    update: impl Fn(&mut V),
+) {
+    if let Some(counters) = map.get_ptr_mut(&cgroup_id) {
+        // SAFETY: a per-CPU value, written only from this CPU by programs that do not
+        // interleave (see each hook's comment).
+        update(unsafe { &mut *counters });
+        return;
+    }
+    let mut first = V::default();
+    update(&mut first);
+    // BPF_NOEXIST: if a program on another path inserted it meanwhile, counting this event
+    // there matters less than never overwriting counts.
+    if map.insert(&cgroup_id, &first, BPF_NOEXIST as u64).is_err() {
+        count_drop(drop_kind);
+    }
+}
+
+/// Counts one dropped event of `kind` on this CPU.
+#[inline(always)]
+fn count_drop(kind: u32) {
     if let Some(counter) = DROPS.get_ptr_mut(kind) {
-        // SAFETY: per-CPU slot, and programs on one CPU do not preempt each other here.
+        // SAFETY: per-CPU slot; a lost increment under nesting only undercounts drops.
         unsafe { *counter += 1 };
     }
 }

@@ -10,9 +10,9 @@ use std::{
 use clap::{Args, Parser, Subcommand};
 
 use crate::{
-    collector::{CollectError, Collector},
+    collector::{CollectError, Collector, CollectorOptions, lxd_instances::LxdInstances},
     config::{Config, ConfigError, DEFAULT_CONFIG_PATH},
-    daemon::{self, DaemonOptions},
+    daemon::{self, DaemonError, DaemonLock, DaemonOptions},
     model,
 };
 
@@ -31,7 +31,8 @@ pub struct Cli {
 pub enum Command {
     /// Collect every interval and write the snapshot file until SIGTERM or Ctrl-C.
     Daemon(DaemonArgs),
-    /// Collect over one interval and print the snapshot document as JSON.
+    /// Print the snapshot document as JSON: the running daemon's, or one collected over
+    /// `--interval` when no daemon runs.
     Snapshot(SnapshotArgs),
 }
 
@@ -73,6 +74,10 @@ pub enum CliError {
     Config(#[from] ConfigError),
     #[error(transparent)]
     Collect(#[from] CollectError),
+    #[error(transparent)]
+    Daemon(#[from] DaemonError),
+    #[error("cannot read the daemon's snapshot {path}: {source}")]
+    DaemonSnapshot { path: PathBuf, source: io::Error },
     #[error("cannot write to standard output: {0}")]
     Stdout(io::Error),
     #[error("cannot install signal handlers: {0}")]
@@ -85,7 +90,12 @@ impl CliError {
     pub fn exit_code(&self) -> u8 {
         match self {
             Self::Config(_) => 2,
-            Self::Collect(error) if error.is_unsupported_host() => 2,
+            Self::Collect(error) | Self::Daemon(DaemonError::Collect(error))
+                if error.is_unsupported_host() =>
+            {
+                2
+            }
+            Self::Daemon(DaemonError::AlreadyRunning { .. }) => 2,
             _ => 1,
         }
     }
@@ -107,11 +117,28 @@ pub fn run(cli: Cli) -> Result<(), CliError> {
             let options = DaemonOptions {
                 interval: args.interval.unwrap_or(config.daemon.interval),
                 snapshot_path: args.output.unwrap_or(config.daemon.snapshot_path),
+                pin_dir: config.daemon.pin_dir,
+                lxd_sockets: config.lxd.sockets,
             };
             Ok(daemon::run(&options, &stop)?)
         }
         Command::Snapshot(args) => {
-            let mut collector = Collector::start()?;
+            let daemon_file = &config.daemon.snapshot_path;
+            if DaemonLock::is_held(&config.daemon.pin_dir) && daemon_file.exists() {
+                let text =
+                    std::fs::read(daemon_file).map_err(|source| CliError::DaemonSnapshot {
+                        path: daemon_file.clone(),
+                        source,
+                    })?;
+                return io::stdout()
+                    .lock()
+                    .write_all(&text)
+                    .map_err(CliError::Stdout);
+            }
+            let mut collector = Collector::start(CollectorOptions {
+                pin_dir: None,
+                instances: Some(Box::new(LxdInstances::new(config.lxd.sockets))),
+            })?;
             let first = collector.sample()?;
             let never = AtomicBool::new(false);
             daemon::sleep_until(Instant::now() + args.interval, &never);

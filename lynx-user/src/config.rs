@@ -68,13 +68,10 @@ impl Default for DaemonConfig {
 impl Default for LxdConfig {
     fn default() -> Self {
         Self {
-            sockets: [
-                "/var/lib/lxd/unix.socket",
-                "/var/snap/lxd/common/lxd/unix.socket",
-                "/var/lib/incus/unix.socket",
-            ]
-            .map(PathBuf::from)
-            .into(),
+            sockets: crate::lxd::DEFAULT_SOCKETS
+                .iter()
+                .map(PathBuf::from)
+                .collect(),
         }
     }
 }

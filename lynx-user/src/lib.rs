@@ -4,5 +4,6 @@ pub mod cli;
 pub mod collector;
 pub mod config;
 pub mod daemon;
+pub mod lxd;
 pub mod model;
 pub mod sink;

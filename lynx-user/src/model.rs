@@ -1,13 +1,14 @@
 //! The snapshot document: what lynx publishes each interval. Built from two [`Sample`]s by
 //! plain functions; serialised by the sinks. `docs/snapshot.md` documents every field.
-use std::{collections::HashMap, time::SystemTime};
+use std::{collections::BTreeMap, time::SystemTime};
 
+use lynx_common::{IoCounters, NetCounters};
 use serde::{Deserialize, Serialize};
 
-use crate::collector::Sample;
+use crate::collector::{ContainerFiles, InstanceInfo, Sample, containers::Owner};
 
 /// Schema version of [`Snapshot`]; raised whenever a field changes meaning or goes away.
-pub const SNAPSHOT_VERSION: u32 = 1;
+pub const SNAPSHOT_VERSION: u32 = 2;
 
 /// One /proc-like document.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -15,7 +16,7 @@ pub const SNAPSHOT_VERSION: u32 = 1;
 pub struct Snapshot {
     pub version: u32,
     pub host: Host,
-    pub cgroups: Vec<CgroupUsage>,
+    pub containers: Vec<Container>,
     pub kernel_drops: KernelDrops,
 }
 
@@ -23,60 +24,224 @@ pub struct Snapshot {
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Host {
-    /// RFC 3339, UTC, when the second sample was taken.
     pub timestamp: String,
-    /// Length of the interval the rates are computed over.
     pub interval_ms: u64,
     pub kernel: String,
     pub cpus: u32,
-    /// Busy share of all CPUs over the interval: 100 is every CPU busy.
     pub cpu_percent: f64,
+    pub load_average: [f64; 3],
     pub memory_total_mb: u64,
     pub memory_free_mb: u64,
     pub memory_available_mb: u64,
-    /// `total - available`, as `free(1)` counts it.
     pub memory_used_mb: u64,
+    pub containers_running: u32,
+    pub containers_stopped: u32,
+    pub containers_frozen: u32,
+    /// Whether LXD answered for this snapshot.
+    pub lxd_available: bool,
 }
 
-/// CPU use of one cgroup.
+/// One container, or `host` for every cgroup that belongs to no container.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct CgroupUsage {
-    pub id: u64,
-    pub path: String,
-    /// Cumulative nanoseconds on CPU since the kernel counters started.
-    pub cpu_ns: u64,
-    /// CPU use over the interval: 100 is one full CPU.
-    pub cpu_percent: f64,
+pub struct Container {
+    pub name: String,
+    /// `lxd`, `lxc`, `docker`, `service` or `host`.
+    pub kind: String,
+    /// `Running`, `Stopped`, `Frozen`, or LXD's own word.
+    pub status: String,
+    pub pid: Option<u32>,
+    pub ipv4: Vec<String>,
+    pub ipv6: Vec<String>,
+    pub image: Option<String>,
+    pub created_at: Option<String>,
+    pub last_used_at: Option<String>,
+    pub uptime_s: Option<u64>,
+    /// Path of its top cgroup in the v2 hierarchy; `None` when it has none (stopped).
+    pub cgroup: Option<String>,
+    pub processes: Option<u32>,
+    pub cpu: Cpu,
+    pub memory: Option<Memory>,
+    pub block_io: BlockIo,
+    pub network: Network,
 }
 
-/// Events the kernel programs could not record since they were loaded.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Cpu {
+    /// Cumulative nanoseconds on CPU.
+    pub ns: u64,
+    /// Over the interval: 100 is one full CPU.
+    pub percent: f64,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Memory {
+    pub used_bytes: u64,
+    pub limit_bytes: Option<u64>,
+    pub percent_of_host: f64,
+    pub swap_bytes: u64,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BlockIo {
+    pub read_bytes: u64,
+    pub write_bytes: u64,
+    pub read_ops: u64,
+    pub write_ops: u64,
+    pub read_bytes_per_s: f64,
+    pub write_bytes_per_s: f64,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Network {
+    pub rx_bytes: u64,
+    pub tx_bytes: u64,
+    pub rx_packets: u64,
+    pub tx_packets: u64,
+    pub rx_bytes_per_s: f64,
+    pub tx_bytes_per_s: f64,
+}
+
+/// Events the kernel programs could not record since they were loaded (a map was full).
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct KernelDrops {
     pub cgroup_cpu_map_full: u64,
+    pub cgroup_net_map_full: u64,
+    pub cgroup_io_map_full: u64,
+}
+
+/// Kernel counters summed over one owner's cgroups.
+#[derive(Clone, Copy, Debug, Default)]
+struct Totals {
+    cpu_ns: u64,
+    net: NetCounters,
+    io: IoCounters,
+}
+
+fn totals_by_owner(sample: &Sample) -> BTreeMap<Owner, Totals> {
+    let mut by_owner: BTreeMap<Owner, Totals> = BTreeMap::new();
+    for cgroup in &sample.cgroups {
+        let totals = by_owner.entry(Owner::of(&cgroup.path).0).or_default();
+        totals.cpu_ns += cgroup.cpu_ns;
+        let (net, io) = (&mut totals.net, &mut totals.io);
+        net.rx_bytes += cgroup.net.rx_bytes;
+        net.rx_packets += cgroup.net.rx_packets;
+        net.tx_bytes += cgroup.net.tx_bytes;
+        net.tx_packets += cgroup.net.tx_packets;
+        io.read_bytes += cgroup.io.read_bytes;
+        io.read_ops += cgroup.io.read_ops;
+        io.write_bytes += cgroup.io.write_bytes;
+        io.write_ops += cgroup.io.write_ops;
+    }
+    by_owner
 }
 
 /// Builds the document for the interval from `previous` to `current`.
 pub fn snapshot(previous: &Sample, current: &Sample) -> Snapshot {
     let elapsed = current.taken.saturating_duration_since(previous.taken);
-    let elapsed_ns = elapsed.as_nanos().max(1) as f64;
-    let before: HashMap<u64, u64> = previous.cgroups.iter().map(|c| (c.id, c.cpu_ns)).collect();
-    let cgroups = current
-        .cgroups
+    let seconds = elapsed.as_secs_f64();
+    let host_memory_bytes = current.host.memory.total_kib * 1024;
+    let (before, now) = (totals_by_owner(previous), totals_by_owner(current));
+    let rate = |now: u64, before: u64| per_second(now.saturating_sub(before), seconds);
+
+    let container =
+        |owner: &Owner, files: Option<&ContainerFiles>, instance: Option<&InstanceInfo>| {
+            let totals = now.get(owner).copied().unwrap_or_default();
+            let prior = before.get(owner).copied().unwrap_or_default();
+            let status = match (instance, files) {
+                (Some(instance), _) => instance.status.clone(),
+                (None, Some(files)) if files.frozen => "Frozen".to_owned(),
+                (None, _) => "Running".to_owned(),
+            };
+            let kind = match owner {
+                Owner::Lxc(_) if instance.is_some() => "lxd",
+                Owner::Lxc(_) => "lxc",
+                Owner::Docker(_) => "docker",
+                Owner::Service(_) => "service",
+                Owner::Host => "host",
+            };
+            let info = instance.cloned().unwrap_or_default();
+            Container {
+                name: owner.name().to_owned(),
+                kind: kind.to_owned(),
+                status,
+                pid: info.pid,
+                ipv4: info.ipv4,
+                ipv6: info.ipv6,
+                image: info.image,
+                created_at: info.created_at,
+                last_used_at: info.last_used_at,
+                uptime_s: files.and_then(|f| f.uptime_s),
+                cgroup: files.map(|f| f.top.clone()),
+                processes: files.map(|f| f.processes),
+                cpu: Cpu {
+                    ns: totals.cpu_ns,
+                    percent: round2(rate(totals.cpu_ns, prior.cpu_ns) / 1e9 * 100.0),
+                },
+                memory: files.and_then(|f| f.memory).map(|m| Memory {
+                    used_bytes: m.used_bytes,
+                    limit_bytes: m.limit_bytes,
+                    percent_of_host: round2(percent(m.used_bytes as f64, host_memory_bytes as f64)),
+                    swap_bytes: m.swap_bytes,
+                }),
+                block_io: BlockIo {
+                    read_bytes: totals.io.read_bytes,
+                    write_bytes: totals.io.write_bytes,
+                    read_ops: totals.io.read_ops,
+                    write_ops: totals.io.write_ops,
+                    read_bytes_per_s: round2(rate(totals.io.read_bytes, prior.io.read_bytes)),
+                    write_bytes_per_s: round2(rate(totals.io.write_bytes, prior.io.write_bytes)),
+                },
+                network: Network {
+                    rx_bytes: totals.net.rx_bytes,
+                    tx_bytes: totals.net.tx_bytes,
+                    rx_packets: totals.net.rx_packets,
+                    tx_packets: totals.net.tx_packets,
+                    rx_bytes_per_s: round2(rate(totals.net.rx_bytes, prior.net.rx_bytes)),
+                    tx_bytes_per_s: round2(rate(totals.net.tx_bytes, prior.net.tx_bytes)),
+                },
+            }
+        };
+
+    let instances = current.instances.as_deref().unwrap_or_default();
+    let instance_named = |name: &str| instances.iter().find(|i| i.name == name);
+    let mut containers: Vec<Container> = current
+        .containers
         .iter()
-        .map(|c| CgroupUsage {
-            id: c.id,
-            path: c.path.clone(),
-            cpu_ns: c.cpu_ns,
-            cpu_percent: percent(
-                c.cpu_ns
-                    .saturating_sub(before.get(&c.id).copied().unwrap_or(0)) as f64,
-                elapsed_ns,
-            ),
+        .map(|files| {
+            let instance = matches!(files.owner, Owner::Lxc(_))
+                .then(|| instance_named(files.owner.name()))
+                .flatten();
+            container(&files.owner, Some(files), instance)
         })
         .collect();
+    // Instances with no cgroup: stopped, or started since the cgroups were read.
+    for instance in instances {
+        if !containers
+            .iter()
+            .any(|c| c.name == instance.name && c.kind == "lxd")
+        {
+            containers.push(container(
+                &Owner::Lxc(instance.name.clone()),
+                None,
+                Some(instance),
+            ));
+        }
+    }
+    containers.sort_by(|a, b| a.name.cmp(&b.name));
+    containers.push(container(&Owner::Host, None, None));
 
+    let count = |status: &str| {
+        containers
+            .iter()
+            .filter(|c| c.kind != "host" && c.status == status)
+            .count() as u32
+    };
     let (cpu_before, cpu_now) = (previous.host.cpu, current.host.cpu);
     let mem = current.host.memory;
     let mb = |kib: u64| kib / 1024;
@@ -87,28 +252,49 @@ pub fn snapshot(previous: &Sample, current: &Sample) -> Snapshot {
             interval_ms: elapsed.as_millis().try_into().unwrap_or(u64::MAX),
             kernel: current.host.kernel.clone(),
             cpus: current.host.cpus,
-            cpu_percent: percent(
+            cpu_percent: round2(percent(
                 cpu_now.busy.saturating_sub(cpu_before.busy) as f64,
                 cpu_now.total.saturating_sub(cpu_before.total) as f64,
-            ),
+            )),
+            load_average: current.host.load_average,
             memory_total_mb: mb(mem.total_kib),
             memory_free_mb: mb(mem.free_kib),
             memory_available_mb: mb(mem.available_kib),
             memory_used_mb: mb(mem.total_kib.saturating_sub(mem.available_kib)),
+            containers_running: count("Running"),
+            containers_stopped: count("Stopped"),
+            containers_frozen: count("Frozen"),
+            lxd_available: current.instances.is_some(),
         },
-        cgroups,
+        containers,
         kernel_drops: KernelDrops {
             cgroup_cpu_map_full: current.drops.cgroup_cpu_map_full,
+            cgroup_net_map_full: current.drops.cgroup_net_map_full,
+            cgroup_io_map_full: current.drops.cgroup_io_map_full,
         },
     }
 }
 
-/// `part / whole` in percent, rounded to hundredths; 0 when `whole` is 0.
+/// `part / whole` in percent; 0 when `whole` is 0.
 fn percent(part: f64, whole: f64) -> f64 {
     if whole <= 0.0 {
-        return 0.0;
+        0.0
+    } else {
+        part / whole * 100.0
     }
-    (part / whole * 10_000.0).round() / 100.0
+}
+
+/// `amount` per second over `seconds`; 0 for an empty interval.
+fn per_second(amount: u64, seconds: f64) -> f64 {
+    if seconds <= 0.0 {
+        0.0
+    } else {
+        amount as f64 / seconds
+    }
+}
+
+fn round2(value: f64) -> f64 {
+    (value * 100.0).round() / 100.0
 }
 
 fn rfc3339(at: SystemTime) -> String {
@@ -124,11 +310,53 @@ mod tests {
     use super::*;
     use crate::collector::{
         CgroupSample,
+        containers::MemoryUsage,
         host::{CpuTicks, HostSample, MemInfo},
         kernel::Drops,
     };
 
-    fn sample(at: Instant, busy: u64, total: u64, cgroups: &[(u64, &str, u64)]) -> Sample {
+    fn cgroup(id: u64, path: &str, cpu_ns: u64, bytes: u64) -> CgroupSample {
+        CgroupSample {
+            id,
+            path: path.into(),
+            cpu_ns,
+            net: NetCounters {
+                rx_bytes: bytes,
+                rx_packets: 1,
+                tx_bytes: 2 * bytes,
+                tx_packets: 2,
+            },
+            io: IoCounters {
+                read_bytes: bytes,
+                read_ops: 1,
+                write_bytes: 0,
+                write_ops: 0,
+            },
+        }
+    }
+
+    fn files(name: &str, frozen: bool) -> ContainerFiles {
+        ContainerFiles {
+            owner: Owner::Lxc(name.into()),
+            top: format!("/lxc.payload.{name}"),
+            memory: Some(MemoryUsage {
+                used_bytes: 512 * 1024 * 1024,
+                limit_bytes: None,
+                swap_bytes: 0,
+            }),
+            processes: 3,
+            frozen,
+            uptime_s: Some(60),
+        }
+    }
+
+    fn sample(
+        at: Instant,
+        busy: u64,
+        cgroups: Vec<CgroupSample>,
+        instances: Option<Vec<InstanceInfo>>,
+    ) -> Sample {
+        let containers = vec![files("web1", false), files("web2", true)];
         Sample {
             taken: at,
             wall: SystemTime::UNIX_EPOCH + Duration::from_secs(1_795_000_000),
@@ -138,64 +366,135 @@ mod tests {
                     free_kib: 2 * 1024 * 1024,
                     available_kib: 6 * 1024 * 1024,
                 },
-                cpu: CpuTicks { busy, total },
+                cpu: CpuTicks {
+                    busy,
+                    total: busy * 4,
+                },
                 cpus: 2,
                 kernel: "6.18.0".into(),
+                load_average: [0.5, 0.25, 0.125],
             },
-            cgroups: cgroups
-                .iter()
-                .map(|&(id, path, cpu_ns)| CgroupSample {
-                    id,
-                    path: path.into(),
-                    cpu_ns,
-                })
-                .collect(),
+            cgroups,
+            containers,
+            instances,
             drops: Drops::default(),
         }
     }
 
+    fn lxd(name: &str, status: &str) -> InstanceInfo {
+        InstanceInfo {
+            name: name.into(),
+            status: status.into(),
+            pid: Some(4242),
+            ipv4: vec!["10.0.0.2".into()],
+            ..InstanceInfo::default()
+        }
+    }
+
     #[test]
-    fn cgroup_percent_is_share_of_one_cpu_over_the_interval() {
+    fn cgroups_are_summed_per_container_and_rates_are_per_second() {
         let start = Instant::now();
-        let before = sample(start, 0, 0, &[(7, "/busy", 1_000), (8, "/idle", 5)]);
+        let before = sample(
+            start,
+            10,
+            vec![cgroup(7, "/lxc.payload.web1", 0, 0), cgroup(1, "/", 5, 0)],
+            None,
+        );
         let after = sample(
             start + Duration::from_secs(2),
-            0,
-            0,
-            &[
-                (7, "/busy", 1_000 + 3_000_000_000),
-                (8, "/idle", 5),
-                (9, "/new", 20_000_000),
+            20,
+            vec![
+                cgroup(7, "/lxc.payload.web1", 2_000_000_000, 1000),
+                cgroup(8, "/lxc.payload.web1/init.scope", 1_000_000_000, 1000),
+                cgroup(1, "/", 5, 0),
             ],
+            None,
         );
         let doc = snapshot(&before, &after);
-        let by_path = |p: &str| doc.cgroups.iter().find(|c| c.path == p).expect("listed");
-        assert_eq!(by_path("/busy").cpu_percent, 150.0, "1.5 CPUs busy");
-        assert_eq!(
-            by_path("/busy").cpu_ns,
-            3_000_001_000,
-            "cpu_ns is cumulative"
+        let web1 = doc
+            .containers
+            .iter()
+            .find(|c| c.name == "web1")
+            .expect("web1 listed");
+        assert_eq!(web1.kind, "lxc", "no LXD: recognised by cgroup");
+        assert_eq!(web1.cpu.ns, 3_000_000_000);
+        assert_eq!(web1.cpu.percent, 150.0);
+        assert_eq!(web1.network.rx_bytes, 2000);
+        assert_eq!(web1.network.tx_bytes_per_s, 2000.0);
+        assert_eq!(web1.block_io.read_bytes_per_s, 1000.0);
+        assert_eq!(web1.memory.as_ref().expect("memory").percent_of_host, 6.25);
+        assert_eq!(web1.processes, Some(3));
+        assert_eq!(doc.containers.last().expect("host entry").name, "host");
+        assert!(!doc.host.lxd_available);
+    }
+
+    #[test]
+    fn lxd_instances_are_merged_by_name_and_stopped_ones_listed() {
+        let start = Instant::now();
+        let instances = Some(vec![
+            lxd("web1", "Running"),
+            lxd("web2", "Frozen"),
+            lxd("web3", "Stopped"),
+        ]);
+        let cgroups = vec![cgroup(7, "/lxc.payload.web1", 0, 0)];
+        let doc = snapshot(
+            &sample(start, 1, cgroups.clone(), instances.clone()),
+            &sample(start + Duration::from_secs(1), 2, cgroups, instances),
         );
-        assert_eq!(by_path("/idle").cpu_percent, 0.0);
+        let names: Vec<(&str, &str, &str)> = doc
+            .containers
+            .iter()
+            .map(|c| (c.name.as_str(), c.kind.as_str(), c.status.as_str()))
+            .collect();
         assert_eq!(
-            by_path("/new").cpu_percent,
-            1.0,
-            "a new cgroup counts from zero"
+            names,
+            [
+                ("web1", "lxd", "Running"),
+                ("web2", "lxd", "Frozen"),
+                ("web3", "lxd", "Stopped"),
+                ("host", "host", "Running")
+            ]
         );
-        assert_eq!(doc.host.interval_ms, 2000);
+        let web3 = &doc.containers[2];
+        assert_eq!((web3.cgroup.as_deref(), web3.processes), (None, None));
+        assert_eq!(doc.containers[0].ipv4, ["10.0.0.2"]);
+        assert_eq!(
+            (
+                doc.host.containers_running,
+                doc.host.containers_frozen,
+                doc.host.containers_stopped
+            ),
+            (1, 1, 1)
+        );
+        assert!(doc.host.lxd_available);
+    }
+
+    #[test]
+    fn frozen_cgroup_without_lxd_reads_frozen() {
+        let start = Instant::now();
+        let doc = snapshot(
+            &sample(start, 1, vec![], None),
+            &sample(start + Duration::from_secs(1), 1, vec![], None),
+        );
+        let web2 = doc
+            .containers
+            .iter()
+            .find(|c| c.name == "web2")
+            .expect("listed");
+        assert_eq!(web2.status, "Frozen");
     }
 
     #[test]
     fn host_figures_come_from_tick_deltas_and_meminfo() {
         let start = Instant::now();
         let doc = snapshot(
-            &sample(start, 100, 1000, &[]),
-            &sample(start + Duration::from_secs(1), 150, 1200, &[]),
+            &sample(start, 100, vec![], None),
+            &sample(start + Duration::from_secs(1), 150, vec![], None),
         );
         assert_eq!(doc.host.cpu_percent, 25.0);
         assert_eq!(doc.host.memory_total_mb, 8192);
-        assert_eq!(doc.host.memory_free_mb, 2048);
         assert_eq!(doc.host.memory_used_mb, 2048);
+        assert_eq!(doc.host.load_average, [0.5, 0.25, 0.125]);
         assert_eq!(doc.host.timestamp, "2026-11-18T11:06:40Z");
         assert_eq!(doc.version, SNAPSHOT_VERSION);
     }
@@ -203,7 +502,16 @@ mod tests {
     #[test]
     fn zero_length_interval_gives_zero_not_nan() {
         let start = Instant::now();
-        let doc = snapshot(&sample(start, 5, 5, &[]), &sample(start, 5, 5, &[]));
+        let cgroups = vec![cgroup(7, "/lxc.payload.web1", 9, 9)];
+        let doc = snapshot(
+            &sample(start, 5, cgroups.clone(), None),
+            &sample(start, 5, cgroups, None),
+        );
         assert_eq!(doc.host.cpu_percent, 0.0);
+        assert!(
+            doc.containers
+                .iter()
+                .all(|c| c.cpu.percent == 0.0 && c.network.rx_bytes_per_s == 0.0)
+        );
     }
 }

@@ -10,7 +10,13 @@ use std::{
     time::{Duration, Instant},
 };
 
-use lynx::collector::cgroupfs::CgroupLayout;
+use lynx::collector::{
+    cgroupfs::CgroupLayout,
+    kernel::{KernelCounters, LoadOptions},
+};
+
+pub mod daemon;
+pub mod lxd;
 
 /// True when this test may go on. Without root it fails under `CI=true` and is skipped, with
 /// a line saying so, elsewhere.
@@ -25,6 +31,17 @@ pub fn privileged(test: &str) -> bool {
     );
     eprintln!("{test}: skipped, needs root (run `cargo xtask test` as root)");
     false
+}
+
+/// Lynx's kernel programs loaded and attached with maps private to this test, so that
+/// neither a running daemon nor another test shares its counts.
+pub fn private_kernel_counters() -> KernelCounters {
+    let layout = CgroupLayout::detect().expect("cgroup layout");
+    KernelCounters::load(&LoadOptions {
+        cgroup_root: layout.unified,
+        pin_dir: None,
+    })
+    .expect("load and attach lynx's programs")
 }
 
 /// The `lynx` binary that `cargo xtask test` built.

@@ -2,8 +2,7 @@
 //! accounting.
 use std::{process::Command, thread::sleep, time::Duration};
 
-use lynx::collector::kernel::KernelCounters;
-use lynx_tests::{TestCgroup, assert_close, privileged};
+use lynx_tests::{TestCgroup, assert_close, private_kernel_counters, privileged};
 
 /// How long the CPU-bound child runs.
 const BUSY_FOR: Duration = Duration::from_millis(2500);
@@ -13,7 +12,7 @@ fn busy_cgroup_cpu_time_matches_kernel_accounting() {
     if !privileged("busy_cgroup_cpu_time_matches_kernel_accounting") {
         return;
     }
-    let mut kernel = KernelCounters::load().expect("load and attach lynx's programs");
+    let mut kernel = private_kernel_counters();
     let cgroup = TestCgroup::create("busy");
     let mut busy = cgroup.spawn(Command::new("sh").args(["-c", "while :; do :; done"]));
     sleep(BUSY_FOR);
@@ -43,7 +42,7 @@ fn sleeping_cgroup_is_charged_under_one_percent_of_a_cpu() {
     if !privileged("sleeping_cgroup_is_charged_under_one_percent_of_a_cpu") {
         return;
     }
-    let mut kernel = KernelCounters::load().expect("load and attach lynx's programs");
+    let mut kernel = private_kernel_counters();
     let cgroup = TestCgroup::create("sleepy");
     let asleep_for = Duration::from_secs(2);
     let mut sleeper = cgroup.spawn(Command::new("sleep").arg(asleep_for.as_secs().to_string()));

@@ -34,11 +34,23 @@ pub struct Package {
 }
 
 /// What the privileged tests drive.
-pub const TEST_PACKAGES: &[Package] = &[Package {
-    name: "util-linux",
-    provides: "setpriv",
-    why: "tests run lynx without privileges to check its error",
-}];
+pub const TEST_PACKAGES: &[Package] = &[
+    Package {
+        name: "util-linux",
+        provides: "setpriv",
+        why: "tests run lynx without privileges to check its error",
+    },
+    Package {
+        name: "lxd",
+        provides: "lxd",
+        why: "the privileged tests run real LXD containers",
+    },
+    Package {
+        name: "busybox-static",
+        provides: "busybox",
+        why: "the tests build their container image from busybox",
+    },
+];
 
 /// What the benches compare against.
 pub const BENCH_PACKAGES: &[Package] = &[Package {

@@ -36,6 +36,8 @@ pub struct HostSample {
     pub cpus: u32,
     /// Kernel release, as `uname -r`.
     pub kernel: String,
+    /// Load average over 1, 5 and 15 minutes.
+    pub load_average: [f64; 3],
 }
 
 impl HostSample {
@@ -55,6 +57,12 @@ impl HostSample {
             cpu,
             cpus,
             kernel: read("/proc/sys/kernel/osrelease")?.trim().to_owned(),
+            load_average: parse_loadavg(&read("/proc/loadavg")?).ok_or_else(|| {
+                HostError::Missing {
+                    path: "/proc/loadavg".into(),
+                    field: "load average",
+                }
+            })?,
         })
     }
 }
@@ -108,9 +116,24 @@ pub fn parse_stat(text: &str) -> Option<(CpuTicks, u32)> {
     ))
 }
 
+/// Parses the three load averages of `/proc/loadavg`.
+pub fn parse_loadavg(text: &str) -> Option<[f64; 3]> {
+    let mut fields = text.split_whitespace().map(|f| f.parse().ok());
+    Some([fields.next()??, fields.next()??, fields.next()??])
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn loadavg_has_three_averages() {
+        assert_eq!(
+            parse_loadavg("0.52 0.58 0.59 2/512 12345\n"),
+            Some([0.52, 0.58, 0.59])
+        );
+        assert_eq!(parse_loadavg("0.52 oops"), None);
+    }
 
     #[test]
     fn meminfo_fields_in_kib() {

@@ -1,18 +1,26 @@
 //! The kernel side: loads the embedded eBPF object, attaches its programs and reads its maps.
-use std::collections::HashMap;
+use std::{
+    collections::HashMap,
+    fs, io,
+    path::{Path, PathBuf},
+};
 
 use aya::{
-    EbpfError, EbpfLoader,
+    EbpfError, EbpfLoader, Pod,
     maps::{MapError, PerCpuArray, PerCpuHashMap},
     programs::{
-        BtfTracePoint, PerfEvent, Program, ProgramError,
+        BtfTracePoint, CgroupAttachMode, CgroupSkb, CgroupSkbAttachType, PerfEvent, Program,
+        ProgramError,
         perf_event::{PerfEventConfig, PerfEventScope, SamplePolicy, SoftwareEvent},
     },
     util::online_cpus,
 };
 use lynx_common::{
-    CGROUP_CPU_MAP, CPU_CLOCK_PROGRAM, CPU_SLICE_MAP, CpuSlice, CpuTime, DROP_CGROUP_CPU_FULL,
-    DROPS_MAP, SCHED_SWITCH_PROGRAM, SCHED_SWITCH_TRACEPOINT, TASK_RUNTIME_OFFSET_GLOBAL,
+    BIO_OPF_OFFSET_GLOBAL, BIO_QUEUE_PROGRAM, BIO_QUEUE_TRACEPOINT, BIO_SIZE_OFFSET_GLOBAL,
+    CGROUP_CPU_MAP, CGROUP_IO_MAP, CGROUP_NET_MAP, CPU_CLOCK_PROGRAM, CPU_SLICE_MAP, CpuSlice,
+    CpuTime, DROP_CGROUP_CPU_FULL, DROP_CGROUP_IO_FULL, DROP_CGROUP_NET_FULL, DROPS_MAP,
+    IoCounters, MAPS_LAYOUT_VERSION, NET_EGRESS_PROGRAM, NET_INGRESS_PROGRAM, NetCounters,
+    PINNED_MAPS, SCHED_SWITCH_PROGRAM, SCHED_SWITCH_TRACEPOINT, TASK_RUNTIME_OFFSET_GLOBAL,
 };
 
 use super::{
@@ -52,13 +60,66 @@ pub enum KernelError {
         name: &'static str,
         source: MapError,
     },
+    #[error("cannot open cgroup {path} to attach to: {source}")]
+    Cgroup { path: PathBuf, source: io::Error },
+    #[error("cannot prepare pin directory {path}: {source}")]
+    PinDir { path: PathBuf, source: io::Error },
 }
 
-/// Counts of events the kernel programs could not record, since they were loaded.
+/// Counts of events the kernel programs could not record because a map was full.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Drops {
-    /// CPU time not charged because the cgroup map was full.
     pub cgroup_cpu_map_full: u64,
+    pub cgroup_net_map_full: u64,
+    pub cgroup_io_map_full: u64,
+}
+
+/// Everything the kernel counted per cgroup v2 id, summed over CPUs.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct KernelSample {
+    pub cpu_ns: HashMap<u64, u64>,
+    pub net: HashMap<u64, NetCounters>,
+    pub io: HashMap<u64, IoCounters>,
+    pub drops: Drops,
+}
+
+/// How to load the programs.
+#[derive(Clone, Debug)]
+pub struct LoadOptions {
+    /// The cgroup v2 hierarchy's mount point: the socket hooks attach to its root.
+    pub cgroup_root: PathBuf,
+    /// bpffs directory to pin the maps in (reusing maps already pinned there), or `None` for
+    /// maps private to this process.
+    pub pin_dir: Option<PathBuf>,
+}
+
+/// A per-CPU map value that is summed over CPUs.
+trait Counters: Pod + Default {
+    fn add(&mut self, other: &Self);
+}
+
+impl Counters for CpuTime {
+    fn add(&mut self, other: &Self) {
+        self.on_cpu_ns += other.on_cpu_ns;
+    }
+}
+
+impl Counters for NetCounters {
+    fn add(&mut self, other: &Self) {
+        self.rx_bytes += other.rx_bytes;
+        self.rx_packets += other.rx_packets;
+        self.tx_bytes += other.tx_bytes;
+        self.tx_packets += other.tx_packets;
+    }
+}
+
+impl Counters for IoCounters {
+    fn add(&mut self, other: &Self) {
+        self.read_bytes += other.read_bytes;
+        self.read_ops += other.read_ops;
+        self.write_bytes += other.write_bytes;
+        self.write_ops += other.write_ops;
+    }
 }
 
 /// Lynx's programs, loaded and attached; detached when dropped.
@@ -71,31 +132,47 @@ pub struct KernelCounters {
 
 impl KernelCounters {
     /// Checks privileges and kernel features, then loads and attaches every program.
-    pub fn load() -> Result<Self, KernelError> {
+    pub fn load(options: &LoadOptions) -> Result<Self, KernelError> {
         preflight::check_privileges()?;
-        preflight::check_btf(std::path::Path::new("/sys"))?;
-        let task_runtime_offset = u64::from(
-            Btf::from_kernel()?.member_offset("task_struct", &["se", "sum_exec_runtime"])?,
-        );
-        let mut ebpf = EbpfLoader::new()
-            .override_global(TASK_RUNTIME_OFFSET_GLOBAL, &task_runtime_offset, true)
-            .load(EBPF_OBJECT)?;
+        preflight::check_btf(Path::new("/sys"))?;
+        let btf = Btf::from_kernel()?;
+        let task_runtime =
+            u64::from(btf.member_offset("task_struct", &["se", "sum_exec_runtime"])?);
+        let bio_opf = u64::from(btf.member_offset("bio", &["bi_opf"])?);
+        let bio_size = u64::from(btf.member_offset("bio", &["bi_iter", "bi_size"])?);
+
+        let mut loader = EbpfLoader::new();
+        loader
+            .override_global(TASK_RUNTIME_OFFSET_GLOBAL, &task_runtime, true)
+            .override_global(BIO_OPF_OFFSET_GLOBAL, &bio_opf, true)
+            .override_global(BIO_SIZE_OFFSET_GLOBAL, &bio_size, true);
+        let pin_paths = match &options.pin_dir {
+            Some(dir) => pin_paths(dir)?,
+            None => Vec::new(),
+        };
+        for (name, path) in &pin_paths {
+            loader.map_pin_path(name, path.as_path());
+        }
+        let mut ebpf = loader.load(EBPF_OBJECT)?;
 
         let kernel_btf = aya::Btf::from_sys_fs().map_err(EbpfError::from)?;
-        let sched_switch: &mut BtfTracePoint = program(&mut ebpf, SCHED_SWITCH_PROGRAM)?;
-        sched_switch
-            .load(SCHED_SWITCH_TRACEPOINT, &kernel_btf)
-            .map_err(|error| match error {
-                ProgramError::Btf(_) => PreflightError::MissingFeature {
-                    feature: format!("tracepoint sched/{SCHED_SWITCH_TRACEPOINT}"),
-                    evidence: "not in the kernel's BTF".into(),
-                }
-                .into(),
-                error => program_error(SCHED_SWITCH_PROGRAM)(error),
-            })?;
-        sched_switch
-            .attach()
-            .map_err(program_error(SCHED_SWITCH_PROGRAM))?;
+        for (name, tracepoint) in [
+            (SCHED_SWITCH_PROGRAM, SCHED_SWITCH_TRACEPOINT),
+            (BIO_QUEUE_PROGRAM, BIO_QUEUE_TRACEPOINT),
+        ] {
+            let program: &mut BtfTracePoint = program(&mut ebpf, name)?;
+            program
+                .load(tracepoint, &kernel_btf)
+                .map_err(|error| match error {
+                    ProgramError::Btf(_) => PreflightError::MissingFeature {
+                        feature: format!("tracepoint {tracepoint}"),
+                        evidence: "not in the kernel's BTF".into(),
+                    }
+                    .into(),
+                    error => program_error(name)(error),
+                })?;
+            program.attach().map_err(program_error(name))?;
+        }
 
         let cpu_clock: &mut PerfEvent = program(&mut ebpf, CPU_CLOCK_PROGRAM)?;
         cpu_clock.load().map_err(program_error(CPU_CLOCK_PROGRAM))?;
@@ -111,10 +188,73 @@ impl KernelCounters {
                 )
                 .map_err(program_error(CPU_CLOCK_PROGRAM))?;
         }
+
+        let root = fs::File::open(&options.cgroup_root).map_err(|source| KernelError::Cgroup {
+            path: options.cgroup_root.clone(),
+            source,
+        })?;
+        for (name, direction) in [
+            (NET_INGRESS_PROGRAM, CgroupSkbAttachType::Ingress),
+            (NET_EGRESS_PROGRAM, CgroupSkbAttachType::Egress),
+        ] {
+            let program: &mut CgroupSkb = program(&mut ebpf, name)?;
+            program.load().map_err(program_error(name))?;
+            // Single makes a BPF link, which coexists with other programs on the cgroup;
+            // AllowMultiple is refused for links (see shared/TOOLCHAIN.md).
+            program
+                .attach(&root, direction, CgroupAttachMode::Single)
+                .map_err(program_error(name))?;
+        }
+        if !pin_paths.is_empty() {
+            tracing::info!(dir = ?options.pin_dir, "kernel maps pinned");
+        }
         Ok(Self {
             ebpf,
             cpu_floor: HashMap::new(),
         })
+    }
+
+    /// Reads every per-cgroup counter.
+    pub fn sample(&mut self) -> Result<KernelSample, KernelError> {
+        Ok(KernelSample {
+            cpu_ns: self.cgroup_cpu_ns()?,
+            net: self.per_cgroup(CGROUP_NET_MAP)?,
+            io: self.per_cgroup(CGROUP_IO_MAP)?,
+            drops: self.drops()?,
+        })
+    }
+
+    /// Removes the counters of `cgroup_ids` (cgroups that are gone) from every map.
+    pub fn forget(&mut self, cgroup_ids: &[u64]) -> Result<(), KernelError> {
+        self.remove::<CpuTime>(CGROUP_CPU_MAP, cgroup_ids)?;
+        self.remove::<NetCounters>(CGROUP_NET_MAP, cgroup_ids)?;
+        self.remove::<IoCounters>(CGROUP_IO_MAP, cgroup_ids)?;
+        for id in cgroup_ids {
+            self.cpu_floor.remove(id);
+        }
+        Ok(())
+    }
+
+    fn remove<V: Pod>(
+        &mut self,
+        name: &'static str,
+        cgroup_ids: &[u64],
+    ) -> Result<(), KernelError> {
+        let map_error = |source| KernelError::Map { name, source };
+        let map = self
+            .ebpf
+            .map_mut(name)
+            .ok_or(KernelError::Missing { kind: "map", name })?;
+        let mut map: PerCpuHashMap<_, u64, V> = map.try_into().map_err(map_error)?;
+        for id in cgroup_ids {
+            match map.remove(id) {
+                Ok(()) => {}
+                // Not every map has every cgroup.
+                Err(MapError::SyscallError(e)) if e.io_error.kind() == io::ErrorKind::NotFound => {}
+                Err(error) => return Err(map_error(error)),
+            }
+        }
+        Ok(())
     }
 
     /// Nanoseconds on CPU per cgroup v2 id since the programs were loaded, summed over CPUs.
@@ -125,17 +265,11 @@ impl KernelCounters {
     /// returned, and the time missed shows up in the next read.
     pub fn cgroup_cpu_ns(&mut self) -> Result<HashMap<u64, u64>, KernelError> {
         let map_error = |name| move |source| KernelError::Map { name, source };
-        let map: PerCpuHashMap<_, u64, CpuTime> = self
-            .map(CGROUP_CPU_MAP)?
-            .try_into()
-            .map_err(map_error(CGROUP_CPU_MAP))?;
-        let mut totals = map
-            .iter()
-            .map(|entry| {
-                let (cgroup_id, per_cpu) = entry.map_err(map_error(CGROUP_CPU_MAP))?;
-                Ok((cgroup_id, per_cpu.iter().map(|t| t.on_cpu_ns).sum()))
-            })
-            .collect::<Result<HashMap<u64, u64>, KernelError>>()?;
+        let mut totals: HashMap<u64, u64> = self
+            .per_cgroup::<CpuTime>(CGROUP_CPU_MAP)?
+            .into_iter()
+            .map(|(id, time)| (id, time.on_cpu_ns))
+            .collect();
 
         let slices: PerCpuArray<_, CpuSlice> = self
             .map(CPU_SLICE_MAP)?
@@ -157,8 +291,22 @@ impl KernelCounters {
         Ok(totals)
     }
 
+    /// A per-CPU hash map keyed by cgroup id, summed over CPUs.
+    fn per_cgroup<V: Counters>(&self, name: &'static str) -> Result<HashMap<u64, V>, KernelError> {
+        let map_error = |source| KernelError::Map { name, source };
+        let map: PerCpuHashMap<_, u64, V> = self.map(name)?.try_into().map_err(map_error)?;
+        map.iter()
+            .map(|entry| {
+                let (cgroup_id, per_cpu) = entry.map_err(map_error)?;
+                let mut total = V::default();
+                per_cpu.iter().for_each(|value| total.add(value));
+                Ok((cgroup_id, total))
+            })
+            .collect()
+    }
+
     /// What the kernel programs had to drop.
-    pub fn drops(&self) -> Result<Drops, KernelError> {
+    fn drops(&self) -> Result<Drops, KernelError> {
         let map_error = |source| KernelError::Map {
             name: DROPS_MAP,
             source,
@@ -169,6 +317,8 @@ impl KernelCounters {
         };
         Ok(Drops {
             cgroup_cpu_map_full: total(DROP_CGROUP_CPU_FULL)?,
+            cgroup_net_map_full: total(DROP_CGROUP_NET_FULL)?,
+            cgroup_io_map_full: total(DROP_CGROUP_IO_FULL)?,
         })
     }
 
@@ -177,6 +327,23 @@ impl KernelCounters {
             .map(name)
             .ok_or(KernelError::Missing { kind: "map", name })
     }
+}
+
+/// Pin paths of the pinned maps under `dir`, creating it (and mounting bpffs at
+/// `/sys/fs/bpf` when `dir` is below it and nothing is mounted there). Pins, and so bpffs,
+/// must outlive the daemon: this mount is deliberately not undone.
+fn pin_paths(dir: &Path) -> Result<Vec<(&'static str, PathBuf)>, KernelError> {
+    let versioned = dir.join(format!("v{MAPS_LAYOUT_VERSION}"));
+    let error = |source| KernelError::PinDir {
+        path: versioned.clone(),
+        source,
+    };
+    preflight::ensure_bpffs(dir).map_err(error)?;
+    fs::create_dir_all(&versioned).map_err(error)?;
+    Ok(PINNED_MAPS
+        .iter()
+        .map(|&name| (name, versioned.join(name)))
+        .collect())
 }
 
 fn program_error(name: &'static str) -> impl Fn(ProgramError) -> KernelError {

@@ -70,6 +70,50 @@ pub fn check_btf(sys: &Path) -> Result<(), PreflightError> {
     })
 }
 
+/// Where bpffs is conventionally mounted.
+const BPFFS: &str = "/sys/fs/bpf";
+
+/// Mounts bpffs at `/sys/fs/bpf` when `pin_dir` is below it and nothing is mounted there yet.
+/// Not undone on exit: pinned maps live as long as that mount.
+pub fn ensure_bpffs(pin_dir: &Path) -> io::Result<()> {
+    if !pin_dir.starts_with(BPFFS) {
+        return Ok(());
+    }
+    let mounts = fs::read_to_string("/proc/self/mounts")?;
+    if is_mounted(&mounts, BPFFS, "bpf") {
+        return Ok(());
+    }
+    let target = std::ffi::CString::new(BPFFS).expect("no NUL in a constant");
+    // SAFETY: every pointer is a NUL-terminated string that outlives the call.
+    let rc = unsafe {
+        libc::mount(
+            c"bpf".as_ptr(),
+            target.as_ptr(),
+            c"bpf".as_ptr(),
+            0,
+            std::ptr::null(),
+        )
+    };
+    if rc != 0 {
+        let error = io::Error::last_os_error();
+        // Another process (a second lynx) mounting it at the same moment is fine.
+        let mounts = fs::read_to_string("/proc/self/mounts")?;
+        if !is_mounted(&mounts, BPFFS, "bpf") {
+            return Err(error);
+        }
+    }
+    tracing::info!(target = BPFFS, "mounted bpffs for pinned maps");
+    Ok(())
+}
+
+/// True when `/proc/self/mounts` text shows a file system of `fs_type` at `target`.
+fn is_mounted(mounts: &str, target: &str, fs_type: &str) -> bool {
+    mounts.lines().any(|line| {
+        let mut fields = line.split(' ').skip(1);
+        fields.next() == Some(target) && fields.next() == Some(fs_type)
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -107,6 +151,18 @@ mod tests {
     #[test]
     fn unreadable_status_counts_as_no_capabilities() {
         assert_eq!(missing_capabilities("garbage"), ["CAP_BPF", "CAP_PERFMON"]);
+    }
+
+    #[test]
+    fn mount_table_lookup_matches_target_and_type() {
+        let mounts = "sysfs /sys sysfs rw 0 0\nbpf /sys/fs/bpf bpf rw,relatime 0 0\n";
+        assert!(is_mounted(mounts, "/sys/fs/bpf", "bpf"));
+        assert!(!is_mounted(mounts, "/sys/fs/bpf", "tracefs"));
+        assert!(!is_mounted(
+            "none /sys/fs/bpf tmpfs rw 0 0\n",
+            "/sys/fs/bpf",
+            "bpf"
+        ));
     }
 
     #[test]

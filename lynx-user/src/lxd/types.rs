@@ -1,0 +1,420 @@
+//! What the client returns, and the shapes of LXD's JSON it is read from.
+//!
+//! LXD's objects are decoded into private `Raw*` structs that mirror the API (every field
+//! optional where LXD may send `null` or leave it out), then converted into the public types,
+//! which keep only what Lynx uses, in Rust terms: absent PIDs as `None`, addresses parsed.
+use std::{
+    collections::BTreeMap,
+    net::{IpAddr, Ipv4Addr, Ipv6Addr},
+};
+
+use serde::{Deserialize, Deserializer};
+
+/// An instance's run state, as LXD's `status` field.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum InstanceStatus {
+    Running,
+    Stopped,
+    Frozen,
+    /// Anything else, as LXD spells it (`Error`, `Starting`, `Stopping`, …).
+    Other(String),
+}
+
+impl InstanceStatus {
+    fn parse(status: String) -> Self {
+        match status.as_str() {
+            "Running" => Self::Running,
+            "Stopped" => Self::Stopped,
+            "Frozen" => Self::Frozen,
+            _ => Self::Other(status),
+        }
+    }
+}
+
+/// One instance (container or VM), from `GET /1.0/instances?recursion=2`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Instance {
+    pub name: String,
+    /// `container` or `virtual-machine`.
+    pub kind: String,
+    pub status: InstanceStatus,
+    /// The init process's PID on the host; `None` when not running (LXD says 0 or -1).
+    pub pid: Option<u32>,
+    /// Global-scope addresses of every NIC but `lo`; empty when stopped.
+    pub ipv4: Vec<Ipv4Addr>,
+    pub ipv6: Vec<Ipv6Addr>,
+    /// What the instance was created from, for people: the image's description as copied
+    /// into `config["image.description"]` at creation (`Debian bookworm amd64 (20240101_05:24)`),
+    /// else `image.os` and `image.release` joined by a space; `None` for an instance made
+    /// without an image or whose image had none of these properties.
+    pub image: Option<String>,
+    /// Fingerprint of the image it was created from (`config["volatile.base_image"]`), to
+    /// match against [`Image::fingerprint`]; the image itself may have been deleted since.
+    pub base_image: Option<String>,
+    /// Applied profiles, in order.
+    pub profiles: Vec<String>,
+    /// RFC 3339, as LXD sends it.
+    pub created_at: String,
+    /// RFC 3339; `None` for an instance never started (LXD sends the Unix epoch or Go's zero
+    /// time there).
+    pub last_used_at: Option<String>,
+}
+
+/// An instance's live state, from `GET /1.0/instances/NAME/state`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct InstanceState {
+    pub status: InstanceStatus,
+    pub pid: Option<u32>,
+    /// Processes in the instance; `None` when LXD cannot tell (it says -1, as for a VM
+    /// without its agent).
+    pub processes: Option<u64>,
+    /// Global-scope addresses of every NIC but `lo`.
+    pub ipv4: Vec<Ipv4Addr>,
+    pub ipv6: Vec<Ipv6Addr>,
+    /// CPU time used, in nanoseconds, from the instance's cgroup.
+    pub cpu_usage_ns: u64,
+    pub memory: MemoryState,
+    /// Per NIC inside the instance, by its name there (`eth0`, `lo`, …).
+    pub network: BTreeMap<String, NicState>,
+}
+
+/// Memory use, in bytes, from the instance's cgroup.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct MemoryState {
+    pub usage: u64,
+    pub usage_peak: u64,
+    pub swap_usage: u64,
+    pub swap_usage_peak: u64,
+}
+
+/// One NIC's state as LXD reports it.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct NicState {
+    /// The host side of the NIC (the `veth…` for a bridged container NIC); empty for `lo`.
+    pub host_name: String,
+    pub hwaddr: String,
+    pub mtu: u32,
+    /// `up` or `down`.
+    pub state: String,
+    /// Counted inside the instance: `received` is traffic into it.
+    pub bytes_received: u64,
+    pub bytes_sent: u64,
+    pub packets_received: u64,
+    pub packets_sent: u64,
+}
+
+/// One image in the local store, from `GET /1.0/images?recursion=1`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Image {
+    pub fingerprint: String,
+    pub aliases: Vec<String>,
+    /// Kernel architecture name (`x86_64`, `aarch64`).
+    pub architecture: String,
+    /// `properties["description"]`, if set and not empty.
+    pub description: Option<String>,
+    /// `container` or `virtual-machine`.
+    pub kind: String,
+    /// Bytes.
+    pub size: u64,
+    /// RFC 3339, as LXD sends it.
+    pub uploaded_at: String,
+    /// Pulled automatically from a remote to create an instance (LXD may expire these).
+    pub cached: bool,
+}
+
+/// A state change for [`LxdClient::change_state`](super::LxdClient::change_state).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum StateAction {
+    Start,
+    /// `force: false` asks the instance to shut down cleanly within the timeout;
+    /// `force: true` kills it.
+    Stop {
+        force: bool,
+    },
+    /// As [`StateAction::Stop`], then starts it again.
+    Restart {
+        force: bool,
+    },
+    Freeze,
+    Unfreeze,
+}
+
+impl StateAction {
+    pub(super) fn verb(self) -> &'static str {
+        match self {
+            Self::Start => "start",
+            Self::Stop { .. } => "stop",
+            Self::Restart { .. } => "restart",
+            Self::Freeze => "freeze",
+            Self::Unfreeze => "unfreeze",
+        }
+    }
+
+    pub(super) fn force(self) -> bool {
+        matches!(
+            self,
+            Self::Stop { force: true } | Self::Restart { force: true }
+        )
+    }
+}
+
+/// Go leaves unset maps and slices `null` in LXD's JSON; they read as empty here.
+fn nullable<'de, D, T>(deserializer: D) -> Result<T, D::Error>
+where
+    D: Deserializer<'de>,
+    T: Deserialize<'de> + Default,
+{
+    Ok(Option::<T>::deserialize(deserializer)?.unwrap_or_default())
+}
+
+#[derive(Debug, Deserialize)]
+pub(super) struct RawInstance {
+    name: String,
+    status: String,
+    #[serde(rename = "type", default)]
+    kind: String,
+    #[serde(default, deserialize_with = "nullable")]
+    profiles: Vec<String>,
+    #[serde(default, deserialize_with = "nullable")]
+    config: BTreeMap<String, String>,
+    #[serde(default)]
+    created_at: String,
+    #[serde(default)]
+    last_used_at: String,
+    #[serde(default)]
+    state: Option<RawState>,
+}
+
+impl From<RawInstance> for Instance {
+    fn from(raw: RawInstance) -> Self {
+        let config = |key: &str| raw.config.get(key).filter(|v| !v.is_empty()).cloned();
+        let image = config("image.description").or_else(|| {
+            let parts: Vec<String> = ["image.os", "image.release"]
+                .into_iter()
+                .filter_map(config)
+                .collect();
+            (!parts.is_empty()).then(|| parts.join(" "))
+        });
+        let base_image = config("volatile.base_image");
+        // `state` is `null` when LXD could not read it; then the instance shows no PID or
+        // addresses rather than failing the whole list.
+        let (pid, ipv4, ipv6) = raw
+            .state
+            .map(InstanceState::from)
+            .map(|s| (s.pid, s.ipv4, s.ipv6))
+            .unwrap_or_default();
+        Self {
+            name: raw.name,
+            kind: raw.kind,
+            status: InstanceStatus::parse(raw.status),
+            pid,
+            ipv4,
+            ipv6,
+            image,
+            base_image,
+            profiles: raw.profiles,
+            created_at: raw.created_at,
+            last_used_at: never_as_none(raw.last_used_at),
+        }
+    }
+}
+
+/// LXD 5.0 reports a never-started instance's `last_used_at` as the Unix epoch; other
+/// versions as Go's zero time.
+fn never_as_none(time: String) -> Option<String> {
+    let never = time.is_empty()
+        || time.starts_with("0001-01-01T00:00:00")
+        || time.starts_with("1970-01-01T00:00:00");
+    (!never).then_some(time)
+}
+
+#[derive(Debug, Deserialize)]
+pub(super) struct RawState {
+    #[serde(default)]
+    status: String,
+    #[serde(default)]
+    pid: i64,
+    #[serde(default)]
+    processes: i64,
+    #[serde(default, deserialize_with = "nullable")]
+    network: BTreeMap<String, RawNic>,
+    #[serde(default, deserialize_with = "nullable")]
+    memory: RawMemory,
+    #[serde(default, deserialize_with = "nullable")]
+    cpu: RawCpu,
+}
+
+#[derive(Debug, Default, Deserialize)]
+struct RawNic {
+    #[serde(default, deserialize_with = "nullable")]
+    addresses: Vec<RawAddress>,
+    #[serde(default, deserialize_with = "nullable")]
+    counters: RawCounters,
+    #[serde(default)]
+    hwaddr: String,
+    #[serde(default)]
+    host_name: String,
+    #[serde(default)]
+    mtu: i64,
+    #[serde(default)]
+    state: String,
+}
+
+#[derive(Debug, Default, Deserialize)]
+struct RawAddress {
+    #[serde(default)]
+    address: String,
+    #[serde(default)]
+    scope: String,
+}
+
+#[derive(Debug, Default, Deserialize)]
+struct RawCounters {
+    #[serde(default)]
+    bytes_received: i64,
+    #[serde(default)]
+    bytes_sent: i64,
+    #[serde(default)]
+    packets_received: i64,
+    #[serde(default)]
+    packets_sent: i64,
+}
+
+#[derive(Debug, Default, Deserialize)]
+struct RawMemory {
+    #[serde(default)]
+    usage: i64,
+    #[serde(default)]
+    usage_peak: i64,
+    #[serde(default)]
+    swap_usage: i64,
+    #[serde(default)]
+    swap_usage_peak: i64,
+}
+
+#[derive(Debug, Default, Deserialize)]
+struct RawCpu {
+    #[serde(default)]
+    usage: i64,
+}
+
+/// LXD's figures are Go `int64`s with -1 for "unknown"; a count cannot be negative.
+fn count(value: i64) -> u64 {
+    u64::try_from(value).unwrap_or(0)
+}
+
+impl From<RawState> for InstanceState {
+    fn from(raw: RawState) -> Self {
+        let mut ipv4 = Vec::new();
+        let mut ipv6 = Vec::new();
+        let global = raw
+            .network
+            .iter()
+            .filter(|(name, _)| name.as_str() != "lo")
+            .flat_map(|(_, nic)| &nic.addresses)
+            .filter(|a| a.scope == "global");
+        for address in global {
+            // LXD renders addresses with `net.IP.String()`; anything else is not an address.
+            match address.address.parse() {
+                Ok(IpAddr::V4(a)) => ipv4.push(a),
+                Ok(IpAddr::V6(a)) => ipv6.push(a),
+                Err(_) => {}
+            }
+        }
+        let network = raw
+            .network
+            .into_iter()
+            .map(|(name, nic)| {
+                let state = NicState {
+                    host_name: nic.host_name,
+                    hwaddr: nic.hwaddr,
+                    mtu: u32::try_from(nic.mtu).unwrap_or_default(),
+                    state: nic.state,
+                    bytes_received: count(nic.counters.bytes_received),
+                    bytes_sent: count(nic.counters.bytes_sent),
+                    packets_received: count(nic.counters.packets_received),
+                    packets_sent: count(nic.counters.packets_sent),
+                };
+                (name, state)
+            })
+            .collect();
+        Self {
+            status: InstanceStatus::parse(raw.status),
+            pid: u32::try_from(raw.pid).ok().filter(|&pid| pid > 0),
+            processes: u64::try_from(raw.processes).ok(),
+            ipv4,
+            ipv6,
+            cpu_usage_ns: count(raw.cpu.usage),
+            memory: MemoryState {
+                usage: count(raw.memory.usage),
+                usage_peak: count(raw.memory.usage_peak),
+                swap_usage: count(raw.memory.swap_usage),
+                swap_usage_peak: count(raw.memory.swap_usage_peak),
+            },
+            network,
+        }
+    }
+}
+
+#[derive(Debug, Deserialize)]
+pub(super) struct RawImage {
+    fingerprint: String,
+    #[serde(default, deserialize_with = "nullable")]
+    aliases: Vec<RawAlias>,
+    #[serde(default)]
+    architecture: String,
+    #[serde(default, deserialize_with = "nullable")]
+    properties: BTreeMap<String, String>,
+    #[serde(rename = "type", default)]
+    kind: String,
+    #[serde(default)]
+    size: i64,
+    #[serde(default)]
+    uploaded_at: String,
+    #[serde(default)]
+    cached: bool,
+}
+
+#[derive(Debug, Deserialize)]
+struct RawAlias {
+    name: String,
+}
+
+impl From<RawImage> for Image {
+    fn from(raw: RawImage) -> Self {
+        let mut properties = raw.properties;
+        Self {
+            fingerprint: raw.fingerprint,
+            aliases: raw.aliases.into_iter().map(|a| a.name).collect(),
+            architecture: raw.architecture,
+            description: properties.remove("description").filter(|d| !d.is_empty()),
+            kind: raw.kind,
+            size: count(raw.size),
+            uploaded_at: raw.uploaded_at,
+            cached: raw.cached,
+        }
+    }
+}
+
+/// The part of `GET /1.0/instances/NAME` that [`LxdClient::set_ipv4`](super::LxdClient::set_ipv4)
+/// edits: devices are string maps (`type`, `network`, `ipv4.address`, …).
+#[derive(Debug, Deserialize)]
+pub(super) struct RawDevices {
+    #[serde(default, deserialize_with = "nullable")]
+    pub expanded_devices: BTreeMap<String, BTreeMap<String, String>>,
+}
+
+/// A background operation, as in an async answer's `metadata` and `GET …/wait`.
+#[derive(Debug, Deserialize)]
+pub(super) struct RawOperation {
+    #[serde(default)]
+    pub id: String,
+    #[serde(default)]
+    pub description: String,
+    #[serde(default)]
+    pub status: String,
+    #[serde(default)]
+    pub status_code: u16,
+    #[serde(default)]
+    pub err: String,
+}

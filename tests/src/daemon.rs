@@ -1,0 +1,139 @@
+//! `lynx daemon` under test: its own config, pin directory, snapshot file and log, so it never
+//! shares maps with a daemon the host runs. Killed, and its pins removed, on drop.
+use std::{
+    fs,
+    path::PathBuf,
+    process::{Command, Stdio},
+    thread::sleep,
+    time::{Duration, Instant},
+};
+
+use lynx::model::Snapshot;
+
+use crate::{ChildGuard, lynx_bin};
+
+pub struct DaemonUnderTest {
+    daemon: ChildGuard,
+    pub dir: PathBuf,
+    pub snapshot_path: PathBuf,
+    pub log_path: PathBuf,
+    pub pin_dir: PathBuf,
+    config: PathBuf,
+}
+
+impl DaemonUnderTest {
+    /// Starts a daemon collecting every `interval` (e.g. `"200ms"`) and waits for its first
+    /// snapshot.
+    pub fn start(name: &str, interval: &str) -> Self {
+        let unique = format!("lynx-test-{name}-{}", std::process::id());
+        let dir = std::env::temp_dir().join(&unique);
+        let _ = fs::remove_dir_all(&dir);
+        fs::create_dir_all(&dir).expect("create daemon test dir");
+        let pin_dir = PathBuf::from("/sys/fs/bpf").join(&unique);
+        let snapshot_path = dir.join("snapshot.json");
+        let config = dir.join("lynx.toml");
+        fs::write(
+            &config,
+            format!(
+                "[daemon]\ninterval = \"{interval}\"\nsnapshot_path = \"{}\"\npin_dir = \"{}\"\n",
+                snapshot_path.display(),
+                pin_dir.display()
+            ),
+        )
+        .expect("write daemon config");
+        let log_path = dir.join("daemon.log");
+        let daemon = spawn(&config, &log_path);
+        let daemon = Self {
+            daemon,
+            dir,
+            snapshot_path,
+            log_path,
+            pin_dir,
+            config,
+        };
+        daemon.next_snapshot();
+        daemon
+    }
+
+    /// Kills the daemon with SIGKILL and starts another on the same config and pins.
+    pub fn kill_and_restart(&mut self) {
+        self.daemon.kill();
+        let _ = fs::remove_file(&self.snapshot_path);
+        self.daemon = spawn(&self.config, &self.log_path);
+        self.next_snapshot();
+    }
+
+    /// The document now in the snapshot file.
+    pub fn snapshot(&self) -> Option<Snapshot> {
+        serde_json::from_slice(&fs::read(&self.snapshot_path).ok()?).ok()
+    }
+
+    /// A snapshot collected wholly after this call: waits for two new documents.
+    pub fn next_snapshot(&self) -> Snapshot {
+        let first = self.snapshot().map(|s| s.host.timestamp);
+        let mut seen = 0;
+        let mut last = first;
+        self.wait_for("two fresh snapshots", Duration::from_secs(30), |snapshot| {
+            if Some(&snapshot.host.timestamp) != last.as_ref() {
+                seen += 1;
+                last = Some(snapshot.host.timestamp.clone());
+            }
+            seen >= 2
+        })
+    }
+
+    /// Waits until a snapshot satisfies `condition`, up to `timeout`.
+    pub fn wait_for(
+        &self,
+        what: &str,
+        timeout: Duration,
+        mut condition: impl FnMut(&Snapshot) -> bool,
+    ) -> Snapshot {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Some(snapshot) = self.snapshot()
+                && condition(&snapshot)
+            {
+                return snapshot;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "waited {timeout:?} for {what}; daemon log:\n{}",
+                self.log()
+            );
+            sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// What the daemon logged so far.
+    pub fn log(&self) -> String {
+        fs::read_to_string(&self.log_path).unwrap_or_default()
+    }
+}
+
+fn spawn(config: &PathBuf, log_path: &PathBuf) -> ChildGuard {
+    let log = fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(log_path)
+        .expect("open daemon log");
+    ChildGuard(
+        Command::new(lynx_bin())
+            .arg("--config")
+            .arg(config)
+            .arg("daemon")
+            .env("LYNX_LOG", "info")
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .expect("start lynx daemon"),
+    )
+}
+
+impl Drop for DaemonUnderTest {
+    fn drop(&mut self) {
+        self.daemon.kill();
+        let _ = fs::remove_dir_all(&self.pin_dir);
+        let _ = fs::remove_dir_all(&self.dir);
+    }
+}

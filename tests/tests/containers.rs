@@ -1,0 +1,344 @@
+//! The container observer against real LXD containers: each figure in the daemon's snapshot
+//! against an independent oracle (the kernel's cgroup accounting, the veth's interface
+//! counters, LXD's own API through `lxc`).
+use std::{
+    collections::HashMap,
+    fs,
+    path::{Path, PathBuf},
+    thread::{self, sleep},
+    time::Duration,
+};
+
+use lynx::{
+    collector::cgroupfs::CgroupLayout,
+    model::{Container, Snapshot},
+};
+use lynx_tests::{
+    assert_close,
+    daemon::DaemonUnderTest,
+    lxd::{TestContainer, lxd},
+    privileged,
+};
+use serde_json::Value;
+
+/// The container called `name` in `snapshot`.
+fn entry<'a>(snapshot: &'a Snapshot, name: &str) -> &'a Container {
+    snapshot
+        .containers
+        .iter()
+        .find(|c| c.name == name)
+        .unwrap_or_else(|| panic!("{name} is not in the snapshot"))
+}
+
+fn read_number(path: &Path) -> u64 {
+    fs::read_to_string(path)
+        .unwrap_or_else(|e| panic!("read {}: {e}", path.display()))
+        .trim()
+        .parse()
+        .unwrap_or_else(|e| panic!("{} is not a number: {e}", path.display()))
+}
+
+/// The kernel's own per-cgroup accounting for one container.
+struct KernelOracle {
+    layout: CgroupLayout,
+    top: String,
+}
+
+impl KernelOracle {
+    fn new(container: &str) -> Self {
+        Self {
+            layout: CgroupLayout::detect().expect("cgroup layout"),
+            top: format!("lxc.payload.{container}"),
+        }
+    }
+
+    fn v2(&self, file: &str) -> PathBuf {
+        self.layout.unified.join(&self.top).join(file)
+    }
+
+    fn v1(&self, controller: &str, file: &str) -> Option<PathBuf> {
+        Some(self.layout.v1.get(controller)?.join(&self.top).join(file))
+    }
+
+    fn cpu_ns(&self) -> u64 {
+        let stat = fs::read_to_string(self.v2("cpu.stat")).expect("read cpu.stat");
+        let usec: u64 = stat
+            .lines()
+            .find_map(|l| l.strip_prefix("usage_usec "))
+            .and_then(|n| n.parse().ok())
+            .expect("usage_usec");
+        usec * 1000
+    }
+
+    fn memory_bytes(&self) -> u64 {
+        match self.v1("memory", "memory.usage_in_bytes") {
+            Some(path) if path.exists() => read_number(&path),
+            _ => read_number(&self.v2("memory.current")),
+        }
+    }
+
+    /// Makes the kernel keep per-cgroup I/O statistics for this container: blk-throttle counts
+    /// only on devices with a rule, so this sets one (1 TiB/s, which throttles nothing). On a
+    /// pure v2 host `io.stat` counts anyway.
+    fn enable_io_accounting(&self) {
+        let Some(dir) = self.v1("blkio", "") else {
+            return;
+        };
+        for line in fs::read_to_string("/proc/partitions")
+            .expect("partitions")
+            .lines()
+            .skip(2)
+        {
+            let fields: Vec<&str> = line.split_whitespace().collect();
+            // Whole disks only (minor 0): that is where the rule applies.
+            if let [major, "0", ..] = fields.as_slice() {
+                let rule = format!("{major}:0 1099511627776");
+                for file in [
+                    "blkio.throttle.read_bps_device",
+                    "blkio.throttle.write_bps_device",
+                ] {
+                    fs::write(dir.join(file), &rule).unwrap_or_else(|e| panic!("{file}: {e}"));
+                }
+            }
+        }
+    }
+
+    /// (read bytes, write bytes, write operations) the kernel accounted to the cgroup.
+    fn io(&self) -> (u64, u64, u64) {
+        let sum = |text: &str, op: &str| -> u64 {
+            text.lines()
+                .filter_map(|l| l.strip_suffix("").and_then(|l| l.split_once(' ')))
+                .filter_map(|(_, rest)| rest.strip_prefix(op)?.trim().parse::<u64>().ok())
+                .sum()
+        };
+        match self.v1("blkio", "blkio.throttle.io_service_bytes_recursive") {
+            Some(bytes) if bytes.exists() => {
+                let bytes = fs::read_to_string(bytes).expect("io_service_bytes");
+                let ops = fs::read_to_string(
+                    self.v1("blkio", "blkio.throttle.io_serviced_recursive")
+                        .expect("v1"),
+                )
+                .expect("io_serviced");
+                (
+                    sum(&bytes, "Read "),
+                    sum(&bytes, "Write "),
+                    sum(&ops, "Write "),
+                )
+            }
+            _ => {
+                // io.stat: `MAJ:MIN rbytes=.. wbytes=.. rios=.. wios=.. ...` per device.
+                let stat = fs::read_to_string(self.v2("io.stat")).expect("read io.stat");
+                let field = |name: &str| -> u64 {
+                    stat.split_whitespace()
+                        .filter_map(|kv| {
+                            kv.strip_prefix(name)?
+                                .strip_prefix('=')?
+                                .parse::<u64>()
+                                .ok()
+                        })
+                        .sum()
+                };
+                (field("rbytes"), field("wbytes"), field("wios"))
+            }
+        }
+    }
+}
+
+/// Interface counters of a container's host-side veth.
+struct Veth(PathBuf);
+
+impl Veth {
+    fn of(container: &str) -> Self {
+        let state: Value = serde_json::from_str(
+            &lxd().lxc(&["query", &format!("/1.0/instances/{container}/state")]),
+        )
+        .expect("instance state JSON");
+        let name = state["network"]["eth0"]["host_name"]
+            .as_str()
+            .expect("eth0 has a host-side veth");
+        Self(Path::new("/sys/class/net").join(name).join("statistics"))
+    }
+
+    fn read(&self, counter: &str) -> u64 {
+        read_number(&self.0.join(counter))
+    }
+
+    /// What the container sent, in bytes from the network header on (the veth's receive
+    /// side, less 14 bytes of Ethernet header a packet), and what it received.
+    fn l3_bytes(&self) -> (u64, u64) {
+        let l3 = |bytes: &str, packets: &str| self.read(bytes) - 14 * self.read(packets);
+        (l3("rx_bytes", "rx_packets"), l3("tx_bytes", "tx_packets"))
+    }
+}
+
+#[test]
+fn containers_agree_with_the_kernel_and_lxd() {
+    if !privileged("containers_agree_with_the_kernel_and_lxd") {
+        return;
+    }
+    let lxd = lxd();
+    let [busy, disk, server, client] = thread::scope(|scope| {
+        ["busy", "disk", "server", "client"]
+            .map(|role| scope.spawn(move || TestContainer::launch(role)))
+            .map(|launch| launch.join().expect("launch container"))
+    });
+    let disk_oracle = KernelOracle::new(disk.name());
+    disk_oracle.enable_io_accounting();
+    let daemon = DaemonUnderTest::start("containers", "200ms");
+    let names = [&busy, &disk, &server, &client].map(|c| c.name().to_owned());
+    daemon.wait_for(
+        "all four containers, known to LXD",
+        Duration::from_secs(30),
+        |s| {
+            names
+                .iter()
+                .all(|n| s.containers.iter().any(|c| &c.name == n && c.kind == "lxd"))
+        },
+    );
+
+    // Quiet start: every reading of both sides before any workload.
+    let busy_oracle = KernelOracle::new(busy.name());
+    let (client_veth, server_veth) = (Veth::of(client.name()), Veth::of(server.name()));
+    server.serve_http(8080);
+    server.exec_ok(&["dd", "if=/dev/zero", "of=/www/big", "bs=64k", "count=768"]);
+    let before = daemon.next_snapshot();
+    let (cpu_before, io_before) = (busy_oracle.cpu_ns(), disk_oracle.io());
+    let (_, client_received_before) = client_veth.l3_bytes();
+    let (server_sent_before, _) = server_veth.l3_bytes();
+
+    // A memory hog (page cache it keeps), then a CPU loop for 3 s.
+    busy.exec_ok(&["dd", "if=/dev/zero", "of=/hog", "bs=1M", "count=64"]);
+    let mut spin = busy.spawn_exec(&["sh", "-c", "while :; do :; done"]);
+    // 64 MiB of direct writes.
+    disk.exec_ok(&[
+        "dd",
+        "if=/dev/zero",
+        "of=/direct",
+        "bs=64k",
+        "count=1024",
+        "oflag=direct",
+    ]);
+    // 48 MiB from one container to the other over HTTP.
+    let url = format!("http://{}:8080/big", server.ipv4());
+    client.exec_ok(&["wget", "-q", "-O", "/dev/null", &url]);
+    sleep(Duration::from_secs(3));
+    let _ = spin.kill();
+    let _ = spin.wait();
+    // Quiet end: both sides settle before the second readings.
+    sleep(Duration::from_millis(500));
+    let after = daemon.next_snapshot();
+    let (cpu_after, io_after) = (busy_oracle.cpu_ns(), disk_oracle.io());
+    let (_, client_received_after) = client_veth.l3_bytes();
+    let (server_sent_after, _) = server_veth.l3_bytes();
+
+    let delta =
+        |f: fn(&Container) -> u64, name: &str| f(entry(&after, name)) - f(entry(&before, name));
+    assert_close(
+        delta(|c| c.cpu.ns, busy.name()),
+        cpu_after - cpu_before,
+        0.03,
+        "busy container CPU vs cpu.stat usage_usec",
+    );
+    assert!(
+        cpu_after - cpu_before > 2_000_000_000,
+        "the CPU loop ran for 3 s"
+    );
+    assert_close(
+        delta(|c| c.block_io.write_bytes, disk.name()),
+        io_after.1 - io_before.1,
+        0.05,
+        "disk container direct-I/O write bytes vs the kernel's per-cgroup I/O statistics",
+    );
+    assert!(io_after.1 - io_before.1 >= 64 << 20, "64 MiB were written");
+    assert_close(
+        delta(|c| c.block_io.write_ops, disk.name()),
+        io_after.2 - io_before.2,
+        0.05,
+        "disk container write operations",
+    );
+    assert_close(
+        delta(|c| c.network.tx_bytes, server.name()),
+        server_sent_after - server_sent_before,
+        0.02,
+        "server container sent bytes vs its veth",
+    );
+    assert_close(
+        delta(|c| c.network.rx_bytes, client.name()),
+        client_received_after - client_received_before,
+        0.02,
+        "client container received bytes vs its veth",
+    );
+    assert!(
+        server_sent_after - server_sent_before > 48 << 20,
+        "48 MiB went across"
+    );
+    for container in [&busy, &disk, &server, &client] {
+        let memory = entry(&after, container.name())
+            .memory
+            .as_ref()
+            .expect("memory read");
+        assert_close(
+            memory.used_bytes,
+            KernelOracle::new(container.name()).memory_bytes(),
+            0.05,
+            &format!("{} memory vs memory.usage_in_bytes", container.name()),
+        );
+    }
+    assert!(
+        entry(&after, busy.name())
+            .memory
+            .as_ref()
+            .expect("memory")
+            .used_bytes
+            > 60 << 20,
+        "the memory hog's 64 MiB show"
+    );
+
+    // Names, status, addresses and PIDs as LXD's API reports them.
+    let listed: HashMap<String, Value> = lxd
+        .list()
+        .into_iter()
+        .map(|i| (i["name"].as_str().expect("name").to_owned(), i))
+        .collect();
+    for container in [&busy, &disk, &server, &client] {
+        let (ours, theirs) = (entry(&after, container.name()), &listed[container.name()]);
+        assert_eq!(ours.status, theirs["status"].as_str().expect("status"));
+        assert_eq!(
+            Some(u64::from(ours.pid.expect("pid"))),
+            theirs["state"]["pid"].as_u64()
+        );
+        let addresses: Vec<String> = theirs["state"]["network"]
+            .as_object()
+            .expect("network")
+            .iter()
+            .filter(|(nic, _)| *nic != "lo")
+            .flat_map(|(_, nic)| nic["addresses"].as_array().expect("addresses").clone())
+            .filter(|a| a["family"] == "inet" && a["scope"] == "global")
+            .map(|a| a["address"].as_str().expect("address").to_owned())
+            .collect();
+        assert_eq!(ours.ipv4, addresses, "{} IPv4", container.name());
+        assert_eq!(
+            ours.cgroup.as_deref(),
+            Some(format!("/lxc.payload.{}", container.name()).as_str())
+        );
+    }
+
+    // A stopped and a frozen container are listed with their status.
+    server.stop();
+    disk.freeze();
+    let listed = daemon.wait_for(
+        "stopped and frozen containers",
+        Duration::from_secs(10),
+        |s| {
+            s.containers
+                .iter()
+                .any(|c| c.name == server.name() && c.status == "Stopped")
+                && s.containers
+                    .iter()
+                    .any(|c| c.name == disk.name() && c.status == "Frozen")
+        },
+    );
+    assert_eq!(entry(&listed, server.name()).pid, None);
+    assert!(listed.host.containers_stopped >= 1 && listed.host.containers_frozen >= 1);
+    disk.unfreeze();
+}
