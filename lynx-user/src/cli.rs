@@ -14,6 +14,7 @@ use crate::{
     config::{Config, ConfigError, DEFAULT_CONFIG_PATH},
     daemon::{self, DaemonError, DaemonLock, DaemonOptions},
     model,
+    stop::sleep_until,
 };
 
 /// Lynx: host observer and autoscaler for nginx + LXD container web farms.
@@ -137,11 +138,14 @@ pub fn run(cli: Cli) -> Result<(), CliError> {
             }
             let mut collector = Collector::start(CollectorOptions {
                 pin_dir: None,
-                instances: Some(Box::new(LxdInstances::new(config.lxd.sockets))),
+                instances: Some(Box::new(LxdInstances::spawn(
+                    config.lxd.sockets,
+                    args.interval,
+                ))),
             })?;
             let first = collector.sample()?;
             let never = AtomicBool::new(false);
-            daemon::sleep_until(Instant::now() + args.interval, &never);
+            sleep_until(Instant::now() + args.interval, &never);
             let snapshot = model::snapshot(&first, &collector.sample()?);
             let mut out = io::stdout().lock();
             serde_json::to_writer_pretty(&mut out, &snapshot)

@@ -5,13 +5,14 @@ use std::{
     io::{self, Read, Seek, Write},
     os::fd::AsRawFd,
     path::{Path, PathBuf},
-    sync::atomic::{AtomicBool, Ordering},
+    sync::atomic::AtomicBool,
     time::{Duration, Instant},
 };
 
 use crate::{
     collector::{CollectError, Collector, CollectorOptions, lxd_instances::LxdInstances},
     model, sink,
+    stop::sleep_until,
 };
 
 /// How the daemon runs.
@@ -101,7 +102,10 @@ pub fn run(options: &DaemonOptions, stop: &AtomicBool) -> Result<(), DaemonError
     let _lock = DaemonLock::acquire(&options.pin_dir)?;
     let mut collector = Collector::start(CollectorOptions {
         pin_dir: Some(options.pin_dir.clone()),
-        instances: Some(Box::new(LxdInstances::new(options.lxd_sockets.clone()))),
+        instances: Some(Box::new(LxdInstances::spawn(
+            options.lxd_sockets.clone(),
+            options.interval,
+        ))),
     })?;
     let mut previous = collector.sample()?;
     tracing::info!(
@@ -134,19 +138,4 @@ pub fn run(options: &DaemonOptions, stop: &AtomicBool) -> Result<(), DaemonError
     }
     tracing::info!("daemon stopping");
     Ok(())
-}
-
-/// Sleeps until `deadline` in short steps; false when `stop` was set meanwhile.
-pub fn sleep_until(deadline: Instant, stop: &AtomicBool) -> bool {
-    const STEP: Duration = Duration::from_millis(50);
-    loop {
-        if stop.load(Ordering::Relaxed) {
-            return false;
-        }
-        let now = Instant::now();
-        if now >= deadline {
-            return true;
-        }
-        std::thread::sleep((deadline - now).min(STEP));
-    }
 }

@@ -7,3 +7,4 @@ pub mod daemon;
 pub mod lxd;
 pub mod model;
 pub mod sink;
+pub mod stop;

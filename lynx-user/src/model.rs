@@ -18,6 +18,15 @@ pub struct Snapshot {
     pub host: Host,
     pub containers: Vec<Container>,
     pub kernel_drops: KernelDrops,
+    pub collector: CollectorStats,
+}
+
+/// Lynx's own cost.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CollectorStats {
+    /// Wall time of reading the kernel maps, cgroupfs, procfs and LXD for this snapshot.
+    pub sample_ms: f64,
 }
 
 /// Host-wide figures.
@@ -213,6 +222,8 @@ pub fn snapshot(previous: &Sample, current: &Sample) -> Snapshot {
     let mut containers: Vec<Container> = current
         .containers
         .iter()
+        // An empty cgroup that no manager knows is what a crashed container left behind.
+        .filter(|files| files.processes > 0 || instance_named(files.owner.name()).is_some())
         .map(|files| {
             let instance = matches!(files.owner, Owner::Lxc(_))
                 .then(|| instance_named(files.owner.name()))
@@ -271,6 +282,9 @@ pub fn snapshot(previous: &Sample, current: &Sample) -> Snapshot {
             cgroup_cpu_map_full: current.drops.cgroup_cpu_map_full,
             cgroup_net_map_full: current.drops.cgroup_net_map_full,
             cgroup_io_map_full: current.drops.cgroup_io_map_full,
+        },
+        collector: CollectorStats {
+            sample_ms: round2(current.duration.as_secs_f64() * 1000.0),
         },
     }
 }
@@ -378,6 +392,7 @@ mod tests {
             containers,
             instances,
             drops: Drops::default(),
+            duration: Duration::from_micros(1500),
         }
     }
 
@@ -470,6 +485,24 @@ mod tests {
     }
 
     #[test]
+    fn empty_leftover_cgroups_are_not_containers() {
+        let start = Instant::now();
+        let mut after = sample(start + Duration::from_secs(1), 1, vec![], None);
+        after.containers[0].processes = 0;
+        let doc = snapshot(&sample(start, 1, vec![], None), &after);
+        assert!(
+            doc.containers.iter().all(|c| c.name != "web1"),
+            "empty, unknown to LXD"
+        );
+        after.instances = Some(vec![lxd("web1", "Running")]);
+        let doc = snapshot(&sample(start, 1, vec![], None), &after);
+        assert!(
+            doc.containers.iter().any(|c| c.name == "web1"),
+            "LXD knows it"
+        );
+    }
+
+    #[test]
     fn frozen_cgroup_without_lxd_reads_frozen() {
         let start = Instant::now();
         let doc = snapshot(
@@ -495,6 +528,7 @@ mod tests {
         assert_eq!(doc.host.memory_total_mb, 8192);
         assert_eq!(doc.host.memory_used_mb, 2048);
         assert_eq!(doc.host.load_average, [0.5, 0.25, 0.125]);
+        assert_eq!(doc.collector.sample_ms, 1.5);
         assert_eq!(doc.host.timestamp, "2026-11-18T11:06:40Z");
         assert_eq!(doc.version, SNAPSHOT_VERSION);
     }

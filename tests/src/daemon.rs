@@ -8,7 +8,12 @@ use std::{
     time::{Duration, Instant},
 };
 
+use aya::{
+    Pod,
+    maps::{Map, MapData, PerCpuHashMap},
+};
 use lynx::model::Snapshot;
+use lynx_common::MAPS_LAYOUT_VERSION;
 
 use crate::{ChildGuard, lynx_bin};
 
@@ -103,6 +108,24 @@ impl DaemonUnderTest {
             );
             sleep(Duration::from_millis(20));
         }
+    }
+
+    /// Keys (cgroup ids) of the per-cgroup map `name` that the daemon pinned.
+    pub fn pinned_keys<V: Pod>(&self, name: &str) -> Vec<u64> {
+        let path = self
+            .pin_dir
+            .join(format!("v{MAPS_LAYOUT_VERSION}"))
+            .join(name);
+        let data =
+            MapData::from_pin(&path).unwrap_or_else(|e| panic!("open {}: {e}", path.display()));
+        let map: PerCpuHashMap<_, u64, V> =
+            PerCpuHashMap::try_from(Map::PerCpuHashMap(data)).expect("a per-CPU hash of u64 keys");
+        map.keys().map(|key| key.expect("read a key")).collect()
+    }
+
+    /// The daemon's process id.
+    pub fn pid(&self) -> u32 {
+        self.daemon.0.id()
     }
 
     /// What the daemon logged so far.

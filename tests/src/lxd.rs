@@ -420,6 +420,11 @@ pub fn ensure_daemon() {
     let mut command = system_command("lxd");
     command
         .args(["--group", "lxd", "--logfile", LOG])
+        // LXD 5.0 fetches cloud instance types from the internet at start and daily, with no
+        // setting to stop it. Tests send nothing off this host: the proxy is a closed port on
+        // loopback, so the request fails here without even a DNS lookup.
+        .env("https_proxy", "http://127.0.0.1:9")
+        .env("http_proxy", "http://127.0.0.1:9")
         .stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(stderr);
@@ -452,21 +457,27 @@ pub fn ensure_daemon() {
     );
 }
 
-/// Stops the LXD daemon (SIGTERM: the daemon exits, its instances keep running) and waits,
-/// up to 30 s, until its socket no longer answers. [`ensure_daemon`] starts it again.
+/// Kills the LXD daemon as a crash would (SIGKILL: its instances keep running, as they do
+/// through an LXD upgrade or restart; SIGTERM would stop them) and waits, up to 30 s, until
+/// its socket no longer answers. [`ensure_daemon`] starts it again.
 pub fn stop_daemon() {
+    // Only the daemon (`lxd --group ...`): LXD's per-container monitors are `lxd` processes
+    // too (`lxd forkstart ...`), and killing them would kill the containers.
     let pids: Vec<i32> = std::fs::read_dir("/proc")
         .expect("list /proc")
         .flatten()
         .filter_map(|entry| entry.file_name().to_str()?.parse::<i32>().ok())
         .filter(|pid| {
-            std::fs::read_to_string(format!("/proc/{pid}/comm"))
-                .is_ok_and(|comm| comm.trim() == "lxd")
+            let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
+            let mut args = cmdline.split(|&b| b == 0);
+            args.next().is_some_and(|arg| arg.ends_with(b"lxd"))
+                && args.next().is_some_and(|arg| arg.starts_with(b"--"))
         })
         .collect();
+    assert!(!pids.is_empty(), "no lxd daemon process found to stop");
     for pid in &pids {
         // SAFETY: kill has no memory-safety preconditions.
-        unsafe { libc::kill(*pid, libc::SIGTERM) };
+        unsafe { libc::kill(*pid, libc::SIGKILL) };
     }
     let deadline = Instant::now() + Duration::from_secs(30);
     while socket_answers() {

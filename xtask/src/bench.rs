@@ -15,7 +15,7 @@ use aya::{
 };
 use serde_json::json;
 
-use crate::build::workspace_root;
+use crate::build::{Built, workspace_root};
 
 /// Pipe round trips per measurement: each is at least two context switches.
 const ROUND_TRIPS: u32 = 200_000;
@@ -30,7 +30,45 @@ const TRACEFS: &str = "/sys/kernel/tracing";
 /// Lynx's sched_switch program as the kernel lists it (names are cut to 15 bytes).
 const LYNX_PROGRAM_NAME: &str = "lynx_sched_swit";
 
-pub fn run(lynx: &Path) -> Result<()> {
+pub fn run(built: &Built) -> Result<()> {
+    sched_switch_cost(&built.lynx)?;
+    containers(built)
+}
+
+/// The container-observer benches (`tests/src/bin/bench_containers.rs`), which drive the LXD
+/// test rig; their result line is merged into the results file.
+fn containers(built: &Built) -> Result<()> {
+    let mut bench = Command::new(std::env::var_os("CARGO").unwrap_or("cargo".into()));
+    bench
+        .current_dir(workspace_root())
+        .args([
+            "run",
+            "--release",
+            "--quiet",
+            "-p",
+            "lynx-tests",
+            "--bin",
+            "bench_containers",
+        ])
+        .env("LYNX_EBPF_OBJECT", &built.object)
+        .env("LYNX_BIN", &built.lynx)
+        .stdout(Stdio::piped());
+    println!("+ {bench:?}");
+    let output = bench.spawn()?.wait_with_output()?;
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    print!("{stdout}");
+    if !output.status.success() {
+        bail!("the containers bench failed: {}", output.status);
+    }
+    let result = stdout
+        .lines()
+        .find_map(|line| line.strip_prefix("bench-result: "))
+        .context("the containers bench printed no result line")?;
+    write_results(serde_json::from_str(result)?)
+}
+
+/// The kernel cost per context switch of Lynx's sched_switch program against bpftrace's.
+fn sched_switch_cost(lynx: &Path) -> Result<()> {
     // SAFETY: geteuid has no preconditions.
     if unsafe { libc::geteuid() } != 0 {
         bail!("the benches load eBPF programs: run `cargo xtask bench` as root");

@@ -77,8 +77,8 @@ fn run(command: Command) -> Result<()> {
         }
         Command::Bench => {
             let toolchain = setup::setup(setup::BENCH_PACKAGES)?;
-            let lynx = build::build_all(&toolchain, build::Profile::Release)?.lynx;
-            bench::run(&lynx)
+            let built = build::build_all(&toolchain, build::Profile::Release)?;
+            bench::run(&built)
         }
     }
 }

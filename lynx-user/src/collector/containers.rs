@@ -64,6 +64,32 @@ impl Owner {
     }
 }
 
+/// The containers that have a cgroup now, found by listing only the directories where
+/// container cgroups live (the root, `/lxc`, `/docker`, `/system.slice`): an idle container
+/// has no kernel counters yet and must still be listed.
+pub fn discover(layout: &CgroupLayout) -> Vec<(Owner, String)> {
+    let mut found = Vec::new();
+    for parent in ["", "lxc", "docker", "system.slice"] {
+        let Ok(entries) = fs::read_dir(layout.unified.join(parent)) else {
+            continue;
+        };
+        for entry in entries
+            .flatten()
+            .filter(|e| e.file_type().is_ok_and(|t| t.is_dir()))
+        {
+            let path = match parent {
+                "" => format!("/{}", entry.file_name().to_string_lossy()),
+                parent => format!("/{parent}/{}", entry.file_name().to_string_lossy()),
+            };
+            let (owner, top) = Owner::of(&path);
+            if owner != Owner::Host && top == path {
+                found.push((owner, top));
+            }
+        }
+    }
+    found
+}
+
 /// Docker shows the first 12 hex digits of a container id.
 fn short_id(id: &str) -> String {
     id.chars().take(12).collect()
@@ -271,6 +297,34 @@ mod tests {
         fn memory_limit(layout: &CgroupLayout) -> Option<u64> {
             super::memory(layout, "/lxc.payload.b").and_then(|m| m.limit_bytes)
         }
+    }
+
+    #[test]
+    fn discovery_lists_container_tops_only() {
+        let (root, layout) = fake_layout("discover");
+        for dir in [
+            "lxc.payload.a/init.scope",
+            "lxc.monitor.a",
+            "lxc/old",
+            "system.slice/nginx.service",
+            "user.slice",
+        ] {
+            fs::create_dir_all(layout.unified.join(dir)).expect("mkdir");
+        }
+        let mut found = discover(&layout);
+        found.sort();
+        assert_eq!(
+            found,
+            [
+                (Owner::Lxc("a".into()), "/lxc.payload.a".into()),
+                (Owner::Lxc("old".into()), "/lxc/old".into()),
+                (
+                    Owner::Service("nginx".into()),
+                    "/system.slice/nginx.service".into()
+                ),
+            ]
+        );
+        fs::remove_dir_all(root).expect("clean up");
     }
 
     #[test]

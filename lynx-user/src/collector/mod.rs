@@ -13,7 +13,7 @@ use std::{
     collections::{BTreeMap, HashSet},
     fs,
     path::PathBuf,
-    time::{Instant, SystemTime},
+    time::{Duration, Instant, SystemTime},
 };
 
 use cgroupfs::{CgroupError, CgroupLayout, CgroupResolver};
@@ -109,6 +109,8 @@ pub struct Sample {
     /// `None` when no instance source answered.
     pub instances: Option<Vec<InstanceInfo>>,
     pub drops: Drops,
+    /// How long reading everything took.
+    pub duration: Duration,
 }
 
 /// How the collector starts.
@@ -154,6 +156,7 @@ impl Collector {
     /// Reads every counter once. Counters of cgroups that are gone are removed from the
     /// kernel maps here.
     pub fn sample(&mut self) -> Result<Sample, CollectError> {
+        let started = Instant::now();
         let mut kernel = self.kernel.sample()?;
         let ids: HashSet<u64> = kernel
             .cpu_ns
@@ -196,6 +199,7 @@ impl Collector {
             containers,
             instances,
             drops: kernel.drops,
+            duration: started.elapsed(),
         })
     }
 
@@ -226,6 +230,7 @@ impl Collector {
             .iter()
             .map(|c| Owner::of(&c.path))
             .filter(|(owner, _)| *owner != Owner::Host)
+            .chain(containers::discover(&self.layout))
             .collect();
         tops.into_iter()
             .map(|(owner, top)| {

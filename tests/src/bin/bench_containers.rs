@@ -1,0 +1,226 @@
+//! Container-observer benchmarks, run by `cargo xtask bench` (as root, with the LXD rig):
+//! - the daemon's CPU time per collection tick with 1,000 extra cgroups, each with a process,
+//!   against the same daemon on the bare host;
+//! - the daemon's resident memory with those cgroups;
+//! - for the same 20 LXD containers, the time of one Lynx collection against one request to
+//!   LXD's own `/1.0/metrics`.
+//!
+//! Prints one `bench-result: {json}` line that xtask merges into `target/bench/results.json`.
+use std::{
+    fs,
+    io::{Read, Write},
+    os::unix::{net::UnixStream, process::CommandExt},
+    path::PathBuf,
+    process::{Child, Command, Stdio},
+    thread::{self, sleep},
+    time::{Duration, Instant},
+};
+
+use lynx::collector::cgroupfs::CgroupLayout;
+use lynx_common::{CGROUP_CPU_MAP, CpuTime};
+use lynx_tests::{
+    daemon::DaemonUnderTest,
+    lxd::{SOCKET, TestContainer, lxd},
+};
+use serde_json::json;
+
+const CGROUPS: usize = 1000;
+const CONTAINERS: usize = 20;
+const WINDOW: Duration = Duration::from_secs(10);
+
+/// 1,000 cgroups, each with a sleeping process; all removed on drop.
+struct ManyCgroups {
+    root: PathBuf,
+    children: Vec<Child>,
+}
+
+impl ManyCgroups {
+    fn create(count: usize) -> Self {
+        let unified = CgroupLayout::detect().expect("cgroup layout").unified;
+        let root = unified.join(format!("lynx-bench-{}", std::process::id()));
+        fs::create_dir_all(&root).expect("create bench cgroup root");
+        let mut children = Vec::with_capacity(count);
+        for n in 0..count {
+            let dir = root.join(format!("cg-{n}"));
+            fs::create_dir(&dir).expect("create bench cgroup");
+            let procs = fs::OpenOptions::new()
+                .write(true)
+                .open(dir.join("cgroup.procs"))
+                .expect("open cgroup.procs");
+            let fd = std::os::fd::AsRawFd::as_raw_fd(&procs);
+            let mut command = Command::new("sleep");
+            command.arg("600").stdout(Stdio::null());
+            // SAFETY: only write(2), async-signal-safe, on a descriptor opened before the fork.
+            unsafe {
+                command.pre_exec(move || {
+                    if libc::write(fd, b"0".as_ptr().cast(), 1) != 1 {
+                        return Err(std::io::Error::last_os_error());
+                    }
+                    Ok(())
+                });
+            }
+            children.push(
+                command
+                    .spawn()
+                    .expect("spawn a process into a bench cgroup"),
+            );
+        }
+        Self { root, children }
+    }
+}
+
+impl Drop for ManyCgroups {
+    fn drop(&mut self) {
+        for child in &mut self.children {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+        if let Ok(entries) = fs::read_dir(&self.root) {
+            for entry in entries.flatten() {
+                let _ = fs::remove_dir(entry.path());
+            }
+        }
+        let _ = fs::remove_dir(&self.root);
+    }
+}
+
+/// user + system CPU time of `pid` so far.
+fn cpu_time(pid: u32) -> Duration {
+    let stat = fs::read_to_string(format!("/proc/{pid}/stat")).expect("read daemon stat");
+    let fields: Vec<u64> = stat
+        .rsplit_once(')')
+        .expect("stat has a command name")
+        .1
+        .split_whitespace()
+        .skip(11)
+        .take(2)
+        .map(|f| f.parse().expect("utime/stime"))
+        .collect();
+    // SAFETY: sysconf has no preconditions.
+    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as u64;
+    Duration::from_millis((fields[0] + fields[1]) * 1000 / hz)
+}
+
+fn rss_mb(pid: u32) -> f64 {
+    let status = fs::read_to_string(format!("/proc/{pid}/status")).expect("read daemon status");
+    let kib: f64 = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .expect("VmRSS");
+    kib / 1024.0
+}
+
+/// The daemon's CPU per tick over [`WINDOW`], its median `sample_ms`, and its RSS.
+fn measure_daemon(daemon: &DaemonUnderTest) -> (f64, f64, f64) {
+    daemon.next_snapshot();
+    let (cpu_before, started) = (cpu_time(daemon.pid()), Instant::now());
+    let mut samples = Vec::new();
+    let mut last = String::new();
+    while started.elapsed() < WINDOW {
+        if let Some(snapshot) = daemon.snapshot()
+            && snapshot.host.timestamp != last
+        {
+            last = snapshot.host.timestamp;
+            samples.push(snapshot.collector.sample_ms);
+        }
+        sleep(Duration::from_millis(10));
+    }
+    let cpu = cpu_time(daemon.pid()) - cpu_before;
+    let ticks = samples.len().max(1) as f64;
+    samples.sort_by(f64::total_cmp);
+    (
+        cpu.as_secs_f64() * 1000.0 / ticks,
+        samples[samples.len() / 2],
+        rss_mb(daemon.pid()),
+    )
+}
+
+/// Wall time of one `GET /1.0/metrics` on LXD's socket, whole answer read.
+fn lxd_metrics_ms() -> f64 {
+    let started = Instant::now();
+    let mut stream = UnixStream::connect(SOCKET).expect("connect to LXD");
+    stream
+        .write_all(b"GET /1.0/metrics HTTP/1.0\r\nHost: lxd\r\n\r\n")
+        .expect("send request");
+    let mut answer = Vec::new();
+    stream.read_to_end(&mut answer).expect("read answer");
+    assert!(answer.starts_with(b"HTTP/1.0 200") || answer.starts_with(b"HTTP/1.1 200"));
+    started.elapsed().as_secs_f64() * 1000.0
+}
+
+fn main() {
+    assert_eq!(unsafe { libc::geteuid() }, 0, "the bench needs root");
+
+    let bare = DaemonUnderTest::start("bench-bare", "100ms");
+    let (bare_cpu_ms, bare_sample_ms, bare_rss) = measure_daemon(&bare);
+    drop(bare);
+    // Created after the daemon starts, so that every process is counted and each of the
+    // 1,000 cgroups has its entries in the kernel maps.
+    let loaded = DaemonUnderTest::start("bench-1000", "100ms");
+    let cgroups = ManyCgroups::create(CGROUPS);
+    let (cpu_ms, sample_ms, rss) = measure_daemon(&loaded);
+    let counted = loaded.pinned_keys::<CpuTime>(CGROUP_CPU_MAP).len();
+    assert!(
+        counted > CGROUPS,
+        "only {counted} cgroups in the CPU map: the bench measured too few"
+    );
+    drop(loaded);
+    drop(cgroups);
+    println!(
+        "bench collection tick with {CGROUPS} extra cgroups: {cpu_ms:.2} ms CPU per tick \
+         (sample {sample_ms:.2} ms wall), {rss:.1} MB RSS; bare host: {bare_cpu_ms:.2} ms CPU \
+         per tick (sample {bare_sample_ms:.2} ms), {bare_rss:.1} MB RSS \
+         (targets: under 10 ms per tick, under 30 MB)"
+    );
+
+    lxd();
+    let containers: Vec<TestContainer> = thread::scope(|scope| {
+        let launches: Vec<_> = (0..CONTAINERS)
+            .map(|_| scope.spawn(|| TestContainer::launch("bench")))
+            .collect();
+        launches
+            .into_iter()
+            .map(|l| l.join().expect("launch"))
+            .collect()
+    });
+    let daemon = DaemonUnderTest::start("bench-lxd", "100ms");
+    daemon.wait_for("all bench containers", Duration::from_secs(30), |s| {
+        containers.iter().all(|c| {
+            s.containers
+                .iter()
+                .any(|e| e.name == c.name() && e.kind == "lxd")
+        })
+    });
+    let (_, lynx_ms, _) = measure_daemon(&daemon);
+    let mut lxd_ms: Vec<f64> = (0..30).map(|_| lxd_metrics_ms()).collect();
+    lxd_ms.sort_by(f64::total_cmp);
+    let lxd_ms = lxd_ms[lxd_ms.len() / 2];
+    println!(
+        "bench {CONTAINERS} LXD containers: one Lynx collection {lynx_ms:.2} ms, one LXD \
+         /1.0/metrics request {lxd_ms:.2} ms (medians), ratio {:.3}",
+        lynx_ms / lxd_ms
+    );
+    drop(daemon);
+    drop(containers);
+
+    let result = json!({
+        "collection_tick": {
+            "extra_cgroups": CGROUPS,
+            "cpu_ms_per_tick": cpu_ms,
+            "sample_ms_median": sample_ms,
+            "rss_mb": rss,
+            "bare_cpu_ms_per_tick": bare_cpu_ms,
+            "bare_sample_ms_median": bare_sample_ms,
+            "bare_rss_mb": bare_rss,
+            "targets": {"cpu_ms_per_tick_under": 10, "rss_mb_under": 30},
+        },
+        "lxd_containers_snapshot_vs_metrics": {
+            "containers": CONTAINERS,
+            "lynx_sample_ms_median": lynx_ms,
+            "lxd_metrics_ms_median": lxd_ms,
+            "ratio": lynx_ms / lxd_ms,
+        },
+    });
+    println!("bench-result: {result}");
+}

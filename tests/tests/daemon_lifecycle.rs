@@ -1,0 +1,207 @@
+//! The daemon over time: readers never see a partial snapshot, counters of removed containers
+//! leave the kernel maps, and a daemon killed with SIGKILL and started again goes on counting.
+use std::{
+    collections::{BTreeSet, HashSet},
+    fs,
+    os::unix::fs::MetadataExt,
+    thread,
+    time::{Duration, Instant},
+};
+
+use lynx::{collector::cgroupfs::CgroupLayout, model::Snapshot};
+use lynx_common::{
+    CGROUP_CPU_MAP, CGROUP_IO_MAP, CGROUP_NET_MAP, CpuTime, IoCounters, NetCounters,
+};
+use lynx_tests::{
+    daemon::DaemonUnderTest,
+    lxd::{BRIDGE_ADDRESS, TestContainer, lxd},
+    privileged,
+};
+
+#[test]
+fn a_tight_reader_never_sees_invalid_json() {
+    if !privileged("a_tight_reader_never_sees_invalid_json") {
+        return;
+    }
+    let daemon = DaemonUnderTest::start("reader", "100ms");
+    let (mut reads, mut documents) = (0u64, BTreeSet::new());
+    let end = Instant::now() + Duration::from_secs(30);
+    while Instant::now() < end {
+        let bytes = fs::read(&daemon.snapshot_path).expect("the snapshot file is always there");
+        let snapshot: Snapshot = serde_json::from_slice(&bytes).unwrap_or_else(|e| {
+            panic!(
+                "read {reads} gave invalid JSON: {e}\n{}",
+                String::from_utf8_lossy(&bytes)
+            )
+        });
+        documents.insert(snapshot.host.timestamp);
+        reads += 1;
+    }
+    eprintln!(
+        "{reads} reads in 30 s saw {} documents, all valid",
+        documents.len()
+    );
+    assert!(
+        documents.len() >= 200,
+        "the daemon wrote only {} snapshots in 30 s",
+        documents.len()
+    );
+    assert!(
+        reads > documents.len() as u64 * 10,
+        "the reader was not tight: {reads} reads"
+    );
+}
+
+/// Every cgroup id in the daemon's pinned per-cgroup maps.
+fn all_pinned_keys(daemon: &DaemonUnderTest) -> HashSet<u64> {
+    let mut keys: HashSet<u64> = daemon
+        .pinned_keys::<CpuTime>(CGROUP_CPU_MAP)
+        .into_iter()
+        .collect();
+    keys.extend(daemon.pinned_keys::<NetCounters>(CGROUP_NET_MAP));
+    keys.extend(daemon.pinned_keys::<IoCounters>(CGROUP_IO_MAP));
+    keys
+}
+
+/// Ids (inode numbers) of every cgroup that exists now.
+fn live_cgroup_ids() -> HashSet<u64> {
+    let root = CgroupLayout::detect().expect("cgroup layout").unified;
+    let mut ids = HashSet::new();
+    let mut pending = vec![root];
+    while let Some(dir) = pending.pop() {
+        let Ok(meta) = fs::metadata(&dir) else {
+            continue;
+        };
+        ids.insert(meta.ino());
+        if let Ok(entries) = fs::read_dir(&dir) {
+            pending.extend(
+                entries
+                    .flatten()
+                    .filter(|e| e.file_type().is_ok_and(|t| t.is_dir()))
+                    .map(|e| e.path()),
+            );
+        }
+    }
+    ids
+}
+
+#[test]
+fn starting_and_deleting_containers_leaves_no_map_entries() {
+    if !privileged("starting_and_deleting_containers_leaves_no_map_entries") {
+        return;
+    }
+    lxd();
+    let daemon = DaemonUnderTest::start("churn", "100ms");
+    let workload = format!(
+        "dd if=/dev/zero of=/x bs=4k count=4 oflag=direct 2>/dev/null; \
+         wget -q -T 1 -O /dev/null http://{BRIDGE_ADDRESS}:9/ 2>/dev/null; true"
+    );
+    let mut seen_in_maps = 0;
+    // 50 containers, five at a time.
+    for round in 0..10 {
+        let batch: Vec<TestContainer> = thread::scope(|scope| {
+            let launches: Vec<_> = (0..5)
+                .map(|_| scope.spawn(|| TestContainer::launch("churn")))
+                .collect();
+            launches
+                .into_iter()
+                .map(|l| l.join().expect("launch"))
+                .collect()
+        });
+        for container in &batch {
+            container.exec_ok(&["sh", "-c", &workload]);
+        }
+        let ids: Vec<u64> = batch
+            .iter()
+            .map(|c| {
+                let path = CgroupLayout::detect()
+                    .expect("layout")
+                    .unified
+                    .join(format!("lxc.payload.{}", c.name()));
+                fs::metadata(&path)
+                    .unwrap_or_else(|e| panic!("{}: {e}", path.display()))
+                    .ino()
+            })
+            .collect();
+        daemon.next_snapshot();
+        let keys = all_pinned_keys(&daemon);
+        seen_in_maps += ids.iter().filter(|id| keys.contains(id)).count();
+        drop(batch);
+        eprintln!("round {round}: 5 containers started, counted and deleted");
+    }
+    assert!(
+        seen_in_maps >= 45,
+        "only {seen_in_maps} of 50 containers were ever in the maps"
+    );
+
+    // Three ticks for the daemon to notice the last ones are gone.
+    for _ in 0..3 {
+        daemon.next_snapshot();
+    }
+    let live = live_cgroup_ids();
+    let stale: Vec<u64> = all_pinned_keys(&daemon)
+        .into_iter()
+        .filter(|id| !live.contains(id))
+        .collect();
+    assert!(
+        stale.is_empty(),
+        "map entries of removed cgroups remain: {stale:?}"
+    );
+}
+
+#[test]
+fn a_daemon_killed_and_restarted_continues_the_counts() {
+    if !privileged("a_daemon_killed_and_restarted_continues_the_counts") {
+        return;
+    }
+    lxd();
+    let container = TestContainer::launch("restart");
+    let traffic = format!(
+        "for i in $(seq 1 400); do wget -q -T 1 -O /dev/null http://{BRIDGE_ADDRESS}:9/; done"
+    );
+    let mut talker = container.spawn_exec(&["sh", "-c", &traffic]);
+    let mut spinner = container.spawn_exec(&["sh", "-c", "while :; do :; done"]);
+    let mut daemon = DaemonUnderTest::start("restart", "200ms");
+    let name = container.name().to_owned();
+    let counters = |snapshot: &Snapshot| {
+        let entry = snapshot
+            .containers
+            .iter()
+            .find(|c| c.name == name)
+            .expect("container listed");
+        (entry.cpu.ns, entry.network.tx_bytes, entry.network.rx_bytes)
+    };
+    let before = counters(
+        &daemon.wait_for("traffic counted", Duration::from_secs(20), |s| {
+            s.containers
+                .iter()
+                .any(|c| c.name == name && c.network.tx_bytes > 0 && c.cpu.ns > 0)
+        }),
+    );
+
+    daemon.kill_and_restart();
+    let after = counters(&daemon.next_snapshot());
+    let _ = spinner.kill();
+    let _ = talker.kill();
+    let _ = (spinner.wait(), talker.wait());
+
+    eprintln!("before SIGKILL (cpu ns, tx, rx) {before:?}, after restart {after:?}");
+    assert!(
+        after.0 > before.0,
+        "CPU time went from {} to {} across the restart",
+        before.0,
+        after.0
+    );
+    assert!(
+        after.1 >= before.1,
+        "sent bytes went back from {} to {}",
+        before.1,
+        after.1
+    );
+    assert!(
+        after.2 >= before.2,
+        "received bytes went back from {} to {}",
+        before.2,
+        after.2
+    );
+}
