@@ -4,7 +4,7 @@ use std::{
     io::{self, Write},
     path::{Path, PathBuf},
     sync::{Arc, atomic::AtomicBool},
-    time::{Duration, Instant},
+    time::{Duration, Instant, SystemTime},
 };
 
 use clap::{Args, Parser, Subcommand};
@@ -13,6 +13,8 @@ use crate::{
     collector::{CollectError, Collector, CollectorOptions, lxd_instances::LxdInstances},
     config::{Config, ConfigError, DEFAULT_CONFIG_PATH},
     daemon::{self, DaemonError, DaemonLock, DaemonOptions},
+    lxd::{LxdClient, LxdError, StateAction},
+    manage::{self, ImageRefError},
     model,
     stop::sleep_until,
 };
@@ -32,9 +34,63 @@ pub struct Cli {
 pub enum Command {
     /// Collect every interval and write the snapshot file until SIGTERM or Ctrl-C.
     Daemon(DaemonArgs),
+    /// Manage LXD containers through LXD's API.
+    Containers {
+        #[command(subcommand)]
+        action: ContainerAction,
+    },
+    /// Manage LXD images through LXD's API.
+    Images {
+        #[command(subcommand)]
+        action: ImageAction,
+    },
     /// Print the snapshot document as JSON: the running daemon's, or one collected over
     /// `--interval` when no daemon runs.
     Snapshot(SnapshotArgs),
+}
+
+#[derive(Debug, Subcommand)]
+pub enum ContainerAction {
+    /// List containers: name, status, IPv4, IPv6, image, uptime.
+    List,
+    /// Start a container.
+    Start { name: String },
+    /// Stop a container cleanly, or kill it with `--force`.
+    Stop(StopArgs),
+    /// Stop (cleanly, or with `--force`) and start a container.
+    Restart(StopArgs),
+    /// Freeze a container: its processes stop getting CPU time.
+    Freeze { name: String },
+    /// Unfreeze a frozen container.
+    Unfreeze { name: String },
+    /// Give a container's NIC a static IPv4 address on its LXD network; it applies from the
+    /// container's next start.
+    SetIpv4 {
+        name: String,
+        address: std::net::Ipv4Addr,
+        /// The NIC device to set it on.
+        #[arg(long, default_value = "eth0")]
+        nic: String,
+    },
+}
+
+#[derive(Debug, Args)]
+pub struct StopArgs {
+    pub name: String,
+    /// Kill the container instead of asking it to shut down.
+    #[arg(long)]
+    pub force: bool,
+    /// How long a clean shutdown may take before LXD gives up.
+    #[arg(long, default_value = "30s", value_parser = parse_interval)]
+    pub timeout: Duration,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum ImageAction {
+    /// List images: alias, fingerprint, architecture, description, size, upload date.
+    List,
+    /// Delete an image by alias or fingerprint; refused while containers use it.
+    Delete { image: String },
 }
 
 #[derive(Debug, Args)]
@@ -77,6 +133,12 @@ pub enum CliError {
     Collect(#[from] CollectError),
     #[error(transparent)]
     Daemon(#[from] DaemonError),
+    #[error("no LXD socket answers (tried {tried})")]
+    NoLxd { tried: String },
+    #[error(transparent)]
+    Lxd(#[from] LxdError),
+    #[error(transparent)]
+    Image(#[from] ImageRefError),
     #[error("cannot read the daemon's snapshot {path}: {source}")]
     DaemonSnapshot { path: PathBuf, source: io::Error },
     #[error("cannot write to standard output: {0}")]
@@ -86,8 +148,9 @@ pub enum CliError {
 }
 
 impl CliError {
-    /// 2 for bad input (config) or a host that cannot run lynx (privilege, kernel feature),
-    /// 1 for any other failure.
+    /// 2 for bad input (config, a name that matches nothing) or a host that cannot run lynx
+    /// (privilege, kernel feature), 3 when LXD cannot be reached, 1 for any other failure
+    /// (LXD refused or failed the operation).
     pub fn exit_code(&self) -> u8 {
         match self {
             Self::Config(_) => 2,
@@ -97,6 +160,8 @@ impl CliError {
                 2
             }
             Self::Daemon(DaemonError::AlreadyRunning { .. }) => 2,
+            Self::Image(ImageRefError::NotFound(_) | ImageRefError::Ambiguous { .. }) => 2,
+            Self::NoLxd { .. } | Self::Lxd(LxdError::Connect { .. }) => 3,
             _ => 1,
         }
     }
@@ -123,6 +188,8 @@ pub fn run(cli: Cli) -> Result<(), CliError> {
             };
             Ok(daemon::run(&options, &stop)?)
         }
+        Command::Containers { action } => containers(&lxd_client(&config)?, action),
+        Command::Images { action } => images(&lxd_client(&config)?, action),
         Command::Snapshot(args) => {
             let daemon_file = &config.daemon.snapshot_path;
             if DaemonLock::is_held(&config.daemon.pin_dir) && daemon_file.exists() {
@@ -154,6 +221,77 @@ pub fn run(cli: Cli) -> Result<(), CliError> {
                 .map_err(CliError::Stdout)
         }
     }
+}
+
+fn lxd_client(config: &Config) -> Result<LxdClient, CliError> {
+    LxdClient::discover(&config.lxd.sockets).ok_or_else(|| CliError::NoLxd {
+        tried: config
+            .lxd
+            .sockets
+            .iter()
+            .map(|s| s.display().to_string())
+            .collect::<Vec<_>>()
+            .join(", "),
+    })
+}
+
+fn containers(lxd: &LxdClient, action: ContainerAction) -> Result<(), CliError> {
+    let (name, change) = match action {
+        ContainerAction::List => {
+            return print(&manage::containers_table(
+                &lxd.instances()?,
+                SystemTime::now(),
+            ));
+        }
+        ContainerAction::SetIpv4 { name, address, nic } => {
+            lxd.set_ipv4(&name, &nic, address)?;
+            return print(&format!(
+                "{name}: {nic} gets {address} from its next start\n"
+            ));
+        }
+        ContainerAction::Start { name } => (name, (StateAction::Start, DEFAULT_ACTION_TIMEOUT)),
+        ContainerAction::Stop(StopArgs {
+            name,
+            force,
+            timeout,
+        }) => (name, (StateAction::Stop { force }, timeout)),
+        ContainerAction::Restart(StopArgs {
+            name,
+            force,
+            timeout,
+        }) => (name, (StateAction::Restart { force }, timeout)),
+        ContainerAction::Freeze { name } => (name, (StateAction::Freeze, DEFAULT_ACTION_TIMEOUT)),
+        ContainerAction::Unfreeze { name } => {
+            (name, (StateAction::Unfreeze, DEFAULT_ACTION_TIMEOUT))
+        }
+    };
+    let (action, timeout) = change;
+    lxd.change_state(&name, action, timeout)?;
+    let status = lxd.instance_state(&name)?.status;
+    print(&format!("{name}: {}\n", manage::status_word(&status)))
+}
+
+fn images(lxd: &LxdClient, action: ImageAction) -> Result<(), CliError> {
+    match action {
+        ImageAction::List => print(&manage::images_table(&lxd.images()?)),
+        ImageAction::Delete { image } => {
+            let images = lxd.images()?;
+            let found = manage::resolve_image(&images, &image)?;
+            manage::check_unused(found, &image, &lxd.instances()?)?;
+            lxd.delete_image(&found.fingerprint)?;
+            print(&format!("deleted image {image} ({})\n", found.fingerprint))
+        }
+    }
+}
+
+/// How long LXD may take for a start, freeze or unfreeze.
+const DEFAULT_ACTION_TIMEOUT: Duration = Duration::from_secs(30);
+
+fn print(text: &str) -> Result<(), CliError> {
+    io::stdout()
+        .lock()
+        .write_all(text.as_bytes())
+        .map_err(CliError::Stdout)
 }
 
 #[cfg(test)]

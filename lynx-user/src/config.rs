@@ -31,6 +31,63 @@ pub enum ConfigError {
 pub struct Config {
     pub daemon: DaemonConfig,
     pub lxd: LxdConfig,
+    pub history: HistoryConfig,
+    pub prometheus: PrometheusConfig,
+    pub top: TopConfig,
+}
+
+/// `[history]`: per-minute aggregates kept on disk.
+#[derive(Clone, Debug, PartialEq, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct HistoryConfig {
+    /// The SQLite database file.
+    pub path: PathBuf,
+    /// How long minute aggregates are kept.
+    #[serde(deserialize_with = "days")]
+    pub retention_days: u32,
+}
+
+/// `[prometheus]`: the `/metrics` and `/snapshot` endpoint of the daemon.
+#[derive(Clone, Debug, PartialEq, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct PrometheusConfig {
+    /// Address to listen on; `""` turns the endpoint off. Loopback by default: expose it
+    /// deliberately.
+    pub listen: String,
+}
+
+/// `[top]`: the live view.
+#[derive(Clone, Debug, PartialEq, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct TopConfig {
+    /// How often `lynx top` redraws.
+    #[serde(deserialize_with = "interval")]
+    pub refresh: Duration,
+}
+
+impl Default for HistoryConfig {
+    fn default() -> Self {
+        Self {
+            path: "/var/lib/lynx/history.db".into(),
+            retention_days: 7,
+        }
+    }
+}
+
+impl Default for PrometheusConfig {
+    fn default() -> Self {
+        Self {
+            listen: "127.0.0.1:9464".into(),
+        }
+    }
+}
+
+impl Default for TopConfig {
+    fn default() -> Self {
+        Self {
+            refresh: Duration::from_secs(1),
+        }
+    }
 }
 
 /// `[daemon]`: collection and the snapshot file.
@@ -104,6 +161,16 @@ impl Config {
             }
         })
     }
+}
+
+fn days<'de, D: Deserializer<'de>>(deserializer: D) -> Result<u32, D::Error> {
+    let days = u32::deserialize(deserializer)?;
+    if !(1..=3660).contains(&days) {
+        return Err(serde::de::Error::custom(format!(
+            "{days} is outside 1..=3660 days"
+        )));
+    }
+    Ok(days)
 }
 
 fn interval<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Duration, D::Error> {

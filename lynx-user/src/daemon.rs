@@ -11,7 +11,8 @@ use std::{
 
 use crate::{
     collector::{CollectError, Collector, CollectorOptions, lxd_instances::LxdInstances},
-    model, sink,
+    model,
+    sink::{Sink, json_file::JsonFileSink},
     stop::sleep_until,
 };
 
@@ -107,6 +108,9 @@ pub fn run(options: &DaemonOptions, stop: &AtomicBool) -> Result<(), DaemonError
             options.interval,
         ))),
     })?;
+    let mut sinks: Vec<Box<dyn Sink>> = vec![Box::new(JsonFileSink {
+        path: options.snapshot_path.clone(),
+    })];
     let mut previous = collector.sample()?;
     tracing::info!(
         interval = ?options.interval,
@@ -131,8 +135,8 @@ pub fn run(options: &DaemonOptions, stop: &AtomicBool) -> Result<(), DaemonError
             );
         }
         let snapshot = model::snapshot(&previous, &current);
-        if let Err(error) = sink::json_file::write(&options.snapshot_path, &snapshot) {
-            tracing::warn!(%error, "snapshot not written");
+        for sink in &mut sinks {
+            sink.publish(&snapshot);
         }
         previous = current;
     }

@@ -5,6 +5,7 @@ pub mod collector;
 pub mod config;
 pub mod daemon;
 pub mod lxd;
+pub mod manage;
 pub mod model;
 pub mod sink;
 pub mod stop;

@@ -19,17 +19,23 @@ use crate::{ChildGuard, lynx_bin};
 
 pub struct DaemonUnderTest {
     daemon: ChildGuard,
+    /// Holds the daemon's config (`lynx.toml`), log, snapshot and history database.
     pub dir: PathBuf,
     pub snapshot_path: PathBuf,
     pub log_path: PathBuf,
     pub pin_dir: PathBuf,
-    config: PathBuf,
+    pub config: PathBuf,
 }
 
 impl DaemonUnderTest {
-    /// Starts a daemon collecting every `interval` (e.g. `"200ms"`) and waits for its first
-    /// snapshot.
+    /// Starts a daemon collecting every `interval` (e.g. `"200ms"`), with its Prometheus
+    /// endpoint off, and waits for its first snapshot.
     pub fn start(name: &str, interval: &str) -> Self {
+        Self::start_with_prometheus(name, interval, "")
+    }
+
+    /// As [`Self::start`], serving Prometheus on `listen` (e.g. `"127.0.0.1:19464"`).
+    pub fn start_with_prometheus(name: &str, interval: &str, listen: &str) -> Self {
         let unique = format!("lynx-test-{name}-{}", std::process::id());
         let dir = std::env::temp_dir().join(&unique);
         let _ = fs::remove_dir_all(&dir);
@@ -37,12 +43,15 @@ impl DaemonUnderTest {
         let pin_dir = PathBuf::from("/sys/fs/bpf").join(&unique);
         let snapshot_path = dir.join("snapshot.json");
         let config = dir.join("lynx.toml");
+        let history = dir.join("history.db");
         fs::write(
             &config,
             format!(
-                "[daemon]\ninterval = \"{interval}\"\nsnapshot_path = \"{}\"\npin_dir = \"{}\"\n",
+                "[daemon]\ninterval = \"{interval}\"\nsnapshot_path = \"{}\"\npin_dir = \"{}\"\n\
+                 [history]\npath = \"{}\"\n[prometheus]\nlisten = \"{listen}\"\n",
                 snapshot_path.display(),
-                pin_dir.display()
+                pin_dir.display(),
+                history.display()
             ),
         )
         .expect("write daemon config");

@@ -94,7 +94,7 @@ fn starting_and_deleting_containers_leaves_no_map_entries() {
     let daemon = DaemonUnderTest::start("churn", "100ms");
     let workload = format!(
         "dd if=/dev/zero of=/x bs=4k count=4 oflag=direct 2>/dev/null; \
-         wget -q -T 1 -O /dev/null http://{BRIDGE_ADDRESS}:9/ 2>/dev/null; true"
+         wget -q -O /dev/null http://{BRIDGE_ADDRESS}:9/ 2>/dev/null; true"
     );
     let mut seen_in_maps = 0;
     // 50 containers, five at a time.
@@ -157,7 +157,7 @@ fn a_daemon_killed_and_restarted_continues_the_counts() {
     lxd();
     let container = TestContainer::launch("restart");
     let traffic = format!(
-        "for i in $(seq 1 400); do wget -q -T 1 -O /dev/null http://{BRIDGE_ADDRESS}:9/; done"
+        "for i in $(seq 1 400); do wget -q -O /dev/null http://{BRIDGE_ADDRESS}:9/; done"
     );
     let mut talker = container.spawn_exec(&["sh", "-c", &traffic]);
     let mut spinner = container.spawn_exec(&["sh", "-c", "while :; do :; done"]);

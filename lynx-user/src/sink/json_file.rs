@@ -6,6 +6,7 @@ use std::{
     path::{Path, PathBuf},
 };
 
+use super::Sink;
 use crate::model::Snapshot;
 
 /// Errors of writing the snapshot file.
@@ -13,6 +14,19 @@ use crate::model::Snapshot;
 pub enum JsonFileError {
     #[error("cannot write {path}: {source}")]
     Write { path: PathBuf, source: io::Error },
+}
+
+/// The snapshot file as a [`Sink`]: a write that fails is logged and the next one tried.
+pub struct JsonFileSink {
+    pub path: PathBuf,
+}
+
+impl Sink for JsonFileSink {
+    fn publish(&mut self, snapshot: &Snapshot) {
+        if let Err(error) = write(&self.path, snapshot) {
+            tracing::warn!(%error, "snapshot not written");
+        }
+    }
 }
 
 /// Writes `snapshot` to `path` atomically, creating its directory if needed.

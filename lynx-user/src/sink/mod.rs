@@ -1,2 +1,12 @@
-//! Sinks: where snapshots go.
+//! Sinks: where each snapshot goes once the model has built it. Data flows one way:
+//! collectors → model → sinks.
 pub mod json_file;
+
+use crate::model::Snapshot;
+
+/// A consumer of snapshots. `publish` is called on the collection thread once per interval:
+/// it must not block on slow I/O (hand work to a thread of its own instead), and it reports
+/// its own faults in the log rather than stopping the daemon.
+pub trait Sink {
+    fn publish(&mut self, snapshot: &Snapshot);
+}
