@@ -156,9 +156,8 @@ fn a_daemon_killed_and_restarted_continues_the_counts() {
     }
     lxd();
     let container = TestContainer::launch("restart");
-    let traffic = format!(
-        "for i in $(seq 1 400); do wget -q -O /dev/null http://{BRIDGE_ADDRESS}:9/; done"
-    );
+    let traffic =
+        format!("for i in $(seq 1 400); do wget -q -O /dev/null http://{BRIDGE_ADDRESS}:9/; done");
     let mut talker = container.spawn_exec(&["sh", "-c", &traffic]);
     let mut spinner = container.spawn_exec(&["sh", "-c", "while :; do :; done"]);
     let mut daemon = DaemonUnderTest::start("restart", "200ms");
