@@ -17,6 +17,7 @@ use lynx::collector::{
 
 pub mod daemon;
 pub mod lxd;
+pub mod nginx;
 
 /// True when this test may go on. Without root it fails under `CI=true` and is skipped, with
 /// a line saying so, elsewhere.

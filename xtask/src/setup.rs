@@ -50,6 +50,16 @@ pub const TEST_PACKAGES: &[Package] = &[
         provides: "busybox",
         why: "the tests build their container image from busybox",
     },
+    Package {
+        name: "nginx-light",
+        provides: "nginx",
+        why: "the tests' load balancer (with stub_status)",
+    },
+    Package {
+        name: "wrk",
+        provides: "wrk",
+        why: "the tests' HTTP load generator",
+    },
 ];
 
 /// What the benches compare against.
