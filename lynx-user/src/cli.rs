@@ -16,7 +16,9 @@ use crate::{
     lxd::{LxdClient, LxdError, StateAction},
     manage::{self, ImageRefError},
     model,
+    sink::history::{self, HistoryError},
     stop::sleep_until,
+    tui::{self, TuiError},
 };
 
 /// Lynx: host observer and autoscaler for nginx + LXD container web farms.
@@ -34,6 +36,19 @@ pub struct Cli {
 pub enum Command {
     /// Collect every interval and write the snapshot file until SIGTERM or Ctrl-C.
     Daemon(DaemonArgs),
+    /// Live full-screen view of the daemon's snapshot (no root needed); `--once`, or output
+    /// that is not a terminal, prints one plain table.
+    Top(TopArgs),
+    /// For each of the last days: min and max running containers, peak and average requests
+    /// per second, from the daemon's history database.
+    History {
+        /// How many days back, today included.
+        #[arg(long, default_value_t = 7, value_parser = clap::value_parser!(u32).range(1..=3660))]
+        days: u32,
+        /// Print JSON for scripts instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
     /// Manage LXD containers through LXD's API.
     Containers {
         #[command(subcommand)]
@@ -47,6 +62,16 @@ pub enum Command {
     /// Print the snapshot document as JSON: the running daemon's, or one collected over
     /// `--interval` when no daemon runs.
     Snapshot(SnapshotArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct TopArgs {
+    /// Print one plain table and exit.
+    #[arg(long)]
+    pub once: bool,
+    /// How often to redraw, e.g. `500ms`, `1s`, `10s` [config: top.refresh, default 1s].
+    #[arg(long, value_parser = parse_interval)]
+    pub refresh: Option<Duration>,
 }
 
 #[derive(Debug, Subcommand)]
@@ -139,6 +164,10 @@ pub enum CliError {
     Lxd(#[from] LxdError),
     #[error(transparent)]
     Image(#[from] ImageRefError),
+    #[error(transparent)]
+    History(#[from] HistoryError),
+    #[error(transparent)]
+    Top(#[from] TuiError),
     #[error("cannot read the daemon's snapshot {path}: {source}")]
     DaemonSnapshot { path: PathBuf, source: io::Error },
     #[error("cannot write to standard output: {0}")]
@@ -159,7 +188,11 @@ impl CliError {
             {
                 2
             }
-            Self::Daemon(DaemonError::AlreadyRunning { .. }) => 2,
+            Self::Daemon(
+                DaemonError::AlreadyRunning { .. }
+                | DaemonError::Prometheus(_)
+                | DaemonError::History(_),
+            ) => 2,
             Self::Image(ImageRefError::NotFound(_) | ImageRefError::Ambiguous { .. }) => 2,
             Self::NoLxd { .. } | Self::Lxd(LxdError::Connect { .. }) => 3,
             _ => 1,
@@ -185,8 +218,26 @@ pub fn run(cli: Cli) -> Result<(), CliError> {
                 snapshot_path: args.output.unwrap_or(config.daemon.snapshot_path),
                 pin_dir: config.daemon.pin_dir,
                 lxd_sockets: config.lxd.sockets,
+                history: config.history,
+                prometheus_listen: config.prometheus.listen,
             };
             Ok(daemon::run(&options, &stop)?)
+        }
+        Command::Top(args) => Ok(tui::run(&tui::TopOptions {
+            snapshot_path: config.daemon.snapshot_path,
+            refresh: args.refresh.unwrap_or(config.top.refresh),
+            once: args.once,
+        })?),
+        Command::History { days, json } => {
+            let now = SystemTime::now()
+                .duration_since(SystemTime::UNIX_EPOCH)
+                .map_or(0, |d| d.as_secs());
+            let summary = history::daily_summary(&config.history.path, days, now as i64)?;
+            let text = match json {
+                true => serde_json::to_string_pretty(&summary).expect("summaries serialise") + "\n",
+                false => history::render_table(&summary),
+            };
+            print(&text)
         }
         Command::Containers { action } => containers(&lxd_client(&config)?, action),
         Command::Images { action } => images(&lxd_client(&config)?, action),

@@ -11,8 +11,14 @@ use std::{
 
 use crate::{
     collector::{CollectError, Collector, CollectorOptions, lxd_instances::LxdInstances},
+    config::HistoryConfig,
     model,
-    sink::{Sink, json_file::JsonFileSink},
+    sink::{
+        Sink,
+        history::{HistoryError, HistorySink},
+        json_file::JsonFileSink,
+        prometheus::{PrometheusError, PrometheusServer},
+    },
     stop::sleep_until,
 };
 
@@ -25,6 +31,9 @@ pub struct DaemonOptions {
     pub pin_dir: PathBuf,
     /// LXD API sockets to try.
     pub lxd_sockets: Vec<PathBuf>,
+    pub history: HistoryConfig,
+    /// Prometheus endpoint address; empty for none.
+    pub prometheus_listen: String,
 }
 
 /// Errors that stop the daemon.
@@ -36,6 +45,10 @@ pub enum DaemonError {
     AlreadyRunning { pid: String, pin_dir: PathBuf },
     #[error("cannot lock {path}: {source}")]
     Lock { path: PathBuf, source: io::Error },
+    #[error(transparent)]
+    History(#[from] HistoryError),
+    #[error(transparent)]
+    Prometheus(#[from] PrometheusError),
 }
 
 /// Held while a daemon counts into the maps pinned in a directory: a second daemon there
@@ -108,9 +121,20 @@ pub fn run(options: &DaemonOptions, stop: &AtomicBool) -> Result<(), DaemonError
             options.interval,
         ))),
     })?;
-    let mut sinks: Vec<Box<dyn Sink>> = vec![Box::new(JsonFileSink {
-        path: options.snapshot_path.clone(),
-    })];
+    let mut sinks: Vec<Box<dyn Sink>> = vec![
+        Box::new(JsonFileSink {
+            path: options.snapshot_path.clone(),
+        }),
+        Box::new(HistorySink::open(
+            &options.history.path,
+            options.history.retention_days,
+        )?),
+    ];
+    if !options.prometheus_listen.is_empty() {
+        let server = PrometheusServer::start(&options.prometheus_listen)?;
+        tracing::info!(address = %server.local_addr(), "serving /metrics and /snapshot");
+        sinks.push(Box::new(server));
+    }
     let mut previous = collector.sample()?;
     tracing::info!(
         interval = ?options.interval,

@@ -9,3 +9,4 @@ pub mod manage;
 pub mod model;
 pub mod sink;
 pub mod stop;
+pub mod tui;

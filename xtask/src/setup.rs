@@ -60,6 +60,16 @@ pub const TEST_PACKAGES: &[Package] = &[
         provides: "wrk",
         why: "the tests' HTTP load generator",
     },
+    Package {
+        name: "tmux",
+        provides: "tmux",
+        why: "the tests drive `lynx top` in a real terminal",
+    },
+    Package {
+        name: "prometheus",
+        provides: "promtool",
+        why: "promtool checks lynx's /metrics output",
+    },
 ];
 
 /// What the benches compare against.

@@ -1,6 +1,8 @@
 //! Sinks: where each snapshot goes once the model has built it. Data flows one way:
 //! collectors → model → sinks.
+pub mod history;
 pub mod json_file;
+pub mod prometheus;
 
 use crate::model::Snapshot;
 

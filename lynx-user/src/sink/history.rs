@@ -1,0 +1,1418 @@
+//! History: per-minute aggregates of the snapshots in a SQLite database, read by
+//! `lynx history`.
+//!
+//! [`HistorySink::publish`] only folds each snapshot into the minute in progress, keyed by the
+//! snapshot's own `host.timestamp`. When a snapshot of another minute arrives, the finished
+//! minute goes over a channel to a writer thread that owns the database, so collection never
+//! waits for the disk. Each minute is one transaction in WAL mode with `synchronous = FULL`:
+//! a crash or power loss loses at most the minute in progress.
+//!
+//! Schema (version [`SCHEMA_VERSION`] in `PRAGMA user_version`), `minute` being the minute's
+//! start in Unix seconds (UTC):
+//!
+//! - `minutes`: one row per minute with data: snapshots folded in (`samples`), min and max of
+//!   running/stopped/frozen containers, host CPU average and memory peak, and nginx's request
+//!   rate (average and peak), `NULL` while nginx is not measured.
+//! - `container_minutes`: one row per minute and container (the `host` entry included) that
+//!   was not stopped during the whole minute: average CPU %, peak memory, block and network
+//!   bytes moved during the minute, and its nginx request rate (`NULL` for now).
+//!
+//! A row written twice for one minute (a daemon restarted within the minute, a clock set back)
+//! is merged, not replaced.
+use std::{
+    collections::{BTreeMap, HashMap},
+    fmt::Write as _,
+    fs, io,
+    path::{Path, PathBuf},
+    sync::mpsc,
+    thread,
+    time::{Duration, SystemTime, UNIX_EPOCH},
+};
+
+use rusqlite::{Connection, ErrorCode, OpenFlags, params};
+use serde::Serialize;
+
+use super::Sink;
+use crate::model::{Container, Snapshot};
+
+/// Version of the schema below, kept in `PRAGMA user_version`.
+pub const SCHEMA_VERSION: i32 = 1;
+
+const SCHEMA: &str = "
+CREATE TABLE IF NOT EXISTS minutes (
+    minute INTEGER PRIMARY KEY,
+    samples INTEGER NOT NULL,
+    running_min INTEGER NOT NULL,
+    running_max INTEGER NOT NULL,
+    stopped_min INTEGER NOT NULL,
+    stopped_max INTEGER NOT NULL,
+    frozen_min INTEGER NOT NULL,
+    frozen_max INTEGER NOT NULL,
+    host_cpu_percent_avg REAL NOT NULL,
+    host_memory_used_max_bytes INTEGER NOT NULL,
+    nginx_requests_per_s_avg REAL,
+    nginx_requests_per_s_max REAL
+);
+CREATE TABLE IF NOT EXISTS container_minutes (
+    minute INTEGER NOT NULL,
+    kind TEXT NOT NULL,
+    name TEXT NOT NULL,
+    samples INTEGER NOT NULL,
+    cpu_percent_avg REAL NOT NULL,
+    memory_max_bytes INTEGER,
+    block_read_bytes INTEGER NOT NULL,
+    block_write_bytes INTEGER NOT NULL,
+    network_rx_bytes INTEGER NOT NULL,
+    network_tx_bytes INTEGER NOT NULL,
+    requests_per_s_avg REAL,
+    requests_per_s_max REAL,
+    PRIMARY KEY (minute, kind, name)
+) WITHOUT ROWID;
+";
+
+// Averages are merged weighted by samples; SQLite's two-argument max() is NULL when either
+// side is, hence the coalesce() around nullable columns.
+const UPSERT_MINUTE: &str = "
+INSERT INTO minutes (minute, samples, running_min, running_max, stopped_min, stopped_max,
+    frozen_min, frozen_max, host_cpu_percent_avg, host_memory_used_max_bytes,
+    nginx_requests_per_s_avg, nginx_requests_per_s_max)
+VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12)
+ON CONFLICT (minute) DO UPDATE SET
+    samples = samples + excluded.samples,
+    running_min = min(running_min, excluded.running_min),
+    running_max = max(running_max, excluded.running_max),
+    stopped_min = min(stopped_min, excluded.stopped_min),
+    stopped_max = max(stopped_max, excluded.stopped_max),
+    frozen_min = min(frozen_min, excluded.frozen_min),
+    frozen_max = max(frozen_max, excluded.frozen_max),
+    host_cpu_percent_avg = (host_cpu_percent_avg * samples
+        + excluded.host_cpu_percent_avg * excluded.samples) / (samples + excluded.samples),
+    host_memory_used_max_bytes = max(host_memory_used_max_bytes,
+        excluded.host_memory_used_max_bytes),
+    nginx_requests_per_s_avg = coalesce((nginx_requests_per_s_avg * samples
+        + excluded.nginx_requests_per_s_avg * excluded.samples) / (samples + excluded.samples),
+        nginx_requests_per_s_avg, excluded.nginx_requests_per_s_avg),
+    nginx_requests_per_s_max = max(coalesce(nginx_requests_per_s_max,
+        excluded.nginx_requests_per_s_max), coalesce(excluded.nginx_requests_per_s_max,
+        nginx_requests_per_s_max))
+";
+
+const UPSERT_CONTAINER: &str = "
+INSERT INTO container_minutes (minute, kind, name, samples, cpu_percent_avg, memory_max_bytes,
+    block_read_bytes, block_write_bytes, network_rx_bytes, network_tx_bytes,
+    requests_per_s_avg, requests_per_s_max)
+VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12)
+ON CONFLICT (minute, kind, name) DO UPDATE SET
+    samples = samples + excluded.samples,
+    cpu_percent_avg = (cpu_percent_avg * samples + excluded.cpu_percent_avg * excluded.samples)
+        / (samples + excluded.samples),
+    memory_max_bytes = max(coalesce(memory_max_bytes, excluded.memory_max_bytes),
+        coalesce(excluded.memory_max_bytes, memory_max_bytes)),
+    block_read_bytes = block_read_bytes + excluded.block_read_bytes,
+    block_write_bytes = block_write_bytes + excluded.block_write_bytes,
+    network_rx_bytes = network_rx_bytes + excluded.network_rx_bytes,
+    network_tx_bytes = network_tx_bytes + excluded.network_tx_bytes,
+    requests_per_s_avg = coalesce((requests_per_s_avg * samples
+        + excluded.requests_per_s_avg * excluded.samples) / (samples + excluded.samples),
+        requests_per_s_avg, excluded.requests_per_s_avg),
+    requests_per_s_max = max(coalesce(requests_per_s_max, excluded.requests_per_s_max),
+        coalesce(excluded.requests_per_s_max, requests_per_s_max))
+";
+
+const SECONDS_PER_DAY: i64 = 86_400;
+/// How long a statement waits for a lock another connection holds (`lynx history` reading).
+const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Errors of the history database.
+#[derive(Debug, thiserror::Error)]
+pub enum HistoryError {
+    #[error("cannot create {path}: {source}")]
+    CreateDir { path: PathBuf, source: io::Error },
+    #[error("cannot open history database {path}: {source}")]
+    Open {
+        path: PathBuf,
+        source: rusqlite::Error,
+    },
+    #[error("cannot move corrupt history database {path} aside to {aside}: {source}")]
+    MoveAside {
+        path: PathBuf,
+        aside: PathBuf,
+        source: io::Error,
+    },
+    #[error(
+        "history database {path} has schema version {found}; this lynx reads version {SCHEMA_VERSION}"
+    )]
+    Schema { path: PathBuf, found: i32 },
+    #[error("no history database at {path}: the daemon writes it")]
+    Missing { path: PathBuf },
+    #[error("cannot read history database {path}: {source}")]
+    Read {
+        path: PathBuf,
+        source: rusqlite::Error,
+    },
+    #[error("cannot start the writer thread of {path}: {source}")]
+    Thread { path: PathBuf, source: io::Error },
+}
+
+/// The history sink: aggregates snapshots per minute and has them written by a thread of its
+/// own. Dropping it writes the minute in progress and waits for the writer.
+pub struct HistorySink {
+    path: PathBuf,
+    /// The minute in progress.
+    minute: Option<MinuteRecord>,
+    /// Each container's counters in the previous snapshot, for the byte deltas.
+    previous: HashMap<ContainerKey, Counters>,
+    warned_bad_timestamp: bool,
+    /// Declared last: dropped after [`Drop::drop`] has handed it the minute in progress.
+    writer: Writer,
+}
+
+impl HistorySink {
+    /// Opens (creating it and its directory if needed) the database at `path`, moving a
+    /// corrupt one aside, and starts the writer thread. Minutes older than `retention_days`
+    /// are deleted as new ones are written.
+    pub fn open(path: &Path, retention_days: u32) -> Result<Self, HistoryError> {
+        if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+            fs::create_dir_all(dir).map_err(|source| HistoryError::CreateDir {
+                path: dir.to_owned(),
+                source,
+            })?;
+        }
+        let database = Database {
+            path: path.to_owned(),
+            connection: Some(open_for_writing(path)?),
+            retention_days,
+        };
+        let (sender, minutes) = mpsc::channel();
+        let thread = thread::Builder::new()
+            .name("lynx-history".into())
+            .spawn(move || database.run(minutes))
+            .map_err(|source| HistoryError::Thread {
+                path: path.to_owned(),
+                source,
+            })?;
+        Ok(Self {
+            path: path.to_owned(),
+            minute: None,
+            previous: HashMap::new(),
+            warned_bad_timestamp: false,
+            writer: Writer {
+                sender: Some(sender),
+                thread: Some(thread),
+            },
+        })
+    }
+
+    /// Hands the minute in progress to the writer.
+    fn flush(&mut self) {
+        let Some(minute) = self.minute.take() else {
+            return;
+        };
+        let at = minute.minute;
+        let sent = self
+            .writer
+            .sender
+            .as_ref()
+            .is_some_and(|sender| sender.send(minute).is_ok());
+        if !sent {
+            tracing::warn!(
+                "history writer of {} has stopped; minute {at} is lost",
+                self.path.display()
+            );
+        }
+    }
+}
+
+impl Sink for HistorySink {
+    fn publish(&mut self, snapshot: &Snapshot) {
+        let Some((seconds, _)) = parse_timestamp(&snapshot.host.timestamp) else {
+            // Once: it would otherwise repeat every interval.
+            if !self.warned_bad_timestamp {
+                tracing::warn!(
+                    "history: snapshot timestamp {:?} is not RFC 3339; such snapshots are left out of {}",
+                    snapshot.host.timestamp,
+                    self.path.display()
+                );
+                self.warned_bad_timestamp = true;
+            }
+            return;
+        };
+        let minute = seconds.div_euclid(60) * 60;
+        if self.minute.as_ref().is_some_and(|m| m.minute != minute) {
+            self.flush();
+        }
+        self.minute
+            .get_or_insert_with(|| MinuteRecord::new(minute))
+            .add(snapshot, &self.previous);
+        self.previous = snapshot
+            .containers
+            .iter()
+            .map(|c| (key_of(c), Counters::of(c)))
+            .collect();
+    }
+}
+
+impl Drop for HistorySink {
+    fn drop(&mut self) {
+        self.flush();
+    }
+}
+
+/// The channel to the writer thread, closed and joined on drop.
+struct Writer {
+    sender: Option<mpsc::Sender<MinuteRecord>>,
+    thread: Option<thread::JoinHandle<()>>,
+}
+
+impl Drop for Writer {
+    fn drop(&mut self) {
+        // Closing the channel ends the writer's loop once it has written what is queued.
+        drop(self.sender.take());
+        if let Some(thread) = self.thread.take()
+            && thread.join().is_err()
+        {
+            tracing::warn!("history writer thread panicked");
+        }
+    }
+}
+
+/// `(kind, name)`: a container's identity in the history.
+type ContainerKey = (String, String);
+
+fn key_of(container: &Container) -> ContainerKey {
+    (container.kind.clone(), container.name.clone())
+}
+
+/// The cumulative counters whose per-minute growth is kept.
+#[derive(Clone, Copy, Debug, Default)]
+struct Counters {
+    block_read_bytes: u64,
+    block_write_bytes: u64,
+    network_rx_bytes: u64,
+    network_tx_bytes: u64,
+}
+
+impl Counters {
+    fn of(container: &Container) -> Self {
+        Self {
+            block_read_bytes: container.block_io.read_bytes,
+            block_write_bytes: container.block_io.write_bytes,
+            network_rx_bytes: container.network.rx_bytes,
+            network_tx_bytes: container.network.tx_bytes,
+        }
+    }
+
+    /// Growth since `before`. A counter that went back (a container recreated, its cgroups
+    /// gone) adds nothing rather than its whole count again.
+    fn since(self, before: Self) -> Self {
+        Self {
+            block_read_bytes: self
+                .block_read_bytes
+                .saturating_sub(before.block_read_bytes),
+            block_write_bytes: self
+                .block_write_bytes
+                .saturating_sub(before.block_write_bytes),
+            network_rx_bytes: self
+                .network_rx_bytes
+                .saturating_sub(before.network_rx_bytes),
+            network_tx_bytes: self
+                .network_tx_bytes
+                .saturating_sub(before.network_tx_bytes),
+        }
+    }
+
+    fn add(&mut self, other: Self) {
+        self.block_read_bytes = self.block_read_bytes.saturating_add(other.block_read_bytes);
+        self.block_write_bytes = self
+            .block_write_bytes
+            .saturating_add(other.block_write_bytes);
+        self.network_rx_bytes = self.network_rx_bytes.saturating_add(other.network_rx_bytes);
+        self.network_tx_bytes = self.network_tx_bytes.saturating_add(other.network_tx_bytes);
+    }
+}
+
+#[derive(Clone, Copy, Debug)]
+struct MinMax {
+    min: u32,
+    max: u32,
+}
+
+impl MinMax {
+    fn add(this: &mut Option<Self>, value: u32) {
+        let range = this.get_or_insert(Self {
+            min: value,
+            max: value,
+        });
+        range.min = range.min.min(value);
+        range.max = range.max.max(value);
+    }
+}
+
+/// One minute folded together, as the writer stores it.
+#[derive(Debug)]
+struct MinuteRecord {
+    /// The minute's start, Unix seconds.
+    minute: i64,
+    samples: u32,
+    running: Option<MinMax>,
+    stopped: Option<MinMax>,
+    frozen: Option<MinMax>,
+    host_cpu_percent_sum: f64,
+    host_memory_used_max_bytes: u64,
+    containers: BTreeMap<ContainerKey, ContainerMinute>,
+}
+
+#[derive(Debug, Default)]
+struct ContainerMinute {
+    samples: u32,
+    cpu_percent_sum: f64,
+    memory_max_bytes: Option<u64>,
+    moved: Counters,
+}
+
+impl MinuteRecord {
+    fn new(minute: i64) -> Self {
+        Self {
+            minute,
+            samples: 0,
+            running: None,
+            stopped: None,
+            frozen: None,
+            host_cpu_percent_sum: 0.0,
+            host_memory_used_max_bytes: 0,
+            containers: BTreeMap::new(),
+        }
+    }
+
+    fn add(&mut self, snapshot: &Snapshot, previous: &HashMap<ContainerKey, Counters>) {
+        let host = &snapshot.host;
+        self.samples += 1;
+        MinMax::add(&mut self.running, host.containers_running);
+        MinMax::add(&mut self.stopped, host.containers_stopped);
+        MinMax::add(&mut self.frozen, host.containers_frozen);
+        self.host_cpu_percent_sum += host.cpu_percent;
+        self.host_memory_used_max_bytes = self
+            .host_memory_used_max_bytes
+            .max(host.memory_used_mb.saturating_mul(1024 * 1024));
+        for container in &snapshot.containers {
+            let key = key_of(container);
+            // A container first seen now: what it counted before is not this minute's.
+            let moved = previous
+                .get(&key)
+                .map(|before| Counters::of(container).since(*before))
+                .unwrap_or_default();
+            // A stopped container has no CPU, memory or I/O: no row for it.
+            if container.status == "Stopped" {
+                continue;
+            }
+            let entry = self.containers.entry(key).or_default();
+            entry.samples += 1;
+            entry.cpu_percent_sum += container.cpu.percent;
+            if let Some(memory) = &container.memory {
+                entry.memory_max_bytes = entry.memory_max_bytes.max(Some(memory.used_bytes));
+            }
+            entry.moved.add(moved);
+        }
+    }
+}
+
+/// Database figures are SQLite integers (i64); counters never get near that.
+fn sql_int(value: u64) -> i64 {
+    i64::try_from(value).unwrap_or(i64::MAX)
+}
+
+/// The writer thread's side: the connection, reopened when it turns out corrupt.
+struct Database {
+    path: PathBuf,
+    /// `None` after a failed reopen; the next minute tries again.
+    connection: Option<Connection>,
+    retention_days: u32,
+}
+
+impl Database {
+    fn run(mut self, minutes: mpsc::Receiver<MinuteRecord>) {
+        for record in minutes {
+            self.write(&record);
+        }
+    }
+
+    fn write(&mut self, record: &MinuteRecord) {
+        if let Some(connection) = &mut self.connection {
+            match write_minute(connection, record, self.retention_days) {
+                Ok(()) => return,
+                Err(error) if !is_corrupt(&error) => {
+                    tracing::warn!(
+                        "cannot write minute {} to {}: {error}",
+                        record.minute,
+                        self.path.display()
+                    );
+                    return;
+                }
+                Err(error) => {
+                    // Closed before its file moves.
+                    self.connection = None;
+                    if let Err(error) = move_aside(&self.path, &error) {
+                        tracing::warn!("{error}; minute {} is lost", record.minute);
+                        return;
+                    }
+                }
+            }
+        }
+        // Corrupt, or not reopened after an earlier failure: start over on a new database.
+        match open_for_writing(&self.path) {
+            Ok(connection) => self.connection = Some(connection),
+            Err(error) => {
+                tracing::warn!("{error}; minute {} is lost", record.minute);
+                return;
+            }
+        }
+        if let Some(connection) = &mut self.connection
+            && let Err(error) = write_minute(connection, record, self.retention_days)
+        {
+            tracing::warn!(
+                "cannot write minute {} to {}: {error}",
+                record.minute,
+                self.path.display()
+            );
+        }
+    }
+}
+
+/// Writes one minute, and deletes what is older than the retention, in one transaction.
+fn write_minute(
+    connection: &mut Connection,
+    record: &MinuteRecord,
+    retention_days: u32,
+) -> rusqlite::Result<()> {
+    let transaction = connection.transaction()?;
+    let samples = f64::from(record.samples.max(1));
+    let range = |r: Option<MinMax>| r.map_or((0, 0), |r| (r.min, r.max));
+    let (running, stopped, frozen) = (
+        range(record.running),
+        range(record.stopped),
+        range(record.frozen),
+    );
+    // nginx is not measured yet: its request-rate columns stay NULL.
+    let no_rate: Option<f64> = None;
+    transaction.prepare_cached(UPSERT_MINUTE)?.execute(params![
+        record.minute,
+        record.samples,
+        running.0,
+        running.1,
+        stopped.0,
+        stopped.1,
+        frozen.0,
+        frozen.1,
+        record.host_cpu_percent_sum / samples,
+        sql_int(record.host_memory_used_max_bytes),
+        no_rate,
+        no_rate,
+    ])?;
+    {
+        let mut upsert = transaction.prepare_cached(UPSERT_CONTAINER)?;
+        for ((kind, name), container) in &record.containers {
+            upsert.execute(params![
+                record.minute,
+                kind,
+                name,
+                container.samples,
+                container.cpu_percent_sum / f64::from(container.samples.max(1)),
+                container.memory_max_bytes.map(sql_int),
+                sql_int(container.moved.block_read_bytes),
+                sql_int(container.moved.block_write_bytes),
+                sql_int(container.moved.network_rx_bytes),
+                sql_int(container.moved.network_tx_bytes),
+                no_rate,
+                no_rate,
+            ])?;
+        }
+    }
+    let cutoff = record.minute - i64::from(retention_days) * SECONDS_PER_DAY;
+    transaction.execute("DELETE FROM minutes WHERE minute < ?1", [cutoff])?;
+    transaction.execute("DELETE FROM container_minutes WHERE minute < ?1", [cutoff])?;
+    transaction.commit()
+}
+
+fn is_corrupt(error: &rusqlite::Error) -> bool {
+    matches!(
+        error.sqlite_error_code(),
+        Some(ErrorCode::DatabaseCorrupt | ErrorCode::NotADatabase)
+    )
+}
+
+/// Opens the database for the writer, moving a corrupt one aside and starting a new one.
+fn open_for_writing(path: &Path) -> Result<Connection, HistoryError> {
+    match open_and_check(path) {
+        Err(error) if is_corrupt(&error) => {
+            move_aside(path, &error)?;
+            open_and_check(path)
+        }
+        result => result,
+    }
+    .map_err(|source| HistoryError::Open {
+        path: path.to_owned(),
+        source,
+    })
+    .and_then(|(connection, version)| {
+        if version == SCHEMA_VERSION {
+            Ok(connection)
+        } else {
+            Err(HistoryError::Schema {
+                path: path.to_owned(),
+                found: version,
+            })
+        }
+    })
+}
+
+/// Opens `path` in WAL mode and creates the schema on a new database; returns the schema
+/// version found. A file that is not a database fails here, at the first read.
+fn open_and_check(path: &Path) -> rusqlite::Result<(Connection, i32)> {
+    let connection = Connection::open(path)?;
+    connection.busy_timeout(BUSY_TIMEOUT)?;
+    let mode: String =
+        connection.pragma_update_and_check(None, "journal_mode", "WAL", |row| row.get(0))?;
+    if !mode.eq_ignore_ascii_case("wal") {
+        tracing::warn!(
+            "{} stays in journal mode {mode}: WAL is unavailable there",
+            path.display()
+        );
+    }
+    // FULL syncs the WAL at each commit, so a finished minute survives a power loss.
+    connection.pragma_update(None, "synchronous", "FULL")?;
+    let mut version: i32 = connection.pragma_query_value(None, "user_version", |r| r.get(0))?;
+    if version == 0 {
+        connection.execute_batch(&format!(
+            "BEGIN; {SCHEMA} PRAGMA user_version = {SCHEMA_VERSION}; COMMIT;"
+        ))?;
+        version = SCHEMA_VERSION;
+    }
+    if version == SCHEMA_VERSION {
+        // Reads both tables' columns: a damaged schema fails here rather than a minute later.
+        connection.prepare_cached(UPSERT_MINUTE)?;
+        connection.prepare_cached(UPSERT_CONTAINER)?;
+    }
+    Ok((connection, version))
+}
+
+/// Renames a corrupt database (and its WAL) to `PATH.corrupt-<unix time>`, so that a new
+/// one can start while the old one stays for inspection.
+fn move_aside(path: &Path, why: &rusqlite::Error) -> Result<(), HistoryError> {
+    let now = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs());
+    let with_suffix = |suffix: &str| {
+        let mut name = path.as_os_str().to_owned();
+        name.push(suffix);
+        PathBuf::from(name)
+    };
+    let mut aside = with_suffix(&format!(".corrupt-{now}"));
+    // Two corruptions in one second must not overwrite the first copy.
+    let mut n = 1;
+    while aside.exists() {
+        aside = with_suffix(&format!(".corrupt-{now}.{n}"));
+        n += 1;
+    }
+    fs::rename(path, &aside).map_err(|source| HistoryError::MoveAside {
+        path: path.to_owned(),
+        aside: aside.clone(),
+        source,
+    })?;
+    // The WAL belongs to the old file; the shared-memory index is rebuilt from it.
+    let mut aside_wal = aside.as_os_str().to_owned();
+    aside_wal.push("-wal");
+    let _ = fs::rename(with_suffix("-wal"), aside_wal);
+    let _ = fs::remove_file(with_suffix("-shm"));
+    tracing::warn!(
+        "history database {} is corrupt ({why}): moved it to {} and started a new one",
+        path.display(),
+        aside.display()
+    );
+    Ok(())
+}
+
+/// One UTC day of history.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct DaySummary {
+    /// UTC date, `YYYY-MM-DD`.
+    pub date: String,
+    /// Minutes with data (1440 for a whole day); 0 for a day without any.
+    pub minutes: u32,
+    pub running_min: Option<u32>,
+    pub running_max: Option<u32>,
+    /// nginx's highest request rate of a minute; `None` while nginx is not measured.
+    pub requests_per_s_peak: Option<f64>,
+    /// nginx's average request rate over the minutes with data; `None` likewise.
+    pub requests_per_s_avg: Option<f64>,
+}
+
+/// One summary for each of the `days` UTC days up to and including the day of `now_unix`,
+/// oldest first; days without data are included, empty.
+pub fn daily_summary(
+    path: &Path,
+    days: u32,
+    now_unix: i64,
+) -> Result<Vec<DaySummary>, HistoryError> {
+    if !path.exists() {
+        return Err(HistoryError::Missing {
+            path: path.to_owned(),
+        });
+    }
+    let read_error = |source| HistoryError::Read {
+        path: path.to_owned(),
+        source,
+    };
+    let connection = Connection::open_with_flags(
+        path,
+        OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX,
+    )
+    .map_err(read_error)?;
+    connection.busy_timeout(BUSY_TIMEOUT).map_err(read_error)?;
+    let version: i32 = connection
+        .pragma_query_value(None, "user_version", |r| r.get(0))
+        .map_err(read_error)?;
+    let today = now_unix.div_euclid(SECONDS_PER_DAY);
+    let first = today - i64::from(days) + 1;
+    let mut found = HashMap::new();
+    match version {
+        // Created but never given a schema: nothing recorded yet.
+        0 => {}
+        SCHEMA_VERSION => {
+            let mut query = connection
+                .prepare(
+                    "SELECT minute / 86400, count(*), min(running_min), max(running_max),
+                        max(nginx_requests_per_s_max),
+                        sum(nginx_requests_per_s_avg * samples)
+                            / sum(CASE WHEN nginx_requests_per_s_avg IS NOT NULL
+                                  THEN samples END)
+                     FROM minutes WHERE minute >= ?1 AND minute < ?2
+                     GROUP BY minute / 86400",
+                )
+                .map_err(read_error)?;
+            let rows = query
+                .query_map(
+                    [first * SECONDS_PER_DAY, (today + 1) * SECONDS_PER_DAY],
+                    |row| {
+                        Ok((
+                            row.get::<_, i64>(0)?,
+                            (
+                                row.get::<_, u32>(1)?,
+                                row.get::<_, Option<u32>>(2)?,
+                                row.get::<_, Option<u32>>(3)?,
+                                row.get::<_, Option<f64>>(4)?,
+                                row.get::<_, Option<f64>>(5)?,
+                            ),
+                        ))
+                    },
+                )
+                .map_err(read_error)?;
+            for row in rows {
+                let (day, figures) = row.map_err(read_error)?;
+                found.insert(day, figures);
+            }
+        }
+        found_version => {
+            return Err(HistoryError::Schema {
+                path: path.to_owned(),
+                found: found_version,
+            });
+        }
+    }
+    Ok((first..=today)
+        .map(|day| {
+            let (minutes, running_min, running_max, peak, avg) =
+                found.remove(&day).unwrap_or_default();
+            DaySummary {
+                date: date_of_day(day),
+                minutes,
+                running_min,
+                running_max,
+                requests_per_s_peak: peak,
+                requests_per_s_avg: avg,
+            }
+        })
+        .collect())
+}
+
+/// `YYYY-MM-DD` of the day `day` days after 1970-01-01.
+fn date_of_day(day: i64) -> String {
+    /// Julian day number of 1970-01-01.
+    const UNIX_EPOCH_JULIAN_DAY: i64 = 2_440_588;
+    i32::try_from(day + UNIX_EPOCH_JULIAN_DAY)
+        .ok()
+        .and_then(|julian| time::Date::from_julian_day(julian).ok())
+        .map_or_else(|| format!("day {day}"), |date| date.to_string())
+}
+
+/// The table `lynx history` prints: one line per day, `-` where nothing is known.
+pub fn render_table(days: &[DaySummary]) -> String {
+    const HEADERS: [&str; 6] = [
+        "date",
+        "minutes",
+        "running min",
+        "running max",
+        "req/s peak",
+        "req/s avg",
+    ];
+    let or_dash = |value: Option<String>| value.unwrap_or_else(|| "-".to_owned());
+    let rows: Vec<[String; 6]> = days
+        .iter()
+        .map(|day| {
+            [
+                day.date.clone(),
+                day.minutes.to_string(),
+                or_dash(day.running_min.map(|n| n.to_string())),
+                or_dash(day.running_max.map(|n| n.to_string())),
+                or_dash(day.requests_per_s_peak.map(|r| format!("{r:.1}"))),
+                or_dash(day.requests_per_s_avg.map(|r| format!("{r:.1}"))),
+            ]
+        })
+        .collect();
+    let mut widths = HEADERS.map(str::len);
+    for row in &rows {
+        for (width, cell) in widths.iter_mut().zip(row) {
+            *width = (*width).max(cell.len());
+        }
+    }
+    let mut out = String::new();
+    let mut line = |cells: [&str; 6]| {
+        let mut text = String::new();
+        for (i, (cell, width)) in cells.iter().zip(widths).enumerate() {
+            // The date left-aligned, figures right-aligned.
+            let _ = match i {
+                0 => write!(text, "{cell:<width$}"),
+                _ => write!(text, "  {cell:>width$}"),
+            };
+        }
+        out.push_str(text.trim_end());
+        out.push('\n');
+    };
+    line(HEADERS);
+    for row in &rows {
+        line(row.each_ref().map(String::as_str));
+    }
+    out
+}
+
+/// Seconds and nanoseconds since the Unix epoch of an RFC 3339 timestamp of the shape the
+/// snapshot has (`2026-11-22T04:22:02.196581371Z`; a `+HH:MM` offset is accepted too).
+/// Written by hand: the `time` dependency is built without its parser.
+pub fn parse_timestamp(text: &str) -> Option<(i64, u32)> {
+    let bytes = text.as_bytes();
+    let digits = |from: usize, to: usize| -> Option<u32> {
+        let part = bytes.get(from..to)?;
+        part.iter().all(u8::is_ascii_digit).then(|| {
+            part.iter()
+                .fold(0, |n, digit| n * 10 + u32::from(digit - b'0'))
+        })
+    };
+    let at = |index: usize, allowed: &[u8]| bytes.get(index).is_some_and(|b| allowed.contains(b));
+    if !(at(4, b"-") && at(7, b"-") && at(10, b"Tt ") && at(13, b":") && at(16, b":")) {
+        return None;
+    }
+    let (year, month, day) = (digits(0, 4)?, digits(5, 7)?, digits(8, 10)?);
+    let (hour, minute, second) = (digits(11, 13)?, digits(14, 16)?, digits(17, 19)?);
+    // Bytes 0..19 are ASCII digits and separators, so 19 is a char boundary.
+    let mut rest = &text[19..];
+    let mut nanos = 0;
+    if let Some(fraction) = rest.strip_prefix('.') {
+        let count = fraction.bytes().take_while(u8::is_ascii_digit).count();
+        if count == 0 {
+            return None;
+        }
+        // Digits past the nanosecond are dropped.
+        let kept = &fraction.as_bytes()[..count.min(9)];
+        nanos = kept
+            .iter()
+            .fold(0, |n, digit| n * 10 + u32::from(digit - b'0'))
+            * 10u32.pow(9 - kept.len() as u32);
+        rest = &fraction[count..];
+    }
+    let offset = match rest.as_bytes() {
+        b"Z" | b"z" => 0,
+        [sign @ (b'+' | b'-'), h1, h2, b':', m1, m2] => {
+            let two = |a: u8, b: u8| {
+                (a.is_ascii_digit() && b.is_ascii_digit())
+                    .then(|| i64::from(a - b'0') * 10 + i64::from(b - b'0'))
+            };
+            let (hours, minutes) = (two(*h1, *h2)?, two(*m1, *m2)?);
+            if hours > 23 || minutes > 59 {
+                return None;
+            }
+            let seconds = hours * 3600 + minutes * 60;
+            if *sign == b'-' { -seconds } else { seconds }
+        }
+        _ => return None,
+    };
+    let date = time::Date::from_calendar_date(
+        i32::try_from(year).ok()?,
+        time::Month::try_from(u8::try_from(month).ok()?).ok()?,
+        u8::try_from(day).ok()?,
+    )
+    .ok()?;
+    // A leap second (:60) counts as :59.
+    let clock = time::Time::from_hms(
+        u8::try_from(hour).ok()?,
+        u8::try_from(minute).ok()?,
+        u8::try_from(second.min(59)).ok()?,
+    )
+    .ok()?;
+    let local = time::PrimitiveDateTime::new(date, clock)
+        .assume_utc()
+        .unix_timestamp();
+    Some((local - offset, nanos))
+}
+
+#[cfg(test)]
+mod tests {
+    use std::{
+        sync::{Arc, Mutex},
+        time::Instant,
+    };
+
+    use time::format_description::well_known::Rfc3339;
+
+    use super::*;
+    use crate::model::{BlockIo, CollectorStats, Cpu, Host, KernelDrops, Memory, Network};
+
+    /// 2026-11-20T00:00:00Z.
+    const NOV_20: i64 = 20_777 * SECONDS_PER_DAY;
+    const HOUR: i64 = 3600;
+
+    /// A directory of its own for one test, removed afterwards, also when the test fails.
+    struct TempDir(PathBuf);
+
+    impl TempDir {
+        fn new(test: &str) -> Self {
+            let dir =
+                std::env::temp_dir().join(format!("lynx-history-{test}-{}", std::process::id()));
+            let _ = fs::remove_dir_all(&dir);
+            fs::create_dir_all(&dir).unwrap_or_else(|e| panic!("create {}: {e}", dir.display()));
+            Self(dir)
+        }
+
+        fn db(&self) -> PathBuf {
+            self.0.join("sub/history.db")
+        }
+    }
+
+    impl Drop for TempDir {
+        fn drop(&mut self) {
+            let _ = fs::remove_dir_all(&self.0);
+        }
+    }
+
+    fn rfc3339(unix: i64) -> String {
+        time::OffsetDateTime::from_unix_timestamp(unix)
+            .expect("a valid test time")
+            .format(&Rfc3339)
+            .expect("formats as RFC 3339")
+    }
+
+    /// A running (or otherwise) container whose counters are `bytes` each.
+    fn container(name: &str, status: &str, cpu_percent: f64, bytes: u64) -> Container {
+        let stopped = status == "Stopped";
+        Container {
+            name: name.into(),
+            kind: "lxd".into(),
+            status: status.into(),
+            pid: None,
+            ipv4: vec![],
+            ipv6: vec![],
+            image: None,
+            created_at: None,
+            last_used_at: None,
+            uptime_s: None,
+            cgroup: None,
+            processes: None,
+            cpu: Cpu {
+                ns: 0,
+                percent: cpu_percent,
+            },
+            memory: (!stopped).then_some(Memory {
+                used_bytes: 1000 + bytes,
+                limit_bytes: None,
+                percent_of_host: 0.0,
+                swap_bytes: 0,
+            }),
+            block_io: BlockIo {
+                read_bytes: bytes,
+                write_bytes: 2 * bytes,
+                ..BlockIo::default()
+            },
+            network: Network {
+                rx_bytes: 3 * bytes,
+                tx_bytes: 4 * bytes,
+                ..Network::default()
+            },
+        }
+    }
+
+    /// A snapshot taken at `unix` with `containers` (the `host` entry added), counted by status.
+    fn snapshot(unix: i64, mut containers: Vec<Container>) -> Snapshot {
+        let count = |status: &str| containers.iter().filter(|c| c.status == status).count() as u32;
+        let host = Host {
+            timestamp: rfc3339(unix),
+            interval_ms: 1000,
+            kernel: "6.1.0".into(),
+            cpus: 2,
+            cpu_percent: 10.0,
+            load_average: [0.0; 3],
+            memory_total_mb: 4096,
+            memory_free_mb: 1024,
+            memory_available_mb: 2048,
+            memory_used_mb: 2048,
+            containers_running: count("Running"),
+            containers_stopped: count("Stopped"),
+            containers_frozen: count("Frozen"),
+            lxd_available: true,
+        };
+        let mut entry = container("host", "Running", 1.0, 0);
+        entry.kind = "host".into();
+        entry.memory = None;
+        containers.push(entry);
+        Snapshot {
+            version: 2,
+            host,
+            containers,
+            kernel_drops: KernelDrops {
+                cgroup_cpu_map_full: 0,
+                cgroup_net_map_full: 0,
+                cgroup_io_map_full: 0,
+            },
+            collector: CollectorStats { sample_ms: 1.0 },
+        }
+    }
+
+    fn open(path: &Path, retention_days: u32) -> HistorySink {
+        HistorySink::open(path, retention_days).unwrap_or_else(|e| panic!("open history sink: {e}"))
+    }
+
+    fn summary(path: &Path, days: u32, now: i64) -> Vec<DaySummary> {
+        daily_summary(path, days, now).unwrap_or_else(|e| panic!("daily summary: {e}"))
+    }
+
+    fn query<T: rusqlite::types::FromSql>(path: &Path, sql: &str) -> Vec<T> {
+        let connection = Connection::open_with_flags(path, OpenFlags::SQLITE_OPEN_READ_ONLY)
+            .unwrap_or_else(|e| panic!("open {}: {e}", path.display()));
+        let mut statement = connection
+            .prepare(sql)
+            .unwrap_or_else(|e| panic!("prepare {sql}: {e}"));
+        statement
+            .query_map([], |row| row.get(0))
+            .unwrap_or_else(|e| panic!("run {sql}: {e}"))
+            .map(|row| row.unwrap_or_else(|e| panic!("read a row of {sql}: {e}")))
+            .collect()
+    }
+
+    fn day(date: &str, minutes: u32, running: Option<(u32, u32)>) -> DaySummary {
+        DaySummary {
+            date: date.into(),
+            minutes,
+            running_min: running.map(|r| r.0),
+            running_max: running.map(|r| r.1),
+            requests_per_s_peak: None,
+            requests_per_s_avg: None,
+        }
+    }
+
+    #[test]
+    fn daily_min_and_max_of_running_containers_over_several_days() {
+        let dir = TempDir::new("daily");
+        let mut sink = open(&dir.db(), 30);
+        // Nov 20, 10:00:00 to 10:05:00 every 10 s: web1 runs; web2, stopped, starts at 10:02.
+        let start = NOV_20 + 10 * HOUR;
+        for (i, at) in (start..=start + 300).step_by(10).enumerate() {
+            let web2 = if at < start + 120 {
+                "Stopped"
+            } else {
+                "Running"
+            };
+            let bytes = 1000 * i as u64;
+            let cpu = if i % 2 == 0 { 10.0 } else { 30.0 };
+            sink.publish(&snapshot(
+                at,
+                vec![
+                    container("web1", "Running", cpu, bytes),
+                    container("web2", web2, 0.0, 0),
+                ],
+            ));
+        }
+        // Nov 21: nothing. Nov 22, 08:00:00 to 08:02:50: web1, web2 and web3 (frozen) up;
+        // web2 stops at 08:01:30; at 23:59:50 three run.
+        let nov_22 = NOV_20 + 2 * 24 * HOUR;
+        for at in (nov_22 + 8 * HOUR..nov_22 + 8 * HOUR + 180).step_by(10) {
+            let web2 = if at < nov_22 + 8 * HOUR + 90 {
+                "Running"
+            } else {
+                "Stopped"
+            };
+            sink.publish(&snapshot(
+                at,
+                vec![
+                    container("web1", "Running", 5.0, 0),
+                    container("web2", web2, 5.0, 0),
+                    container("web3", "Frozen", 0.0, 0),
+                ],
+            ));
+        }
+        let late = nov_22 + 24 * HOUR - 10;
+        sink.publish(&snapshot(
+            late,
+            vec![
+                container("web1", "Running", 5.0, 0),
+                container("web2", "Running", 5.0, 0),
+                container("web3", "Running", 5.0, 0),
+            ],
+        ));
+        drop(sink);
+
+        let days = summary(&dir.db(), 4, late);
+        assert_eq!(
+            days,
+            [
+                day("2026-11-19", 0, None),
+                day("2026-11-20", 6, Some((1, 2))),
+                day("2026-11-21", 0, None),
+                day("2026-11-22", 4, Some((1, 3))),
+            ],
+            "daily summaries"
+        );
+
+        let path = dir.db();
+        // web1 on Nov 20: CPU alternates 10 and 30 %, bytes grow 1000 a sample (6 a minute,
+        // 5 in the first minute, whose first sample has nothing to compare with).
+        let web1 = |column: &str| -> Vec<f64> {
+            query(
+                &path,
+                &format!(
+                    "SELECT {column} FROM container_minutes \
+                     WHERE name = 'web1' AND minute < {} ORDER BY minute",
+                    NOV_20 + 24 * HOUR
+                ),
+            )
+        };
+        assert_eq!(web1("samples"), [6.0, 6.0, 6.0, 6.0, 6.0, 1.0], "samples");
+        assert_eq!(
+            web1("cpu_percent_avg"),
+            [20.0, 20.0, 20.0, 20.0, 20.0, 10.0],
+            "average CPU %"
+        );
+        assert_eq!(
+            web1("block_read_bytes"),
+            [5000.0, 6000.0, 6000.0, 6000.0, 6000.0, 1000.0],
+            "block read bytes moved per minute"
+        );
+        assert_eq!(
+            web1("network_tx_bytes"),
+            [20_000.0, 24_000.0, 24_000.0, 24_000.0, 24_000.0, 4000.0],
+            "network tx bytes moved per minute"
+        );
+        assert_eq!(
+            web1("memory_max_bytes"),
+            [6000.0, 12_000.0, 18_000.0, 24_000.0, 30_000.0, 31_000.0],
+            "peak memory"
+        );
+        // web2 was stopped for the first two minutes: no rows then.
+        let web2: Vec<i64> = query(
+            &path,
+            &format!(
+                "SELECT minute FROM container_minutes WHERE name = 'web2' AND minute < {}",
+                NOV_20 + 24 * HOUR
+            ),
+        );
+        assert_eq!(
+            web2,
+            [start + 120, start + 180, start + 240, start + 300],
+            "web2's minutes"
+        );
+        let host_memory: Vec<Option<i64>> = query(
+            &path,
+            "SELECT DISTINCT memory_max_bytes FROM container_minutes WHERE kind = 'host'",
+        );
+        assert_eq!(host_memory, [None], "the host entry has no memory figure");
+        let rates: Vec<Option<f64>> = query(
+            &path,
+            "SELECT nginx_requests_per_s_max FROM minutes \
+             UNION SELECT requests_per_s_avg FROM container_minutes",
+        );
+        assert_eq!(
+            rates,
+            [None],
+            "request rates stay NULL while nginx is not measured"
+        );
+        let frozen: Vec<i64> = query(&path, "SELECT max(frozen_max) FROM minutes");
+        assert_eq!(frozen, [1], "frozen containers");
+
+        let table = render_table(&days);
+        let lines: Vec<&str> = table.lines().collect();
+        assert_eq!(
+            lines,
+            [
+                "date        minutes  running min  running max  req/s peak  req/s avg",
+                "2026-11-19        0            -            -           -          -",
+                "2026-11-20        6            1            2           -          -",
+                "2026-11-21        0            -            -           -          -",
+                "2026-11-22        4            1            3           -          -",
+            ],
+            "table:\n{table}"
+        );
+        let json = serde_json::to_value(&days[1]).expect("a summary serialises");
+        assert_eq!(
+            json,
+            serde_json::json!({
+                "date": "2026-11-20", "minutes": 6, "running_min": 1, "running_max": 2,
+                "requests_per_s_peak": null, "requests_per_s_avg": null
+            }),
+            "JSON of a day"
+        );
+    }
+
+    #[test]
+    fn retention_deletes_old_minutes() {
+        let dir = TempDir::new("retention");
+        let mut sink = open(&dir.db(), 1);
+        let web = || vec![container("web1", "Running", 1.0, 0)];
+        for at in [NOV_20, NOV_20 + 1800, NOV_20 + 24 * HOUR + 600] {
+            sink.publish(&snapshot(at, web()));
+        }
+        drop(sink);
+        let minutes: Vec<i64> = query(&dir.db(), "SELECT minute FROM minutes ORDER BY minute");
+        assert_eq!(
+            minutes,
+            [NOV_20 + 1800, NOV_20 + 24 * HOUR + 600],
+            "a day's retention keeps the last 24 hours"
+        );
+        let container_minutes: Vec<i64> = query(
+            &dir.db(),
+            "SELECT DISTINCT minute FROM container_minutes ORDER BY minute",
+        );
+        assert_eq!(
+            container_minutes, minutes,
+            "container rows go with their minutes"
+        );
+    }
+
+    /// Captures what `tracing` logs on this thread.
+    #[derive(Clone, Default)]
+    struct Log(Arc<Mutex<Vec<u8>>>);
+
+    impl io::Write for Log {
+        fn write(&mut self, bytes: &[u8]) -> io::Result<usize> {
+            self.0
+                .lock()
+                .expect("log buffer lock")
+                .extend_from_slice(bytes);
+            Ok(bytes.len())
+        }
+
+        fn flush(&mut self) -> io::Result<()> {
+            Ok(())
+        }
+    }
+
+    #[test]
+    fn a_corrupt_database_is_moved_aside_and_a_new_one_started() {
+        let dir = TempDir::new("corrupt");
+        let path = dir.db();
+        fs::create_dir_all(path.parent().expect("has a parent")).expect("create db dir");
+        let garbage: Vec<u8> = (0..8192u32).map(|i| (i * 7 + 13) as u8).collect();
+        fs::write(&path, &garbage).expect("write garbage");
+
+        let log = Log::default();
+        let subscriber = tracing_subscriber::fmt()
+            .with_writer({
+                let log = log.clone();
+                move || log.clone()
+            })
+            .with_ansi(false)
+            .finish();
+        let mut sink = tracing::subscriber::with_default(subscriber, || open(&path, 7));
+        sink.publish(&snapshot(
+            NOV_20,
+            vec![container("web1", "Running", 1.0, 0)],
+        ));
+        drop(sink);
+
+        let asides: Vec<PathBuf> = fs::read_dir(path.parent().expect("has a parent"))
+            .expect("list db dir")
+            .map(|entry| entry.expect("a directory entry").path())
+            .filter(|p| p.to_string_lossy().contains(".corrupt-"))
+            .collect();
+        assert_eq!(asides.len(), 1, "one file moved aside: {asides:?}");
+        let aside = &asides[0];
+        let name = aside.file_name().expect("a name").to_string_lossy();
+        let stamp = name
+            .strip_prefix("history.db.corrupt-")
+            .unwrap_or_else(|| panic!("{name} is history.db.corrupt-<time>"));
+        assert!(stamp.parse::<u64>().is_ok(), "{name} ends in a Unix time");
+        assert_eq!(
+            fs::read(aside).expect("read the moved file"),
+            garbage,
+            "the corrupt file is kept as it was"
+        );
+        let logged = String::from_utf8(log.0.lock().expect("log lock").clone()).expect("UTF-8");
+        assert!(
+            logged.contains("WARN")
+                && logged.contains(&path.display().to_string())
+                && logged.contains(&aside.display().to_string()),
+            "a warning names both paths: {logged}"
+        );
+        assert_eq!(
+            summary(&path, 1, NOV_20),
+            [day("2026-11-20", 1, Some((1, 1)))],
+            "the new database works"
+        );
+    }
+
+    #[test]
+    fn drop_writes_the_minute_in_progress() {
+        let dir = TempDir::new("drop");
+        let mut sink = open(&dir.db(), 7);
+        for at in (NOV_20 + 60..NOV_20 + 90).step_by(5) {
+            sink.publish(&snapshot(at, vec![container("web1", "Running", 1.0, 0)]));
+        }
+        drop(sink);
+        let samples: Vec<i64> = query(&dir.db(), "SELECT samples FROM minutes");
+        assert_eq!(samples, [6], "the partial minute's six snapshots");
+    }
+
+    #[test]
+    fn a_finished_minute_is_written_without_waiting_for_drop() {
+        let dir = TempDir::new("finished");
+        let mut sink = open(&dir.db(), 7);
+        sink.publish(&snapshot(NOV_20, vec![]));
+        sink.publish(&snapshot(NOV_20 + 60, vec![]));
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while summary(&dir.db(), 1, NOV_20)[0].minutes == 0 {
+            assert!(
+                Instant::now() < deadline,
+                "the finished minute was not written within 10 s"
+            );
+            thread::sleep(Duration::from_millis(10));
+        }
+        drop(sink);
+        assert_eq!(summary(&dir.db(), 1, NOV_20)[0].minutes, 2, "both minutes");
+    }
+
+    #[test]
+    fn a_minute_written_twice_is_merged() {
+        let dir = TempDir::new("merge");
+        // A daemon restarted within a minute: two sinks write the same minute.
+        let first = vec![
+            container("web1", "Running", 10.0, 0),
+            container("web2", "Running", 0.0, 0),
+        ];
+        let mut sink = open(&dir.db(), 7);
+        sink.publish(&snapshot(NOV_20, first.clone()));
+        sink.publish(&snapshot(NOV_20 + 10, first));
+        drop(sink);
+        let mut sink = open(&dir.db(), 7);
+        sink.publish(&snapshot(
+            NOV_20 + 30,
+            vec![container("web1", "Running", 40.0, 0)],
+        ));
+        drop(sink);
+        let samples: Vec<i64> = query(&dir.db(), "SELECT samples FROM minutes");
+        assert_eq!(samples, [3], "samples add up");
+        assert_eq!(
+            summary(&dir.db(), 1, NOV_20),
+            [day("2026-11-20", 1, Some((1, 2)))],
+            "min and max merge"
+        );
+        let cpu: Vec<f64> = query(
+            &dir.db(),
+            "SELECT cpu_percent_avg FROM container_minutes WHERE name = 'web1'",
+        );
+        assert_eq!(cpu, [20.0], "averages merge weighted by samples");
+    }
+
+    #[test]
+    fn summary_of_a_missing_database_names_it() {
+        let dir = TempDir::new("missing");
+        let error = daily_summary(&dir.db(), 7, NOV_20).expect_err("no database there");
+        assert_eq!(
+            error.to_string(),
+            format!(
+                "no history database at {}: the daemon writes it",
+                dir.db().display()
+            )
+        );
+    }
+
+    #[test]
+    fn summary_of_zero_days_is_empty_and_days_end_today() {
+        let dir = TempDir::new("zero");
+        drop(open(&dir.db(), 7));
+        assert_eq!(summary(&dir.db(), 0, NOV_20), [], "zero days");
+        let days = summary(&dir.db(), 2, NOV_20 + 24 * HOUR - 1);
+        assert_eq!(
+            days,
+            [day("2026-11-19", 0, None), day("2026-11-20", 0, None)],
+            "today is the day of now, UTC"
+        );
+    }
+
+    #[test]
+    fn parses_the_timestamps_the_snapshot_writes() {
+        for (unix, nanos) in [
+            (0, 0),
+            (NOV_20, 0),
+            (1_795_000_000, 196_581_371),
+            (1_795_000_059, 500_000_000),
+            (951_782_400, 1), // 2000-02-29
+        ] {
+            let text = time::OffsetDateTime::from_unix_timestamp_nanos(
+                i128::from(unix) * 1_000_000_000 + i128::from(nanos),
+            )
+            .expect("a valid time")
+            .format(&Rfc3339)
+            .expect("formats");
+            assert_eq!(parse_timestamp(&text), Some((unix, nanos)), "{text}");
+        }
+        assert_eq!(
+            parse_timestamp("2026-11-20T02:00:00.5+02:00"),
+            Some((NOV_20, 500_000_000)),
+            "an offset"
+        );
+        assert_eq!(
+            parse_timestamp("2026-11-19T23:59:60.1234567891Z"),
+            Some((NOV_20 - 1, 123_456_789)),
+            "a leap second; digits past the nanosecond"
+        );
+        for bad in [
+            "",
+            "2026-11-20",
+            "2026-11-20T00:00:00",
+            "2026-11-20T00:00:00.Z",
+            "2026-13-20T00:00:00Z",
+            "2026-02-30T00:00:00Z",
+            "2026-11-20T24:00:00Z",
+            "2026-11-20T00:00:00+2:00",
+            "2026-11-20X00:00:00Z",
+            "2026-11-20T00:00:00Zjunk",
+            "２026-11-20T00:00:00Z",
+        ] {
+            assert_eq!(parse_timestamp(bad), None, "{bad:?} is rejected");
+        }
+    }
+
+    #[test]
+    fn snapshots_with_a_bad_timestamp_are_left_out() {
+        let dir = TempDir::new("badtime");
+        let mut sink = open(&dir.db(), 7);
+        let mut bad = snapshot(NOV_20, vec![]);
+        bad.host.timestamp = "yesterday".into();
+        sink.publish(&bad);
+        sink.publish(&snapshot(NOV_20, vec![]));
+        drop(sink);
+        let samples: Vec<i64> = query(&dir.db(), "SELECT samples FROM minutes");
+        assert_eq!(samples, [1], "only the good snapshot");
+    }
+
+    #[test]
+    fn the_sink_can_move_to_another_thread() {
+        fn send<T: Send>() {}
+        send::<HistorySink>();
+    }
+}

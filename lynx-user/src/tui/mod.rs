@@ -1,0 +1,312 @@
+//! `lynx top`: a full-screen live view of the daemon's snapshot file, or one plain table with
+//! `--once` or when standard output is not a terminal. It only reads the file, so it needs no
+//! privilege.
+//!
+//! - [`source`] reads and checks the file,
+//! - [`app`] holds the state and handles keys, with no terminal,
+//! - [`draw`] renders the state,
+//! - [`plain`] writes the `--once` table,
+//! - `terminal` owns the terminal's full-screen mode and restores it however `top` ends,
+//! - [`format`] has the human units.
+//!
+//! Nothing here logs: a log line would land in the middle of the screen.
+pub mod app;
+pub mod draw;
+pub mod format;
+pub mod plain;
+pub mod source;
+mod terminal;
+
+use std::{
+    io::{self, IsTerminal, Write},
+    path::PathBuf,
+    sync::{
+        Arc,
+        atomic::{AtomicBool, Ordering},
+    },
+    time::{Duration, Instant, SystemTime},
+};
+
+use crossterm::event::{self, Event};
+
+use self::terminal::TerminalGuard;
+pub use self::{app::App, draw::draw, source::load_snapshot};
+
+/// What `lynx top` shows and how.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct TopOptions {
+    /// The daemon's snapshot file (`daemon.snapshot_path`).
+    pub snapshot_path: PathBuf,
+    /// How often to re-read it (`top.refresh`).
+    pub refresh: Duration,
+    /// Print one plain table and return, as when standard output is not a terminal.
+    pub once: bool,
+}
+
+/// Why `lynx top` could not show the snapshot. One line each.
+#[derive(Debug, thiserror::Error)]
+pub enum TuiError {
+    #[error("no snapshot at {}: is `lynx daemon` running?", .path.display())]
+    NoSnapshot { path: PathBuf },
+    #[error("cannot read snapshot {}: {source}", .path.display())]
+    Read { path: PathBuf, source: io::Error },
+    #[error("snapshot {} is not valid JSON: {source}", .path.display())]
+    Json {
+        path: PathBuf,
+        source: serde_json::Error,
+    },
+    #[error("snapshot {} has no schema version", .path.display())]
+    NoVersion { path: PathBuf },
+    #[error("snapshot {} has schema version {found}, this lynx reads {expected}", .path.display())]
+    Version {
+        path: PathBuf,
+        found: u64,
+        expected: u32,
+    },
+    #[error("snapshot {} does not match schema version {version}: {source}", .path.display())]
+    Schema {
+        path: PathBuf,
+        version: u32,
+        source: serde_json::Error,
+    },
+    #[error("terminal: {0}")]
+    Terminal(io::Error),
+    #[error("cannot write to standard output: {0}")]
+    Stdout(io::Error),
+    #[error("cannot install signal handlers: {0}")]
+    Signals(io::Error),
+}
+
+/// Longest wait between looks at the signal flags: how long SIGTERM may take to end `top`.
+const SIGNAL_CHECK: Duration = Duration::from_millis(200);
+/// Shortest refresh, so that a zero from a caller cannot spin.
+const MIN_REFRESH: Duration = Duration::from_millis(10);
+
+/// Runs `lynx top`. The first read must succeed, so that a missing daemon or a foreign file is
+/// a message in the shell; later failed reads show in the status line over the last document.
+pub fn run(options: &TopOptions) -> Result<(), TuiError> {
+    let snapshot = load_snapshot(&options.snapshot_path)?;
+    if options.once || !io::stdout().is_terminal() {
+        let mut out = io::stdout().lock();
+        return match plain::write_table(&mut out, &snapshot).and_then(|()| out.flush()) {
+            // `lynx top --once | head -1` is a normal use.
+            Err(error) if error.kind() == io::ErrorKind::BrokenPipe => Ok(()),
+            result => result.map_err(TuiError::Stdout),
+        };
+    }
+    // Raw mode turns Ctrl-C into a key; these are the signals still delivered (a `kill`, the
+    // terminal closing). Their default action would end the process without restoring.
+    let stop = Arc::new(AtomicBool::new(false));
+    for signal in [
+        signal_hook::consts::SIGTERM,
+        signal_hook::consts::SIGHUP,
+        signal_hook::consts::SIGINT,
+    ] {
+        signal_hook::flag::register(signal, Arc::clone(&stop)).map_err(TuiError::Signals)?;
+    }
+    let mut app = App::new(options.snapshot_path.clone());
+    app.update(snapshot);
+    let mut guard = TerminalGuard::enter().map_err(TuiError::Terminal)?;
+    live(&mut guard, &mut app, options, &stop)
+}
+
+/// The full-screen loop: keys as they come, the file every `refresh`.
+fn live(
+    guard: &mut TerminalGuard,
+    app: &mut App,
+    options: &TopOptions,
+    stop: &AtomicBool,
+) -> Result<(), TuiError> {
+    let refresh = options.refresh.max(MIN_REFRESH);
+    let mut next_read = Instant::now() + refresh;
+    let mut redraw = true;
+    while !app.quit && !stop.load(Ordering::Relaxed) {
+        if redraw {
+            app.now = SystemTime::now();
+            guard
+                .terminal
+                .draw(|frame| draw(frame, app))
+                .map_err(TuiError::Terminal)?;
+            redraw = false;
+        }
+        let wait = next_read
+            .saturating_duration_since(Instant::now())
+            .min(SIGNAL_CHECK);
+        if event::poll(wait).map_err(TuiError::Terminal)? {
+            match event::read().map_err(TuiError::Terminal)? {
+                Event::Key(key) => {
+                    app.key(key);
+                    redraw = true;
+                }
+                Event::Resize(..) => redraw = true,
+                _ => {}
+            }
+        }
+        if Instant::now() >= next_read {
+            next_read = Instant::now() + refresh;
+            match load_snapshot(&options.snapshot_path) {
+                // An unchanged document leaves the history alone; the screen is still redrawn
+                // for the snapshot's age, which ratatui sends as the few cells that changed.
+                Ok(snapshot) => {
+                    app.update(snapshot);
+                }
+                Err(error) => app.read_failed(&error),
+            }
+            redraw = true;
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+pub(crate) mod tests {
+    use std::path::{Path, PathBuf};
+
+    use super::*;
+    use crate::model::{
+        BlockIo, CollectorStats, Container, Cpu, Host, KernelDrops, Memory, Network,
+        SNAPSHOT_VERSION, Snapshot,
+    };
+
+    const HOST_MEMORY_MB: u64 = 24_105;
+
+    /// A snapshot taken at `timestamp` of LXD containers given as (name, CPU %, memory
+    /// bytes), with the `host` entry last, as the daemon orders them.
+    pub fn fixture(timestamp: &str, containers: &[(&str, f64, u64)]) -> Snapshot {
+        let mut list: Vec<Container> = containers
+            .iter()
+            .zip(10..)
+            .map(|(&(name, cpu, used_bytes), n)| Container {
+                name: name.into(),
+                kind: "lxd".into(),
+                status: "Running".into(),
+                pid: Some(12_000 + n),
+                ipv4: vec![format!("10.177.42.{n}")],
+                ipv6: vec![],
+                image: Some("Lynx test busybox".into()),
+                created_at: None,
+                last_used_at: None,
+                uptime_s: Some(65),
+                cgroup: Some(format!("/lxc.payload.{name}")),
+                processes: Some(4),
+                cpu: Cpu {
+                    ns: 1_000_000_000,
+                    percent: cpu,
+                },
+                memory: Some(Memory {
+                    used_bytes,
+                    limit_bytes: None,
+                    percent_of_host: used_bytes as f64 / (HOST_MEMORY_MB << 20) as f64 * 100.0,
+                    swap_bytes: 0,
+                }),
+                block_io: BlockIo::default(),
+                network: Network::default(),
+            })
+            .collect();
+        list.push(Container {
+            name: "host".into(),
+            kind: "host".into(),
+            status: "Running".into(),
+            pid: None,
+            ipv4: vec![],
+            ipv6: vec![],
+            image: None,
+            created_at: None,
+            last_used_at: None,
+            uptime_s: None,
+            cgroup: None,
+            processes: None,
+            cpu: Cpu {
+                ns: 28_416_451,
+                percent: 2.36,
+            },
+            memory: None,
+            block_io: BlockIo::default(),
+            network: Network::default(),
+        });
+        Snapshot {
+            version: SNAPSHOT_VERSION,
+            host: Host {
+                timestamp: timestamp.into(),
+                interval_ms: 1000,
+                kernel: "6.18.44".into(),
+                cpus: 2,
+                cpu_percent: 51.01,
+                load_average: [0.59, 0.87, 0.81],
+                memory_total_mb: HOST_MEMORY_MB,
+                memory_free_mb: 21_945,
+                memory_available_mb: 23_344,
+                memory_used_mb: 760,
+                containers_running: containers.len() as u32,
+                containers_stopped: 0,
+                containers_frozen: 0,
+                lxd_available: true,
+            },
+            containers: list,
+            kernel_drops: KernelDrops {
+                cgroup_cpu_map_full: 0,
+                cgroup_net_map_full: 0,
+                cgroup_io_map_full: 0,
+            },
+            collector: CollectorStats { sample_ms: 0.87 },
+        }
+    }
+
+    /// A file under a directory of this test process, removed on drop.
+    pub struct ScratchFile(PathBuf);
+
+    impl ScratchFile {
+        pub fn path(&self) -> &Path {
+            &self.0
+        }
+    }
+
+    impl Drop for ScratchFile {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_file(&self.0).or_else(|_| std::fs::remove_dir_all(&self.0));
+        }
+    }
+
+    /// Writes `contents` to a scratch file named after `name`.
+    pub fn scratch_file(name: &str, contents: &[u8]) -> ScratchFile {
+        let dir = std::env::temp_dir().join(format!("lynx-tui-tests-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).expect("create scratch dir");
+        let path = dir.join(format!("{name}.json"));
+        std::fs::write(&path, contents).expect("write scratch file");
+        ScratchFile(path)
+    }
+
+    #[test]
+    fn errors_are_one_line() {
+        let path = PathBuf::from("/run/lynx/snapshot.json");
+        let errors = [
+            TuiError::NoSnapshot { path: path.clone() },
+            TuiError::Version {
+                path: path.clone(),
+                found: 3,
+                expected: 2,
+            },
+            TuiError::Terminal(io::Error::other("not a tty")),
+        ];
+        let texts: Vec<String> = errors.iter().map(ToString::to_string).collect();
+        assert_eq!(
+            texts,
+            [
+                "no snapshot at /run/lynx/snapshot.json: is `lynx daemon` running?",
+                "snapshot /run/lynx/snapshot.json has schema version 3, this lynx reads 2",
+                "terminal: not a tty",
+            ]
+        );
+    }
+
+    #[test]
+    fn run_says_when_there_is_no_snapshot_before_touching_the_terminal() {
+        let error = run(&TopOptions {
+            snapshot_path: "/nonexistent/snapshot.json".into(),
+            refresh: Duration::from_secs(1),
+            once: false,
+        })
+        .expect_err("no file");
+        assert!(matches!(error, TuiError::NoSnapshot { .. }), "{error}");
+    }
+}
