@@ -317,6 +317,71 @@ fn rfc3339(at: SystemTime) -> String {
         .expect("a SystemTime after 1970 formats as RFC 3339")
 }
 
+/// Snapshot values for the tests of the modules that consume snapshots.
+#[cfg(test)]
+pub(crate) mod fixtures {
+    use super::*;
+
+    /// A container with every figure zero or unknown; tests set what they need.
+    pub fn container(name: &str, kind: &str, status: &str) -> Container {
+        Container {
+            name: name.into(),
+            kind: kind.into(),
+            status: status.into(),
+            pid: None,
+            ipv4: vec![],
+            ipv6: vec![],
+            image: None,
+            created_at: None,
+            last_used_at: None,
+            uptime_s: None,
+            cgroup: None,
+            processes: None,
+            cpu: Cpu::default(),
+            memory: None,
+            block_io: BlockIo::default(),
+            network: Network::default(),
+        }
+    }
+
+    /// A snapshot taken at `timestamp` of `containers` as given (the caller adds the `host`
+    /// entry), with the host's container counts taken from their statuses.
+    pub fn snapshot(timestamp: &str, containers: Vec<Container>) -> Snapshot {
+        let count = |status: &str| {
+            containers
+                .iter()
+                .filter(|c| c.kind != "host" && c.status == status)
+                .count() as u32
+        };
+        Snapshot {
+            version: SNAPSHOT_VERSION,
+            host: Host {
+                timestamp: timestamp.into(),
+                interval_ms: 1000,
+                kernel: "6.18.44".into(),
+                cpus: 2,
+                cpu_percent: 50.0,
+                load_average: [0.59, 0.87, 0.81],
+                memory_total_mb: 24_105,
+                memory_free_mb: 21_945,
+                memory_available_mb: 23_344,
+                memory_used_mb: 760,
+                containers_running: count("Running"),
+                containers_stopped: count("Stopped"),
+                containers_frozen: count("Frozen"),
+                lxd_available: true,
+            },
+            containers,
+            kernel_drops: KernelDrops {
+                cgroup_cpu_map_full: 0,
+                cgroup_net_map_full: 0,
+                cgroup_io_map_full: 0,
+            },
+            collector: CollectorStats { sample_ms: 0.87 },
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use std::time::{Duration, Instant};

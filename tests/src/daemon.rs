@@ -132,6 +132,13 @@ impl DaemonUnderTest {
         map.keys().map(|key| key.expect("read a key")).collect()
     }
 
+    /// Stops the daemon with SIGTERM, as an init system would, and returns how it exited.
+    pub fn terminate(&mut self) -> std::process::ExitStatus {
+        // SAFETY: kill has no memory-safety preconditions.
+        unsafe { libc::kill(self.pid() as i32, libc::SIGTERM) };
+        self.daemon.0.wait().expect("the daemon exits")
+    }
+
     /// The daemon's process id.
     pub fn pid(&self) -> u32 {
         self.daemon.0.id()

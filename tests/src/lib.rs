@@ -52,6 +52,20 @@ pub fn lynx_bin() -> PathBuf {
         .into()
 }
 
+/// Runs `lynx ARGS`, which must succeed, and returns its standard output.
+pub fn lynx_ok(args: &[&str]) -> String {
+    let output = Command::new(lynx_bin())
+        .args(args)
+        .output()
+        .expect("run lynx");
+    assert!(
+        output.status.success(),
+        "lynx {args:?} failed: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    String::from_utf8(output.stdout).expect("lynx prints UTF-8")
+}
+
 /// The workspace root, for reading the docs the tests check.
 pub fn workspace() -> PathBuf {
     std::env::var_os("LYNX_WORKSPACE")

@@ -7,7 +7,7 @@ use std::{
 
 use lynx_tests::{
     lxd::{BRIDGE_SUBNET, IMAGE, TestContainer, lxd},
-    lynx_bin, privileged,
+    lynx_bin, lynx_ok, privileged,
 };
 
 fn lynx(args: &[&str]) -> Output {
@@ -15,17 +15,6 @@ fn lynx(args: &[&str]) -> Output {
         .args(args)
         .output()
         .expect("run lynx")
-}
-
-/// Runs `lynx ARGS`, which must succeed, and returns its standard output.
-fn lynx_ok(args: &[&str]) -> String {
-    let output = lynx(args);
-    assert!(
-        output.status.success(),
-        "lynx {args:?} failed: {}",
-        String::from_utf8_lossy(&output.stderr)
-    );
-    String::from_utf8(output.stdout).expect("UTF-8 output")
 }
 
 #[test]

@@ -17,7 +17,7 @@ use lynx::{
 use lynx_tests::{
     daemon::DaemonUnderTest,
     lxd::{TestContainer, http_get},
-    lynx_bin, privileged,
+    lynx_ok, privileged,
 };
 
 /// Where the daemon under test serves; off the default port, so a daemon the host runs does
@@ -74,17 +74,9 @@ fn server_serves_a_real_snapshot_that_promtool_accepts() {
     if !privileged("server_serves_a_real_snapshot_that_promtool_accepts") {
         return;
     }
-    let output = Command::new(lynx_bin())
-        .args(["snapshot", "--interval", "300ms"])
-        .output()
-        .expect("run lynx snapshot");
-    assert!(
-        output.status.success(),
-        "lynx snapshot failed: {}",
-        String::from_utf8_lossy(&output.stderr)
-    );
+    let output = lynx_ok(&["snapshot", "--interval", "300ms"]);
     let snapshot: Snapshot =
-        serde_json::from_slice(&output.stdout).expect("lynx snapshot prints the document");
+        serde_json::from_str(&output).expect("lynx snapshot prints the document");
     let mut server =
         PrometheusServer::start("127.0.0.1:0").unwrap_or_else(|e| panic!("start the server: {e}"));
     server.publish(&snapshot);

@@ -1,14 +1,8 @@
 //! `lynx snapshot` and `lynx daemon` as an operator runs them.
-use std::{
-    collections::BTreeSet,
-    fs,
-    process::{Command, Stdio},
-    thread::sleep,
-    time::{Duration, Instant},
-};
+use std::{collections::BTreeSet, fs, process::Command, time::Duration};
 
 use lynx::model::Snapshot;
-use lynx_tests::{ChildGuard, lynx_bin, privileged, workspace};
+use lynx_tests::{daemon::DaemonUnderTest, lynx_bin, lynx_ok, privileged, workspace};
 use serde_json::Value;
 
 /// Every key path in a JSON document (`host.cpus`, `containers[].cpu.ns`), arrays by their
@@ -63,16 +57,8 @@ fn snapshot_output_matches_the_documented_example() {
     if !privileged("snapshot_output_matches_the_documented_example") {
         return;
     }
-    let output = Command::new(lynx_bin())
-        .args(["snapshot", "--interval", "300ms"])
-        .output()
-        .expect("run lynx snapshot");
-    assert!(
-        output.status.success(),
-        "lynx snapshot failed: {}",
-        String::from_utf8_lossy(&output.stderr)
-    );
-    let real: Value = serde_json::from_slice(&output.stdout).expect("lynx snapshot prints JSON");
+    let output = lynx_ok(&["snapshot", "--interval", "300ms"]);
+    let real: Value = serde_json::from_str(&output).expect("lynx snapshot prints JSON");
     let example = documented_example();
 
     let (mut real_keys, mut real_nulls) = (BTreeSet::new(), BTreeSet::new());
@@ -143,35 +129,17 @@ fn daemon_rewrites_the_snapshot_file_and_stops_on_sigterm() {
     if !privileged("daemon_rewrites_the_snapshot_file_and_stops_on_sigterm") {
         return;
     }
-    let dir = std::env::temp_dir().join(format!("lynx-daemon-test-{}", std::process::id()));
-    let path = dir.join("snapshot.json");
-    let mut daemon = ChildGuard(
-        Command::new(lynx_bin())
-            .args(["daemon", "--interval", "100ms", "--output"])
-            .arg(&path)
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("start lynx daemon"),
-    );
-    let read_timestamp = || -> Option<String> {
-        let snapshot: Snapshot = serde_json::from_slice(&fs::read(&path).ok()?).ok()?;
-        Some(snapshot.host.timestamp)
-    };
-    let deadline = Instant::now() + Duration::from_secs(10);
+    let mut daemon = DaemonUnderTest::start("sigterm", "100ms");
     let mut seen = BTreeSet::new();
-    while seen.len() < 3 && Instant::now() < deadline {
-        seen.extend(read_timestamp());
-        sleep(Duration::from_millis(30));
-    }
-    assert!(
-        seen.len() >= 3,
-        "the daemon wrote {} distinct snapshots in 10 s",
-        seen.len()
+    daemon.wait_for(
+        "three distinct snapshots",
+        Duration::from_secs(10),
+        |snapshot| {
+            seen.insert(snapshot.host.timestamp.clone());
+            seen.len() >= 3
+        },
     );
-
-    // SAFETY: kill has no memory-safety preconditions.
-    unsafe { libc::kill(daemon.0.id() as i32, libc::SIGTERM) };
-    let status = daemon.0.wait().expect("daemon exits");
+    let status = daemon.terminate();
     assert!(status.success(), "daemon exit on SIGTERM: {status}");
-    fs::remove_dir_all(&dir).expect("clean up");
+    assert!(daemon.log().contains("daemon stopping"), "{}", daemon.log());
 }

@@ -873,7 +873,7 @@ mod tests {
     use time::format_description::well_known::Rfc3339;
 
     use super::*;
-    use crate::model::{BlockIo, CollectorStats, Cpu, Host, KernelDrops, Memory, Network};
+    use crate::model::{BlockIo, Container, Cpu, Memory, Network, fixtures};
 
     /// 2026-11-20T00:00:00Z.
     const NOV_20: i64 = 20_777 * SECONDS_PER_DAY;
@@ -913,18 +913,6 @@ mod tests {
     fn container(name: &str, status: &str, cpu_percent: f64, bytes: u64) -> Container {
         let stopped = status == "Stopped";
         Container {
-            name: name.into(),
-            kind: "lxd".into(),
-            status: status.into(),
-            pid: None,
-            ipv4: vec![],
-            ipv6: vec![],
-            image: None,
-            created_at: None,
-            last_used_at: None,
-            uptime_s: None,
-            cgroup: None,
-            processes: None,
             cpu: Cpu {
                 ns: 0,
                 percent: cpu_percent,
@@ -945,43 +933,23 @@ mod tests {
                 tx_bytes: 4 * bytes,
                 ..Network::default()
             },
+            ..fixtures::container(name, "lxd", status)
         }
     }
 
     /// A snapshot taken at `unix` with `containers` (the `host` entry added), counted by status.
     fn snapshot(unix: i64, mut containers: Vec<Container>) -> Snapshot {
-        let count = |status: &str| containers.iter().filter(|c| c.status == status).count() as u32;
-        let host = Host {
-            timestamp: rfc3339(unix),
-            interval_ms: 1000,
-            kernel: "6.1.0".into(),
-            cpus: 2,
-            cpu_percent: 10.0,
-            load_average: [0.0; 3],
-            memory_total_mb: 4096,
-            memory_free_mb: 1024,
-            memory_available_mb: 2048,
-            memory_used_mb: 2048,
-            containers_running: count("Running"),
-            containers_stopped: count("Stopped"),
-            containers_frozen: count("Frozen"),
-            lxd_available: true,
-        };
-        let mut entry = container("host", "Running", 1.0, 0);
-        entry.kind = "host".into();
-        entry.memory = None;
-        containers.push(entry);
-        Snapshot {
-            version: 2,
-            host,
-            containers,
-            kernel_drops: KernelDrops {
-                cgroup_cpu_map_full: 0,
-                cgroup_net_map_full: 0,
-                cgroup_io_map_full: 0,
+        containers.push(Container {
+            cpu: Cpu {
+                ns: 0,
+                percent: 1.0,
             },
-            collector: CollectorStats { sample_ms: 1.0 },
-        }
+            ..fixtures::container("host", "host", "Running")
+        });
+        let mut snapshot = fixtures::snapshot(&rfc3339(unix), containers);
+        snapshot.host.cpu_percent = 10.0;
+        snapshot.host.memory_used_mb = 2048;
+        snapshot
     }
 
     fn open(path: &Path, retention_days: u32) -> HistorySink {

@@ -658,18 +658,12 @@ mod tests {
     use std::net::Shutdown;
 
     use super::*;
-    use crate::model::{
-        BlockIo, CollectorStats, Container, Cpu, Host, KernelDrops, Memory, Network,
-    };
+    use crate::model::{BlockIo, Container, Cpu, Memory, Network, fixtures};
 
     fn fixture() -> Snapshot {
         let web1 = Container {
-            name: "web1".into(),
-            kind: "lxd".into(),
-            status: "Running".into(),
             pid: Some(12990),
             ipv4: vec!["10.177.42.62".into()],
-            ipv6: vec![],
             image: Some("Lynx test busybox".into()),
             created_at: Some("2026-11-22T04:21:56.576667384Z".into()),
             last_used_at: Some("2026-11-22T04:21:56.760705543Z".into()),
@@ -691,65 +685,27 @@ mod tests {
                 write_bytes: 8192,
                 read_ops: 1,
                 write_ops: 2,
-                read_bytes_per_s: 0.0,
-                write_bytes_per_s: 0.0,
+                ..BlockIo::default()
             },
             network: Network {
                 rx_bytes: 1500,
                 tx_bytes: 3000,
                 rx_packets: 10,
                 tx_packets: 20,
-                rx_bytes_per_s: 0.0,
-                tx_bytes_per_s: 0.0,
+                ..Network::default()
             },
+            ..fixtures::container("web1", "lxd", "Running")
         };
         let host = Container {
-            name: "host".into(),
-            kind: "host".into(),
-            status: "Running".into(),
-            pid: None,
-            ipv4: vec![],
-            ipv6: vec![],
-            image: None,
-            created_at: None,
-            last_used_at: None,
-            uptime_s: None,
-            cgroup: None,
-            processes: None,
             cpu: Cpu {
                 ns: 28_000_000_000,
                 percent: 2.36,
             },
-            memory: None,
-            block_io: BlockIo::default(),
-            network: Network::default(),
+            ..fixtures::container("host", "host", "Running")
         };
-        Snapshot {
-            version: 2,
-            host: Host {
-                timestamp: "2026-11-22T04:22:02.196581371Z".into(),
-                interval_ms: 1000,
-                kernel: "6.18.44".into(),
-                cpus: 2,
-                cpu_percent: 50.0,
-                load_average: [0.59, 0.87, 0.81],
-                memory_total_mb: 24105,
-                memory_free_mb: 21945,
-                memory_available_mb: 23344,
-                memory_used_mb: 760,
-                containers_running: 1,
-                containers_stopped: 0,
-                containers_frozen: 0,
-                lxd_available: true,
-            },
-            containers: vec![web1, host],
-            kernel_drops: KernelDrops {
-                cgroup_cpu_map_full: 0,
-                cgroup_net_map_full: 3,
-                cgroup_io_map_full: 0,
-            },
-            collector: CollectorStats { sample_ms: 0.87 },
-        }
+        let mut snapshot = fixtures::snapshot("2026-11-22T04:22:02.196581371Z", vec![web1, host]);
+        snapshot.kernel_drops.cgroup_net_map_full = 3;
+        snapshot
     }
 
     const FIXTURE_METRICS: &str = r#"# HELP lynx_snapshot_timestamp_seconds When the snapshot's second sample was taken (host.timestamp), in Unix seconds.

@@ -163,10 +163,7 @@ pub(crate) mod tests {
     use std::path::{Path, PathBuf};
 
     use super::*;
-    use crate::model::{
-        BlockIo, CollectorStats, Container, Cpu, Host, KernelDrops, Memory, Network,
-        SNAPSHOT_VERSION, Snapshot,
-    };
+    use crate::model::{Container, Cpu, Memory, Snapshot, fixtures};
 
     const HOST_MEMORY_MB: u64 = 24_105;
 
@@ -177,15 +174,9 @@ pub(crate) mod tests {
             .iter()
             .zip(10..)
             .map(|(&(name, cpu, used_bytes), n)| Container {
-                name: name.into(),
-                kind: "lxd".into(),
-                status: "Running".into(),
                 pid: Some(12_000 + n),
                 ipv4: vec![format!("10.177.42.{n}")],
-                ipv6: vec![],
                 image: Some("Lynx test busybox".into()),
-                created_at: None,
-                last_used_at: None,
                 uptime_s: Some(65),
                 cgroup: Some(format!("/lxc.payload.{name}")),
                 processes: Some(4),
@@ -199,57 +190,20 @@ pub(crate) mod tests {
                     percent_of_host: used_bytes as f64 / (HOST_MEMORY_MB << 20) as f64 * 100.0,
                     swap_bytes: 0,
                 }),
-                block_io: BlockIo::default(),
-                network: Network::default(),
+                ..fixtures::container(name, "lxd", "Running")
             })
             .collect();
         list.push(Container {
-            name: "host".into(),
-            kind: "host".into(),
-            status: "Running".into(),
-            pid: None,
-            ipv4: vec![],
-            ipv6: vec![],
-            image: None,
-            created_at: None,
-            last_used_at: None,
-            uptime_s: None,
-            cgroup: None,
-            processes: None,
             cpu: Cpu {
                 ns: 28_416_451,
                 percent: 2.36,
             },
-            memory: None,
-            block_io: BlockIo::default(),
-            network: Network::default(),
+            ..fixtures::container("host", "host", "Running")
         });
-        Snapshot {
-            version: SNAPSHOT_VERSION,
-            host: Host {
-                timestamp: timestamp.into(),
-                interval_ms: 1000,
-                kernel: "6.18.44".into(),
-                cpus: 2,
-                cpu_percent: 51.01,
-                load_average: [0.59, 0.87, 0.81],
-                memory_total_mb: HOST_MEMORY_MB,
-                memory_free_mb: 21_945,
-                memory_available_mb: 23_344,
-                memory_used_mb: 760,
-                containers_running: containers.len() as u32,
-                containers_stopped: 0,
-                containers_frozen: 0,
-                lxd_available: true,
-            },
-            containers: list,
-            kernel_drops: KernelDrops {
-                cgroup_cpu_map_full: 0,
-                cgroup_net_map_full: 0,
-                cgroup_io_map_full: 0,
-            },
-            collector: CollectorStats { sample_ms: 0.87 },
-        }
+        let mut snapshot = fixtures::snapshot(timestamp, list);
+        snapshot.host.cpu_percent = 51.01;
+        snapshot.host.memory_total_mb = HOST_MEMORY_MB;
+        snapshot
     }
 
     /// A file under a directory of this test process, removed on drop.
