@@ -115,6 +115,35 @@ pub struct IoCounters {
     pub write_ops: u64,
 }
 
+/// A per-cgroup counter value that adds up: over CPUs, over a container's cgroups.
+pub trait Accumulate {
+    fn accumulate(&mut self, other: &Self);
+}
+
+impl Accumulate for CpuTime {
+    fn accumulate(&mut self, other: &Self) {
+        self.on_cpu_ns += other.on_cpu_ns;
+    }
+}
+
+impl Accumulate for NetCounters {
+    fn accumulate(&mut self, other: &Self) {
+        self.rx_bytes += other.rx_bytes;
+        self.rx_packets += other.rx_packets;
+        self.tx_bytes += other.tx_bytes;
+        self.tx_packets += other.tx_packets;
+    }
+}
+
+impl Accumulate for IoCounters {
+    fn accumulate(&mut self, other: &Self) {
+        self.read_bytes += other.read_bytes;
+        self.read_ops += other.read_ops;
+        self.write_bytes += other.write_bytes;
+        self.write_ops += other.write_ops;
+    }
+}
+
 #[cfg(feature = "user")]
 mod pod {
     // SAFETY: plain `#[repr(C)]` structs of `u64` fields: no padding, every bit pattern valid.

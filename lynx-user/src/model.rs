@@ -2,7 +2,7 @@
 //! plain functions; serialised by the sinks. `docs/snapshot.md` documents every field.
 use std::{collections::BTreeMap, time::SystemTime};
 
-use lynx_common::{IoCounters, NetCounters};
+use lynx_common::{Accumulate, IoCounters, NetCounters};
 use serde::{Deserialize, Serialize};
 
 use crate::collector::{ContainerFiles, InstanceInfo, Sample, containers::Owner};
@@ -137,15 +137,8 @@ fn totals_by_owner(sample: &Sample) -> BTreeMap<Owner, Totals> {
     for cgroup in &sample.cgroups {
         let totals = by_owner.entry(Owner::of(&cgroup.path).0).or_default();
         totals.cpu_ns += cgroup.cpu_ns;
-        let (net, io) = (&mut totals.net, &mut totals.io);
-        net.rx_bytes += cgroup.net.rx_bytes;
-        net.rx_packets += cgroup.net.rx_packets;
-        net.tx_bytes += cgroup.net.tx_bytes;
-        net.tx_packets += cgroup.net.tx_packets;
-        io.read_bytes += cgroup.io.read_bytes;
-        io.read_ops += cgroup.io.read_ops;
-        io.write_bytes += cgroup.io.write_bytes;
-        io.write_ops += cgroup.io.write_ops;
+        totals.net.accumulate(&cgroup.net);
+        totals.io.accumulate(&cgroup.io);
     }
     by_owner
 }

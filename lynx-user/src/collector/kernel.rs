@@ -16,11 +16,12 @@ use aya::{
     util::online_cpus,
 };
 use lynx_common::{
-    BIO_OPF_OFFSET_GLOBAL, BIO_QUEUE_PROGRAM, BIO_QUEUE_TRACEPOINT, BIO_SIZE_OFFSET_GLOBAL,
-    CGROUP_CPU_MAP, CGROUP_IO_MAP, CGROUP_NET_MAP, CPU_CLOCK_PROGRAM, CPU_SLICE_MAP, CpuSlice,
-    CpuTime, DROP_CGROUP_CPU_FULL, DROP_CGROUP_IO_FULL, DROP_CGROUP_NET_FULL, DROPS_MAP,
-    IoCounters, MAPS_LAYOUT_VERSION, NET_EGRESS_PROGRAM, NET_INGRESS_PROGRAM, NetCounters,
-    PINNED_MAPS, SCHED_SWITCH_PROGRAM, SCHED_SWITCH_TRACEPOINT, TASK_RUNTIME_OFFSET_GLOBAL,
+    Accumulate, BIO_OPF_OFFSET_GLOBAL, BIO_QUEUE_PROGRAM, BIO_QUEUE_TRACEPOINT,
+    BIO_SIZE_OFFSET_GLOBAL, CGROUP_CPU_MAP, CGROUP_IO_MAP, CGROUP_NET_MAP, CPU_CLOCK_PROGRAM,
+    CPU_SLICE_MAP, CpuSlice, CpuTime, DROP_CGROUP_CPU_FULL, DROP_CGROUP_IO_FULL,
+    DROP_CGROUP_NET_FULL, DROPS_MAP, IoCounters, MAPS_LAYOUT_VERSION, NET_EGRESS_PROGRAM,
+    NET_INGRESS_PROGRAM, NetCounters, PINNED_MAPS, SCHED_SWITCH_PROGRAM, SCHED_SWITCH_TRACEPOINT,
+    TASK_RUNTIME_OFFSET_GLOBAL,
 };
 
 use super::{
@@ -91,35 +92,6 @@ pub struct LoadOptions {
     /// bpffs directory to pin the maps in (reusing maps already pinned there), or `None` for
     /// maps private to this process.
     pub pin_dir: Option<PathBuf>,
-}
-
-/// A per-CPU map value that is summed over CPUs.
-trait Counters: Pod + Default {
-    fn add(&mut self, other: &Self);
-}
-
-impl Counters for CpuTime {
-    fn add(&mut self, other: &Self) {
-        self.on_cpu_ns += other.on_cpu_ns;
-    }
-}
-
-impl Counters for NetCounters {
-    fn add(&mut self, other: &Self) {
-        self.rx_bytes += other.rx_bytes;
-        self.rx_packets += other.rx_packets;
-        self.tx_bytes += other.tx_bytes;
-        self.tx_packets += other.tx_packets;
-    }
-}
-
-impl Counters for IoCounters {
-    fn add(&mut self, other: &Self) {
-        self.read_bytes += other.read_bytes;
-        self.read_ops += other.read_ops;
-        self.write_bytes += other.write_bytes;
-        self.write_ops += other.write_ops;
-    }
 }
 
 /// Lynx's programs, loaded and attached; detached when dropped.
@@ -292,14 +264,17 @@ impl KernelCounters {
     }
 
     /// A per-CPU hash map keyed by cgroup id, summed over CPUs.
-    fn per_cgroup<V: Counters>(&self, name: &'static str) -> Result<HashMap<u64, V>, KernelError> {
+    fn per_cgroup<V: Pod + Default + Accumulate>(
+        &self,
+        name: &'static str,
+    ) -> Result<HashMap<u64, V>, KernelError> {
         let map_error = |source| KernelError::Map { name, source };
         let map: PerCpuHashMap<_, u64, V> = self.map(name)?.try_into().map_err(map_error)?;
         map.iter()
             .map(|entry| {
                 let (cgroup_id, per_cpu) = entry.map_err(map_error)?;
                 let mut total = V::default();
-                per_cpu.iter().for_each(|value| total.add(value));
+                per_cpu.iter().for_each(|value| total.accumulate(value));
                 Ok((cgroup_id, total))
             })
             .collect()
