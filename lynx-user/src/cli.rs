@@ -227,6 +227,7 @@ pub fn run(cli: Cli) -> Result<(), CliError> {
             snapshot_path: config.daemon.snapshot_path,
             refresh: args.refresh.unwrap_or(config.top.refresh),
             once: args.once,
+            history_path: Some(config.history.path),
         })?),
         Command::History { days, json } => {
             let now = SystemTime::now()

@@ -648,11 +648,53 @@ pub struct DaySummary {
 
 /// One summary for each of the `days` UTC days up to and including the day of `now_unix`,
 /// oldest first; days without data are included, empty.
-pub fn daily_summary(
+/// One container's figures for one minute, from the history database.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct ContainerMinutePoint {
+    /// Start of the minute, Unix seconds.
+    pub minute: i64,
+    /// Average CPU % of one CPU over the minute.
+    pub cpu_percent_avg: f64,
+    /// Highest memory use seen in the minute.
+    pub memory_max_bytes: Option<u64>,
+}
+
+/// The minutes of container `name` since `since_unix`, oldest first: what `lynx top` draws
+/// its longer sparklines from.
+pub fn container_minutes(
     path: &Path,
-    days: u32,
-    now_unix: i64,
-) -> Result<Vec<DaySummary>, HistoryError> {
+    name: &str,
+    since_unix: i64,
+) -> Result<Vec<ContainerMinutePoint>, HistoryError> {
+    let read_error = |source| HistoryError::Read {
+        path: path.to_owned(),
+        source,
+    };
+    let Some(connection) = open_for_reading(path)? else {
+        return Ok(Vec::new());
+    };
+    let mut query = connection
+        .prepare(
+            "SELECT minute, cpu_percent_avg, memory_max_bytes FROM container_minutes
+             WHERE name = ?1 AND minute >= ?2 ORDER BY minute",
+        )
+        .map_err(read_error)?;
+    let rows = query
+        .query_map(rusqlite::params![name, since_unix], |row| {
+            Ok(ContainerMinutePoint {
+                minute: row.get(0)?,
+                cpu_percent_avg: row.get(1)?,
+                // SQLite integers are i64; memory is never negative.
+                memory_max_bytes: row.get::<_, Option<i64>>(2)?.map(|b| b.max(0) as u64),
+            })
+        })
+        .map_err(read_error)?;
+    rows.collect::<Result<_, _>>().map_err(read_error)
+}
+
+/// Opens the database read-only for a report; `None` when it exists but has no schema yet
+/// (the daemon has not finished a minute).
+fn open_for_reading(path: &Path) -> Result<Option<Connection>, HistoryError> {
     if !path.exists() {
         return Err(HistoryError::Missing {
             path: path.to_owned(),
@@ -671,13 +713,32 @@ pub fn daily_summary(
     let version: i32 = connection
         .pragma_query_value(None, "user_version", |r| r.get(0))
         .map_err(read_error)?;
+    match version {
+        0 => Ok(None),
+        SCHEMA_VERSION => Ok(Some(connection)),
+        found => Err(HistoryError::Schema {
+            path: path.to_owned(),
+            found,
+        }),
+    }
+}
+
+pub fn daily_summary(
+    path: &Path,
+    days: u32,
+    now_unix: i64,
+) -> Result<Vec<DaySummary>, HistoryError> {
+    let read_error = |source| HistoryError::Read {
+        path: path.to_owned(),
+        source,
+    };
     let today = now_unix.div_euclid(SECONDS_PER_DAY);
     let first = today - i64::from(days) + 1;
     let mut found = HashMap::new();
-    match version {
+    match open_for_reading(path)? {
         // Created but never given a schema: nothing recorded yet.
-        0 => {}
-        SCHEMA_VERSION => {
+        None => {}
+        Some(connection) => {
             let mut query = connection
                 .prepare(
                     "SELECT minute / 86400, count(*), min(running_min), max(running_max),
@@ -710,12 +771,6 @@ pub fn daily_summary(
                 let (day, figures) = row.map_err(read_error)?;
                 found.insert(day, figures);
             }
-        }
-        found_version => {
-            return Err(HistoryError::Schema {
-                path: path.to_owned(),
-                found: found_version,
-            });
         }
     }
     Ok((first..=today)
@@ -1382,5 +1437,31 @@ mod tests {
     fn the_sink_can_move_to_another_thread() {
         fn send<T: Send>() {}
         send::<HistorySink>();
+    }
+
+    #[test]
+    fn container_minutes_come_back_oldest_first_for_top() {
+        let dir = TempDir::new("container-minutes");
+        {
+            let mut sink = open(&dir.db(), 7);
+            for (minute, cpu) in [(0, 10.0), (1, 30.0), (2, 50.0)] {
+                let web = vec![
+                    container("web1", "Running", cpu, 0),
+                    container("web2", "Running", 99.0, 0),
+                ];
+                sink.publish(&snapshot(NOV_20 + minute * 60 + 5, web));
+            }
+        }
+        let points = container_minutes(&dir.db(), "web1", NOV_20 + 60).expect("read minutes");
+        let cpu: Vec<(i64, f64)> = points
+            .iter()
+            .map(|p| (p.minute, p.cpu_percent_avg))
+            .collect();
+        assert_eq!(cpu, [(NOV_20 + 60, 30.0), (NOV_20 + 120, 50.0)]);
+        assert_eq!(points[0].memory_max_bytes, Some(1000));
+        assert!(matches!(
+            container_minutes(&dir.0.join("none.db"), "web1", 0),
+            Err(HistoryError::Missing { .. })
+        ));
     }
 }

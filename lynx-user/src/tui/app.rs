@@ -6,13 +6,16 @@ use std::{
     collections::{HashMap, VecDeque},
     net::Ipv4Addr,
     path::PathBuf,
-    time::SystemTime,
+    time::{Instant, SystemTime},
 };
 
 use crossterm::event::{KeyCode, KeyEvent, KeyEventKind, KeyModifiers};
 
 use super::format;
-use crate::model::{Container, Snapshot};
+use crate::{
+    model::{Container, Snapshot},
+    sink::history::ContainerMinutePoint,
+};
 
 /// Samples kept per container for the sparklines: five minutes at the default 1 s interval.
 pub const HISTORY_LEN: usize = 300;
@@ -218,6 +221,14 @@ impl History {
     }
 }
 
+/// A container's per-minute figures from the history database.
+#[derive(Clone, Debug, PartialEq)]
+pub struct LongHistory {
+    pub name: String,
+    pub minutes: Result<Vec<ContainerMinutePoint>, String>,
+    pub read_at: Instant,
+}
+
 /// The live view's whole state.
 #[derive(Debug)]
 pub struct App {
@@ -235,6 +246,9 @@ pub struct App {
     history: HashMap<String, History>,
     /// Why the latest read failed, while it keeps failing.
     pub status: Option<String>,
+    /// The detail view's container's minutes from the history database, or why there are
+    /// none; and when they were read.
+    pub long_history: Option<LongHistory>,
     /// The wall clock of the latest tick, for the snapshot's age (fixed in tests).
     pub now: SystemTime,
     pub quit: bool,
@@ -251,6 +265,7 @@ impl App {
             view: View::Table,
             history: HashMap::new(),
             status: None,
+            long_history: None,
             now: SystemTime::now(),
             quit: false,
         }
@@ -286,6 +301,29 @@ impl App {
         self.snapshot = Some(snapshot);
         self.reorder(selected.as_deref());
         true
+    }
+
+    /// True when the detail view shows a container whose history is missing or older than
+    /// `max_age`.
+    pub fn long_history_due(&self, max_age: std::time::Duration) -> bool {
+        let View::Detail(name) = &self.view else {
+            return false;
+        };
+        self.long_history
+            .as_ref()
+            .is_none_or(|long| &long.name != name || long.read_at.elapsed() >= max_age)
+    }
+
+    pub fn set_long_history(
+        &mut self,
+        name: String,
+        minutes: Result<Vec<ContainerMinutePoint>, String>,
+    ) {
+        self.long_history = Some(LongHistory {
+            name,
+            minutes,
+            read_at: Instant::now(),
+        });
     }
 
     /// Records a failed read; the last good document stays on screen.

@@ -10,7 +10,7 @@ use ratatui::{
 };
 
 use super::{
-    app::{App, Column, History, View},
+    app::{App, Column, History, LongHistory, View},
     format,
 };
 use crate::model::{Container, Snapshot};
@@ -284,10 +284,11 @@ fn draw_table(frame: &mut Frame, area: Rect, app: &App) {
 }
 
 fn draw_detail(frame: &mut Frame, area: Rect, app: &App, snapshot: &Snapshot, name: &str) {
-    let [info, cpu, memory, io] = Layout::vertical([
+    let [info, cpu, memory, long, io] = Layout::vertical([
         Constraint::Length(5),
         Constraint::Fill(1),
         Constraint::Fill(1),
+        Constraint::Length(5),
         Constraint::Length(4),
     ])
     .areas(area);
@@ -304,6 +305,11 @@ fn draw_detail(frame: &mut Frame, area: Rect, app: &App, snapshot: &Snapshot, na
     );
     draw_cpu_history(frame, cpu, container, history);
     draw_memory_history(frame, memory, container, history, snapshot);
+    draw_long_history(
+        frame,
+        long,
+        app.long_history.as_ref().filter(|l| l.name == name),
+    );
     frame.render_widget(
         Paragraph::new(container.map(io_lines).unwrap_or_default())
             .block(Block::bordered().title(" Disk and network ")),
@@ -417,6 +423,38 @@ fn draw_cpu_history(
         .max(centi(peak.max(100.0)))
         .style(Style::new().fg(Color::Yellow));
     frame.render_widget(sparkline, inner);
+}
+
+/// CPU per minute from the daemon's history database: hours, where the other sparklines
+/// show the samples seen since `lynx top` started.
+fn draw_long_history(frame: &mut Frame, area: Rect, long: Option<&LongHistory>) {
+    let minutes = match long.map(|l| &l.minutes) {
+        Some(Ok(minutes)) if !minutes.is_empty() => minutes,
+        Some(Ok(_)) => return empty_panel(frame, area, " CPU per minute: no history yet "),
+        Some(Err(error)) => return empty_panel(frame, area, &format!(" CPU per minute: {error} ")),
+        None => return empty_panel(frame, area, " CPU per minute: history not read "),
+    };
+    let block = Block::bordered().title(format!(
+        " CPU per minute, last {} from history ",
+        format::duration_s(minutes.len() as u64 * 60)
+    ));
+    let inner = block.inner(area);
+    frame.render_widget(block, area);
+    let skip = minutes.len().saturating_sub(usize::from(inner.width));
+    let centi = |percent: f64| (percent.max(0.0) * 100.0).round() as u64;
+    let peak = minutes
+        .iter()
+        .map(|m| m.cpu_percent_avg)
+        .fold(100.0, f64::max);
+    let sparkline = Sparkline::default()
+        .data(minutes.iter().skip(skip).map(|m| centi(m.cpu_percent_avg)))
+        .max(centi(peak))
+        .style(Style::new().fg(Color::Yellow));
+    frame.render_widget(sparkline, inner);
+}
+
+fn empty_panel(frame: &mut Frame, area: Rect, title: &str) {
+    frame.render_widget(Block::bordered().title(title.to_owned()), area);
 }
 
 fn draw_memory_history(
@@ -620,6 +658,56 @@ mod tests {
         assert!(bars(&screen[memory_box + 1..]) > 20, "{text}");
         press(&mut app, KeyCode::Esc);
         assert!(render(&app, 100, 30).join("\n").contains("nginx"));
+    }
+
+    #[test]
+    fn detail_view_draws_hours_of_minutes_from_history() {
+        use crate::sink::history::ContainerMinutePoint;
+
+        let mut app = farm_app();
+        press(&mut app, KeyCode::Down);
+        press(&mut app, KeyCode::Enter);
+        let name = app.selected_name().expect("a selection").to_owned();
+        assert!(
+            app.long_history_due(std::time::Duration::from_secs(60)),
+            "not read yet"
+        );
+        let text = render(&app, 100, 30).join("\n");
+        assert!(text.contains("CPU per minute: history not read"), "{text}");
+
+        let minutes: Vec<ContainerMinutePoint> = (0..120)
+            .map(|m| ContainerMinutePoint {
+                minute: 1_795_320_000 + m * 60,
+                cpu_percent_avg: (m % 50) as f64,
+                memory_max_bytes: None,
+            })
+            .collect();
+        app.set_long_history(name.clone(), Ok(minutes));
+        assert!(
+            !app.long_history_due(std::time::Duration::from_secs(60)),
+            "just read"
+        );
+        let screen = render(&app, 100, 30);
+        let panel = screen
+            .iter()
+            .position(|line| line.contains("CPU per minute, last 2h00m from history"))
+            .unwrap_or_else(|| panic!("history panel missing:\n{}", screen.join("\n")));
+        let bars = screen[panel + 1..panel + 4]
+            .iter()
+            .flat_map(|line| line.chars())
+            .filter(|c| ('▁'..='█').contains(c))
+            .count();
+        assert!(bars > 20, "{}", screen.join("\n"));
+
+        app.set_long_history(
+            name,
+            Err("no history database at /x: the daemon writes it".into()),
+        );
+        let text = render(&app, 100, 30).join("\n");
+        assert!(
+            text.contains("CPU per minute: no history database at /x"),
+            "{text}"
+        );
     }
 
     #[test]

@@ -29,8 +29,9 @@ use std::{
 
 use crossterm::event::{self, Event};
 
-use self::terminal::TerminalGuard;
 pub use self::{app::App, draw::draw, source::load_snapshot};
+use self::{app::View, terminal::TerminalGuard};
+use crate::sink::history::container_minutes;
 
 /// What `lynx top` shows and how.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -41,7 +42,14 @@ pub struct TopOptions {
     pub refresh: Duration,
     /// Print one plain table and return, as when standard output is not a terminal.
     pub once: bool,
+    /// The daemon's history database (`history.path`), for the detail view's longer
+    /// per-minute sparkline; `None` for none.
+    pub history_path: Option<PathBuf>,
 }
+
+/// How far back the detail view's per-minute sparkline reaches, and how often it is re-read.
+const LONG_SPAN: Duration = Duration::from_secs(6 * 3600);
+const LONG_RELOAD: Duration = Duration::from_secs(60);
 
 /// Why `lynx top` could not show the snapshot. One line each.
 #[derive(Debug, thiserror::Error)]
@@ -141,6 +149,17 @@ fn live(
                 Event::Resize(..) => redraw = true,
                 _ => {}
             }
+        }
+        if let Some(path) = &options.history_path
+            && app.long_history_due(LONG_RELOAD)
+            && let View::Detail(name) = &app.view
+        {
+            let since = SystemTime::now()
+                .duration_since(SystemTime::UNIX_EPOCH)
+                .map_or(0, |now| now.saturating_sub(LONG_SPAN).as_secs() as i64);
+            let minutes = container_minutes(path, name, since).map_err(|e| e.to_string());
+            app.set_long_history(name.clone(), minutes);
+            redraw = true;
         }
         if Instant::now() >= next_read {
             next_read = Instant::now() + refresh;
@@ -259,6 +278,7 @@ pub(crate) mod tests {
             snapshot_path: "/nonexistent/snapshot.json".into(),
             refresh: Duration::from_secs(1),
             once: false,
+            history_path: None,
         })
         .expect_err("no file");
         assert!(matches!(error, TuiError::NoSnapshot { .. }), "{error}");
