@@ -333,7 +333,7 @@ fn top_shows_sorts_and_restores_the_terminal() {
 
     tmux.keys(&["q"]);
     tmux.wait_for("top to exit with 0", |screen| {
-        screen.iter().any(|l| l.trim() == "top-exit=0")
+        screen.iter().any(|l| shell_output_is(l, "top-exit=0"))
     });
     assert_eq!(tmux.pane("alternate_on"), "0", "back on the normal screen");
     assert_eq!(tmux.pane("cursor_flag"), "1", "cursor shown again");
@@ -346,7 +346,7 @@ fn top_shows_sorts_and_restores_the_terminal() {
     };
     tmux.type_line(&same_tty("ok-after-top"));
     tmux.wait_for("a usable shell after q", |screen| {
-        screen.iter().any(|l| l.trim() == "ok-after-top")
+        screen.iter().any(|l| shell_output_is(l, "ok-after-top"))
     });
 
     // Ctrl-C, a key in raw mode, ends it the same way.
@@ -359,10 +359,17 @@ fn top_shows_sorts_and_restores_the_terminal() {
     tmux.wait_for("top again", |screen| row_of(screen, busy.name()).is_some());
     tmux.keys(&["C-c"]);
     tmux.wait_for("top to exit with 0 after Ctrl-C", |screen| {
-        screen.iter().any(|l| l.trim() == "top-exit2=0")
+        screen.iter().any(|l| shell_output_is(l, "top-exit2=0"))
     });
     tmux.type_line(&same_tty("ok-after-ctrl-c"));
     tmux.wait_for("a usable shell after Ctrl-C", |screen| {
-        screen.iter().any(|l| l.trim() == "ok-after-ctrl-c")
+        screen.iter().any(|l| shell_output_is(l, "ok-after-ctrl-c"))
     });
+}
+
+/// A line of the pane is `output`: alone, or after the shell's prompt. When the test types
+/// ahead of a busy shell, the tty echoes the typed line before the shell prints its prompt,
+/// so the prompt then shares a line with what the command prints.
+fn shell_output_is(line: &str, output: &str) -> bool {
+    line.trim().trim_start_matches('$').trim() == output
 }
