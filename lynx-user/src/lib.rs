@@ -1,5 +1,6 @@
 //! Lynx's user side as a library: the `lynx` binary is a thin `main` over [`cli`], and the
 //! privileged tests drive the same modules directly.
+pub mod atomic_file;
 pub mod cli;
 pub mod collector;
 pub mod config;
@@ -7,6 +8,7 @@ pub mod daemon;
 pub mod lxd;
 pub mod manage;
 pub mod model;
+pub mod nginx;
 pub mod sink;
 pub mod stop;
 pub mod tui;

@@ -350,7 +350,9 @@ pub fn http_get(ip: Ipv4Addr, port: u16, path: &str) -> String {
     try_http_get(ip, port, path).unwrap_or_else(|e| panic!("GET http://{ip}:{port}{path}: {e}"))
 }
 
-fn try_http_get(ip: Ipv4Addr, port: u16, path: &str) -> Result<String, String> {
+/// `GET path` over HTTP/1.0: the body of a 200 answer, or what went wrong (a status line
+/// other than 200 comes back as `answered "HTTP/1.1 503 ..."`).
+pub fn try_http_get(ip: Ipv4Addr, port: u16, path: &str) -> Result<String, String> {
     assert!(
         ip.is_loopback() || on_bridge(ip),
         "{ip} is neither loopback nor on the rig's bridge: tests send traffic nowhere else"

@@ -6,11 +6,13 @@ use std::{
     fs,
     io::{Read, Write},
     net::{Ipv4Addr, SocketAddrV4, TcpListener, TcpStream},
-    path::PathBuf,
+    path::{Path, PathBuf},
     process::{Command, Stdio},
     thread::sleep,
     time::{Duration, Instant},
 };
+
+use lynx::nginx::NginxControl;
 
 use crate::ChildGuard;
 
@@ -23,19 +25,41 @@ pub struct Nginx {
     pub port: u16,
 }
 
+/// Where nginx's upstream comes from.
+pub enum Upstreams<'a> {
+    /// An `upstream` block of these backends, in nginx.conf.
+    Inline(&'a [SocketAddrV4]),
+    /// A file nginx.conf `include`s (Lynx's), which defines the upstream `name`.
+    Include { file: &'a Path, name: &'a str },
+}
+
 impl Nginx {
     /// Starts nginx on a free loopback port, balancing `/` over `backends`, and waits until it
     /// answers.
     pub fn start(name: &str, backends: &[SocketAddrV4]) -> Self {
+        Self::start_with(name, Upstreams::Inline(backends))
+    }
+
+    /// As [`Self::start`], with the upstream from `upstreams`.
+    pub fn start_with(name: &str, upstreams: Upstreams) -> Self {
         require("nginx");
         let prefix = std::env::temp_dir().join(format!("lynx-nginx-{name}-{}", std::process::id()));
         let _ = fs::remove_dir_all(&prefix);
         fs::create_dir_all(prefix.join("temp")).expect("create nginx prefix");
         let port = free_port();
-        let servers: String = backends
-            .iter()
-            .map(|b| format!("    server {b};\n"))
-            .collect();
+        let (upstream_config, upstream_name) = match upstreams {
+            Upstreams::Inline(backends) => {
+                let servers: String = backends
+                    .iter()
+                    .map(|b| format!("    server {b};\n"))
+                    .collect();
+                (
+                    format!("upstream {UPSTREAM} {{\n{servers}    keepalive 16;\n  }}"),
+                    UPSTREAM,
+                )
+            }
+            Upstreams::Include { file, name } => (format!("include {};", file.display()), name),
+        };
         let config = format!(
             "user root;
 worker_processes 2;
@@ -49,14 +73,12 @@ http {{
   fastcgi_temp_path {p}/temp/fastcgi;
   uwsgi_temp_path {p}/temp/uwsgi;
   scgi_temp_path {p}/temp/scgi;
-  upstream {UPSTREAM} {{
-{servers}    keepalive 16;
-  }}
+  {upstream_config}
   server {{
     listen 127.0.0.1:{port};
     location = /stub_status {{ stub_status; allow 127.0.0.1; deny all; }}
     location / {{
-      proxy_pass http://{UPSTREAM};
+      proxy_pass http://{upstream_name};
       proxy_http_version 1.1;
       proxy_set_header Connection \"\";
     }}
@@ -110,6 +132,16 @@ http {{
     /// `http://127.0.0.1:PORT{path}`.
     pub fn url(&self, path: &str) -> String {
         format!("http://127.0.0.1:{}{path}", self.port)
+    }
+
+    /// How Lynx reaches this nginx to validate and reload it.
+    pub fn control(&self) -> NginxControl {
+        NginxControl {
+            binary: "nginx".into(),
+            main_config: self.prefix.join("nginx.conf"),
+            prefix: Some(self.prefix.clone()),
+            pid_file: self.prefix.join("nginx.pid"),
+        }
     }
 
     /// The master process, whose cgroup and children are nginx.
