@@ -94,8 +94,9 @@ impl DaemonLock {
     }
 }
 
-/// `/run/lynx/daemon-<pin dir>.lock`, one per pin directory.
-fn lock_path(pin_dir: &Path) -> PathBuf {
+/// `/run/lynx/daemon-<pin dir>.lock`, one per pin directory. Left in place when the daemon
+/// exits, as a pid file is (`/run` is emptied at boot).
+pub fn lock_path(pin_dir: &Path) -> PathBuf {
     let name: String = pin_dir
         .to_string_lossy()
         .chars()
@@ -131,9 +132,9 @@ pub fn run(options: &DaemonOptions, stop: &AtomicBool) -> Result<(), DaemonError
         )?),
     ];
     if !options.prometheus_listen.is_empty() {
-        let server = PrometheusServer::start(&options.prometheus_listen)?;
-        tracing::info!(address = %server.local_addr(), "serving /metrics and /snapshot");
-        sinks.push(Box::new(server));
+        sinks.push(Box::new(PrometheusServer::start(
+            &options.prometheus_listen,
+        )?));
     }
     let mut previous = collector.sample()?;
     tracing::info!(

@@ -173,6 +173,7 @@ impl Drop for DaemonUnderTest {
     fn drop(&mut self) {
         self.daemon.kill();
         let _ = fs::remove_dir_all(&self.pin_dir);
+        let _ = fs::remove_file(lynx::daemon::lock_path(&self.pin_dir));
         let _ = fs::remove_dir_all(&self.dir);
     }
 }
