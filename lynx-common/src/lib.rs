@@ -46,7 +46,7 @@ pub const PINNED_MAPS: [&str; 5] = [
 ];
 /// Raised whenever a pinned map's key, value or size changes, so that a new daemon never
 /// reuses a pinned map of another layout: pins live in a directory named after it.
-pub const MAPS_LAYOUT_VERSION: u32 = 1;
+pub const MAPS_LAYOUT_VERSION: u32 = 2;
 
 /// Program on the `sched_switch` BTF tracepoint.
 pub const SCHED_SWITCH_PROGRAM: &str = "lynx_sched_switch";
@@ -80,7 +80,7 @@ pub struct CpuTime {
 /// What one CPU is running, and CPU time charged on it but not yet moved to
 /// [`CGROUP_CPU_MAP`]. While one cgroup keeps the CPU its time accumulates here, so a context
 /// switch costs no hash update; it moves to the map when another cgroup gets the CPU and on
-/// every cpu-clock sample, so at most one sample period (10 ms) of a CPU's time is here.
+/// every cpu-clock sample, so at most one sample period (10 ms) of a CPU's time is pending.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct CpuSlice {
@@ -92,6 +92,11 @@ pub struct CpuSlice {
     pub cgroup_id: u64,
     /// Nanoseconds charged to [`Self::cgroup_id`] not yet in [`CGROUP_CPU_MAP`].
     pub pending_ns: u64,
+    /// The running task's time so far in its current slice, as of the last cpu-clock sample,
+    /// and its cgroup: not charged yet (the switch that ends the slice charges it), but shown
+    /// by readers so that a task that runs for seconds counts while it runs.
+    pub running_cgroup_id: u64,
+    pub running_ns: u64,
 }
 
 /// Traffic of one cgroup's sockets on one CPU, as the cgroup socket-buffer hooks see it:

@@ -1,4 +1,4 @@
-//! CPU time accounting shared by [`crate::sched_switch`] and [`crate::cpu_clock`].
+//! CPU time accounting: [`crate::sched_switch`] charges, [`crate::cpu_clock`] samples.
 //!
 //! Time comes from the task's own `se.sum_exec_runtime`, the counter the scheduler advances
 //! and the kernel's cgroup CPU accounting (`cpu.stat`, `cpuacct.usage`) sums: the difference
@@ -36,17 +36,27 @@ fn runtime_of(task: *const u8) -> u64 {
 pub fn switch(prev: *const u8, next: *const u8) -> Result<(), u32> {
     let slice = slice()?;
     charge_current(slice, prev);
+    slice.running_ns = 0;
     slice.task = next as u64;
     slice.task_runtime_ns = runtime_of(next);
     Ok(())
 }
 
-/// A periodic sample on this CPU: charges the current task's time so far and moves this CPU's
-/// pending time into the cgroup map.
+/// A periodic sample on this CPU: records the running task's time so far in its slice, for
+/// readers, and moves this CPU's pending time into the cgroup map.
+///
+/// The sample only reports: the slice is charged by the switch that ends it, from the
+/// baseline its switch-in set. Charging here too (moving the baseline) lost time under CPU
+/// contention, measured at 1 to 3.6% against the kernel's own accounting.
 #[inline(always)]
 pub fn sample(current: *const u8) -> Result<(), u32> {
     let slice = slice()?;
-    charge_current(slice, current);
+    slice.running_ns = 0;
+    let is_idle = bpf_get_current_pid_tgid() as u32 == 0;
+    if slice.task == current as u64 && !is_idle {
+        slice.running_ns = runtime_of(current).saturating_sub(slice.task_runtime_ns);
+        slice.running_cgroup_id = unsafe { bpf_get_current_cgroup_id() };
+    }
     flush(slice);
     Ok(())
 }

@@ -1,6 +1,7 @@
 //! Lynx's user side as a library: the `lynx` binary is a thin `main` over [`cli`], and the
 //! privileged tests drive the same modules directly.
 pub mod atomic_file;
+pub mod autoscale;
 pub mod cli;
 pub mod collector;
 pub mod config;

@@ -21,16 +21,14 @@ fn busy_cgroup_cpu_time_matches_kernel_accounting() {
     sleep(Duration::from_millis(200));
 
     let lynx_ns = kernel.cgroup_cpu_ns().expect("read CPU map")[&cgroup.id()];
+    let kernel_ns = cgroup.v2_usage_ns();
+    // On a loaded machine the child gets less than a CPU; the comparison is what matters, as
+    // long as it ran enough to compare.
     assert!(
-        lynx_ns > BUSY_FOR.as_nanos() as u64 / 2,
-        "a CPU-bound child for {BUSY_FOR:?} was charged only {lynx_ns} ns"
+        kernel_ns > 200_000_000,
+        "the child ran only {kernel_ns} ns in {BUSY_FOR:?}"
     );
-    assert_close(
-        lynx_ns,
-        cgroup.v2_usage_ns(),
-        0.03,
-        "cgroup v2 cpu.stat usage_usec",
-    );
+    assert_close(lynx_ns, kernel_ns, 0.03, "cgroup v2 cpu.stat usage_usec");
     match cgroup.cpuacct_usage_ns() {
         Some(v1_ns) => assert_close(lynx_ns, v1_ns, 0.03, "cgroup v1 cpuacct.usage"),
         None => eprintln!("pure cgroup v2 host: no cpuacct hierarchy to compare with"),

@@ -231,10 +231,11 @@ impl KernelCounters {
 
     /// Nanoseconds on CPU per cgroup v2 id since the programs were loaded, summed over CPUs.
     ///
-    /// The total is the cgroup map plus each CPU's pending time. The two are read one after
-    /// the other while the kernel moves pending time into the map, so one read can miss up
-    /// to one sample period per CPU; a total therefore never goes below what an earlier call
-    /// returned, and the time missed shows up in the next read.
+    /// The total is the cgroup map plus each CPU's pending time and its running slice so far
+    /// (as of the last cpu-clock sample). These are read one after the other while the kernel
+    /// moves time between them, so one read can miss up to one sample period per CPU; a total
+    /// therefore never goes below what an earlier call returned, and the time missed shows up
+    /// in the next read.
     pub fn cgroup_cpu_ns(&mut self) -> Result<HashMap<u64, u64>, KernelError> {
         let map_error = |name| move |source| KernelError::Map { name, source };
         let mut totals: HashMap<u64, u64> = self
@@ -248,8 +249,13 @@ impl KernelCounters {
             .try_into()
             .map_err(map_error(CPU_SLICE_MAP))?;
         for slice in slices.get(&0, 0).map_err(map_error(CPU_SLICE_MAP))?.iter() {
-            if slice.pending_ns > 0 {
-                *totals.entry(slice.cgroup_id).or_default() += slice.pending_ns;
+            for (cgroup_id, ns) in [
+                (slice.cgroup_id, slice.pending_ns),
+                (slice.running_cgroup_id, slice.running_ns),
+            ] {
+                if ns > 0 {
+                    *totals.entry(cgroup_id).or_default() += ns;
+                }
             }
         }
 

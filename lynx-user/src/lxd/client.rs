@@ -71,6 +71,14 @@ impl LxdClient {
         }
     }
 
+    /// A new connection to LXD's socket.
+    pub(super) fn connect_stream(&self) -> Result<UnixStream, LxdError> {
+        connect(&self.socket, self.connect_timeout).map_err(|source| LxdError::Connect {
+            socket: self.socket.clone(),
+            source,
+        })
+    }
+
     /// The first of `candidates` that accepts a connection (usually [`super::DEFAULT_SOCKETS`]).
     /// A socket file alone is not enough: a stopped LXD leaves its socket behind.
     pub fn discover<P: AsRef<Path>>(candidates: impl IntoIterator<Item = P>) -> Option<Self> {
@@ -313,11 +321,7 @@ impl LxdClient {
         extra: Duration,
     ) -> Result<http::Response, LxdError> {
         let endpoint = || format!("{method} {target}");
-        let stream =
-            connect(&self.socket, self.connect_timeout).map_err(|source| LxdError::Connect {
-                socket: self.socket.clone(),
-                source,
-            })?;
+        let stream = self.connect_stream()?;
         let read_timeout = self.io_timeout + extra;
         let io_error = |source: io::Error| match source.kind() {
             io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut => LxdError::Timeout {

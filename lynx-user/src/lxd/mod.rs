@@ -20,6 +20,7 @@
 //! `{"type":"error","error":"…","error_code":404}` for failures, whose message
 //! [`LxdError::Api`] carries. Requests are for the `default` project.
 mod client;
+pub mod events;
 pub mod http;
 #[cfg(test)]
 mod tests;
