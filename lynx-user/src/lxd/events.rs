@@ -268,22 +268,39 @@ mod tests {
         out
     }
 
-    const STARTED: &str = r#"{"type":"lifecycle","timestamp":"2026-11-22T05:00:00Z","metadata":{"action":"instance-started","source":"/1.0/instances/web1","context":{}},"project":"default"}"#;
-
-    #[test]
-    fn events_arrive_pings_are_answered_and_close_ends_the_stream() {
-        let dir = std::env::temp_dir().join(format!("lynx-events-{}", std::process::id()));
+    /// A fake LXD on a socket of its own: accepts one connection, reads the request head and
+    /// hands the stream, its reader and the head to `serve`. Returns the directory (to remove)
+    /// holding the socket, the socket, and the server thread.
+    fn fake_lxd(
+        name: &str,
+        serve: impl FnOnce(UnixStream, BufReader<UnixStream>, String) + Send + 'static,
+    ) -> (
+        std::path::PathBuf,
+        std::path::PathBuf,
+        thread::JoinHandle<()>,
+    ) {
+        let dir = std::env::temp_dir().join(format!("lynx-events-{name}-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&dir);
         std::fs::create_dir_all(&dir).expect("test dir");
         let socket = dir.join("lxd.socket");
         let listener = UnixListener::bind(&socket).expect("listen");
         let server = thread::spawn(move || {
-            let (mut stream, _) = listener.accept().expect("accept");
+            let (stream, _) = listener.accept().expect("accept");
             let mut request = BufReader::new(stream.try_clone().expect("clone"));
             let mut head = String::new();
             while !head.ends_with("\r\n\r\n") {
                 request.read_line(&mut head).expect("request head");
             }
+            serve(stream, request, head);
+        });
+        (dir, socket, server)
+    }
+
+    const STARTED: &str = r#"{"type":"lifecycle","timestamp":"2026-11-22T05:00:00Z","metadata":{"action":"instance-started","source":"/1.0/instances/web1","context":{}},"project":"default"}"#;
+
+    #[test]
+    fn events_arrive_pings_are_answered_and_close_ends_the_stream() {
+        let (dir, socket, server) = fake_lxd("stream", |mut stream, mut request, head| {
             assert!(
                 head.starts_with("GET /1.0/events?type=lifecycle HTTP/1.1\r\n"),
                 "{head}"
@@ -351,18 +368,7 @@ mod tests {
 
     #[test]
     fn a_refused_upgrade_is_an_error_with_the_status() {
-        let dir = std::env::temp_dir().join(format!("lynx-events-refused-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&dir);
-        std::fs::create_dir_all(&dir).expect("test dir");
-        let socket = dir.join("lxd.socket");
-        let listener = UnixListener::bind(&socket).expect("listen");
-        let server = thread::spawn(move || {
-            let (mut stream, _) = listener.accept().expect("accept");
-            let mut head = String::new();
-            let mut request = BufReader::new(stream.try_clone().expect("clone"));
-            while !head.ends_with("\r\n\r\n") {
-                request.read_line(&mut head).expect("request head");
-            }
+        let (dir, socket, server) = fake_lxd("refused", |mut stream, _, _| {
             stream
                 .write_all(b"HTTP/1.1 403 Forbidden\r\nContent-Length: 0\r\n\r\n")
                 .expect("answer");
