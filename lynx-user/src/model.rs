@@ -135,7 +135,7 @@ struct Totals {
 fn totals_by_owner(sample: &Sample) -> BTreeMap<Owner, Totals> {
     let mut by_owner: BTreeMap<Owner, Totals> = BTreeMap::new();
     for cgroup in &sample.cgroups {
-        let totals = by_owner.entry(Owner::of(&cgroup.path).0).or_default();
+        let totals = by_owner.entry(cgroup.owner.clone()).or_default();
         totals.cpu_ns += cgroup.cpu_ns;
         totals.net.accumulate(&cgroup.net);
         totals.io.accumulate(&cgroup.io);
@@ -391,6 +391,7 @@ mod tests {
         CgroupSample {
             id,
             path: path.into(),
+            owner: Owner::of(path).0,
             cpu_ns,
             net: NetCounters {
                 rx_bytes: bytes,

@@ -54,6 +54,8 @@ pub struct CgroupSample {
     pub id: u64,
     /// Path relative to the v2 hierarchy's root, starting with `/`.
     pub path: String,
+    /// The container (or host) it belongs to, classified once here from `path`.
+    pub owner: Owner,
     /// Nanoseconds on CPU since the kernel counters started.
     pub cpu_ns: u64,
     pub net: NetCounters,
@@ -178,9 +180,11 @@ impl Collector {
         let mut cgroups: Vec<CgroupSample> = ids
             .into_iter()
             .filter_map(|id| {
+                let path = paths.remove(&id)?;
                 Some(CgroupSample {
                     id,
-                    path: paths.remove(&id)?,
+                    owner: Owner::of(&path).0,
+                    path,
                     cpu_ns: kernel.cpu_ns.remove(&id).unwrap_or(0),
                     net: kernel.net.remove(&id).unwrap_or_default(),
                     io: kernel.io.remove(&id).unwrap_or_default(),
@@ -226,12 +230,13 @@ impl Collector {
         cgroups: &[CgroupSample],
         instances: Option<&[InstanceInfo]>,
     ) -> Vec<ContainerFiles> {
-        let tops: BTreeMap<Owner, String> = cgroups
-            .iter()
-            .map(|c| Owner::of(&c.path))
-            .filter(|(owner, _)| *owner != Owner::Host)
-            .chain(containers::discover(&self.layout))
-            .collect();
+        let mut tops: BTreeMap<Owner, String> =
+            containers::discover(&self.layout).into_iter().collect();
+        for cgroup in cgroups.iter().filter(|c| c.owner != Owner::Host) {
+            if !tops.contains_key(&cgroup.owner) {
+                tops.insert(cgroup.owner.clone(), Owner::of(&cgroup.path).1);
+            }
+        }
         tops.into_iter()
             .map(|(owner, top)| {
                 let init_pid = instances
