@@ -320,7 +320,7 @@ fn containers(lxd: &LxdClient, action: ContainerAction) -> Result<(), CliError> 
     let (action, timeout) = change;
     lxd.change_state(&name, action, timeout)?;
     let status = lxd.instance_state(&name)?.status;
-    print(&format!("{name}: {}\n", manage::status_word(&status)))
+    print(&format!("{name}: {}\n", status.as_str()))
 }
 
 fn images(lxd: &LxdClient, action: ImageAction) -> Result<(), CliError> {

@@ -76,7 +76,7 @@ pub fn containers_table(instances: &[Instance], now: SystemTime) -> String {
         };
         vec![
             i.name.clone(),
-            status_word(&i.status).to_owned(),
+            i.status.as_str().to_owned(),
             join_or_dash(i.ipv4.iter().map(ToString::to_string)),
             join_or_dash(i.ipv6.iter().map(ToString::to_string)),
             i.image.clone().unwrap_or_else(|| "-".into()),
@@ -109,15 +109,6 @@ pub fn images_table(images: &[Image]) -> String {
         ],
         rows,
     )
-}
-
-pub fn status_word(status: &InstanceStatus) -> &str {
-    match status {
-        InstanceStatus::Running => "Running",
-        InstanceStatus::Stopped => "Stopped",
-        InstanceStatus::Frozen => "Frozen",
-        InstanceStatus::Other(word) => word,
-    }
 }
 
 /// The 12-digit form `lxc` shows.

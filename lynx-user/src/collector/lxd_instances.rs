@@ -14,7 +14,7 @@ use std::{
 
 use super::{InstanceInfo, InstanceSource};
 use crate::{
-    lxd::{Instance, InstanceStatus, LxdClient},
+    lxd::{Instance, LxdClient},
     stop::sleep_until,
 };
 
@@ -113,12 +113,7 @@ impl Poller {
 
 fn info(instance: Instance) -> InstanceInfo {
     InstanceInfo {
-        status: match instance.status {
-            InstanceStatus::Running => "Running".into(),
-            InstanceStatus::Stopped => "Stopped".into(),
-            InstanceStatus::Frozen => "Frozen".into(),
-            InstanceStatus::Other(status) => status,
-        },
+        status: instance.status.as_str().to_owned(),
         pid: instance.pid,
         ipv4: instance.ipv4.iter().map(ToString::to_string).collect(),
         ipv6: instance.ipv6.iter().map(ToString::to_string).collect(),

@@ -29,6 +29,16 @@ impl InstanceStatus {
             _ => Self::Other(status),
         }
     }
+
+    /// The status as LXD spells it.
+    pub fn as_str(&self) -> &str {
+        match self {
+            Self::Running => "Running",
+            Self::Stopped => "Stopped",
+            Self::Frozen => "Frozen",
+            Self::Other(word) => word,
+        }
+    }
 }
 
 /// One instance (container or VM), from `GET /1.0/instances?recursion=2`.
