@@ -90,6 +90,40 @@ impl Drop for ChildGuard {
     }
 }
 
+/// Starts `command` inside the cgroups at `dirs` (one per hierarchy) before it executes
+/// anything.
+pub fn spawn_in_cgroups<'a>(
+    dirs: impl IntoIterator<Item = &'a PathBuf>,
+    command: &mut Command,
+) -> Child {
+    let procs: Vec<fs::File> = dirs
+        .into_iter()
+        .map(|dir| {
+            fs::OpenOptions::new()
+                .write(true)
+                .open(dir.join("cgroup.procs"))
+        })
+        .collect::<Result<_, _>>()
+        .expect("open cgroup.procs");
+    let fds: Vec<i32> = procs.iter().map(std::os::fd::AsRawFd::as_raw_fd).collect();
+    // SAFETY: the closure only calls write(2), which is async-signal-safe, on descriptors
+    // opened before the fork.
+    unsafe {
+        command.pre_exec(move || {
+            for &fd in &fds {
+                // "0" moves the writing process itself.
+                if libc::write(fd, b"0".as_ptr().cast(), 1) != 1 {
+                    return Err(std::io::Error::last_os_error());
+                }
+            }
+            Ok(())
+        });
+    }
+    let child = command.spawn().expect("spawn into a cgroup");
+    drop(procs);
+    child
+}
+
 /// A cgroup made for one test: in the v2 hierarchy, and in the v1 `cpuacct` hierarchy too on
 /// a hybrid host. Its processes are killed and its directories removed on drop.
 pub struct TestCgroup {
@@ -122,32 +156,7 @@ impl TestCgroup {
 
     /// Starts `command` inside this cgroup (every hierarchy) before it executes anything.
     pub fn spawn(&self, command: &mut Command) -> ChildGuard {
-        let procs: Vec<fs::File> = self
-            .dirs()
-            .map(|dir| {
-                fs::OpenOptions::new()
-                    .write(true)
-                    .open(dir.join("cgroup.procs"))
-            })
-            .collect::<Result<_, _>>()
-            .expect("open cgroup.procs");
-        let fds: Vec<i32> = procs.iter().map(std::os::fd::AsRawFd::as_raw_fd).collect();
-        // SAFETY: the closure only calls write(2), which is async-signal-safe, on descriptors
-        // opened before the fork.
-        unsafe {
-            command.pre_exec(move || {
-                for &fd in &fds {
-                    // "0" moves the writing process itself.
-                    if libc::write(fd, b"0".as_ptr().cast(), 1) != 1 {
-                        return Err(std::io::Error::last_os_error());
-                    }
-                }
-                Ok(())
-            });
-        }
-        let child = command.spawn().expect("spawn into test cgroup");
-        drop(procs);
-        ChildGuard(child)
+        ChildGuard(spawn_in_cgroups(self.dirs(), command))
     }
 
     /// CPU time from the v2 `cpu.stat` `usage_usec`, in nanoseconds.

@@ -9,7 +9,7 @@
 use std::{
     fs,
     io::{Read, Write},
-    os::unix::{net::UnixStream, process::CommandExt},
+    os::unix::net::UnixStream,
     path::PathBuf,
     process::{Child, Command, Stdio},
     thread::{self, sleep},
@@ -21,6 +21,7 @@ use lynx_common::{CGROUP_CPU_MAP, CpuTime};
 use lynx_tests::{
     daemon::DaemonUnderTest,
     lxd::{SOCKET, TestContainer, lxd},
+    spawn_in_cgroups,
 };
 use serde_json::json;
 
@@ -43,27 +44,9 @@ impl ManyCgroups {
         for n in 0..count {
             let dir = root.join(format!("cg-{n}"));
             fs::create_dir(&dir).expect("create bench cgroup");
-            let procs = fs::OpenOptions::new()
-                .write(true)
-                .open(dir.join("cgroup.procs"))
-                .expect("open cgroup.procs");
-            let fd = std::os::fd::AsRawFd::as_raw_fd(&procs);
             let mut command = Command::new("sleep");
             command.arg("600").stdout(Stdio::null());
-            // SAFETY: only write(2), async-signal-safe, on a descriptor opened before the fork.
-            unsafe {
-                command.pre_exec(move || {
-                    if libc::write(fd, b"0".as_ptr().cast(), 1) != 1 {
-                        return Err(std::io::Error::last_os_error());
-                    }
-                    Ok(())
-                });
-            }
-            children.push(
-                command
-                    .spawn()
-                    .expect("spawn a process into a bench cgroup"),
-            );
+            children.push(spawn_in_cgroups([&dir], &mut command));
         }
         Self { root, children }
     }
