@@ -34,6 +34,52 @@ pub struct Config {
     pub history: HistoryConfig,
     pub prometheus: PrometheusConfig,
     pub top: TopConfig,
+    pub nginx: NginxConfig,
+}
+
+/// `[nginx]`: the load balancer Lynx counts and whose upstream file it owns.
+#[derive(Clone, Debug, PartialEq, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct NginxConfig {
+    /// The master's pid file: which nginx is counted (its processes, found from the master)
+    /// and which master is reloaded.
+    pub pid_file: PathBuf,
+    /// The `nginx` binary, for `nginx -t`.
+    pub binary: PathBuf,
+    /// nginx's main config, which `include`s Lynx's upstream file.
+    pub main_config: PathBuf,
+    /// The `-p` prefix nginx runs with, if any.
+    pub prefix: Option<PathBuf>,
+    /// Listening ports whose accepted connections are counted.
+    pub ports: Vec<u16>,
+    /// Of those, the ports that speak TLS: connections and bytes are counted, requests only on
+    /// the upstream side (the bytes nginx reads there are ciphertext).
+    pub tls_ports: Vec<u16>,
+}
+
+impl Default for NginxConfig {
+    fn default() -> Self {
+        Self {
+            pid_file: "/run/nginx.pid".into(),
+            binary: "/usr/sbin/nginx".into(),
+            main_config: "/etc/nginx/nginx.conf".into(),
+            prefix: None,
+            ports: vec![80, 443],
+            tls_ports: vec![443],
+        }
+    }
+}
+
+impl NginxConfig {
+    /// How to validate and reload this nginx.
+    pub fn control(&self) -> crate::nginx::NginxControl {
+        crate::nginx::NginxControl {
+            binary: self.binary.clone(),
+            main_config: self.main_config.clone(),
+            prefix: self.prefix.clone(),
+            pid_file: self.pid_file.clone(),
+        }
+    }
 }
 
 /// `[history]`: per-minute aggregates kept on disk.
