@@ -71,6 +71,15 @@ impl Default for NginxConfig {
 }
 
 impl NginxConfig {
+    /// Which nginx the collector counts.
+    pub fn counting(&self) -> crate::collector::NginxOptions {
+        crate::collector::NginxOptions {
+            pid_file: self.pid_file.clone(),
+            ports: self.ports.clone(),
+            tls_ports: self.tls_ports.clone(),
+        }
+    }
+
     /// How to validate and reload this nginx.
     pub fn control(&self) -> crate::nginx::NginxControl {
         crate::nginx::NginxControl {

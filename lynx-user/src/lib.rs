@@ -12,4 +12,6 @@ pub mod model;
 pub mod nginx;
 pub mod sink;
 pub mod stop;
+#[cfg(test)]
+mod test_support;
 pub mod tui;

@@ -36,6 +36,11 @@ impl DaemonUnderTest {
 
     /// As [`Self::start`], serving Prometheus on `listen` (e.g. `"127.0.0.1:19464"`).
     pub fn start_with_prometheus(name: &str, interval: &str, listen: &str) -> Self {
+        Self::start_configured(name, interval, listen, "")
+    }
+
+    /// As [`Self::start_with_prometheus`], with more config sections appended (`[nginx]`...).
+    pub fn start_configured(name: &str, interval: &str, listen: &str, extra: &str) -> Self {
         let unique = format!("lynx-test-{name}-{}", std::process::id());
         let dir = std::env::temp_dir().join(&unique);
         let _ = fs::remove_dir_all(&dir);
@@ -48,7 +53,7 @@ impl DaemonUnderTest {
             &config,
             format!(
                 "[daemon]\ninterval = \"{interval}\"\nsnapshot_path = \"{}\"\npin_dir = \"{}\"\n\
-                 [history]\npath = \"{}\"\n[prometheus]\nlisten = \"{listen}\"\n",
+                 [history]\npath = \"{}\"\n[prometheus]\nlisten = \"{listen}\"\n{extra}",
                 snapshot_path.display(),
                 pin_dir.display(),
                 history.display()

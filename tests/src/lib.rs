@@ -16,6 +16,7 @@ use lynx::collector::{
 };
 
 pub mod daemon;
+pub mod http_client;
 pub mod lxd;
 pub mod nginx;
 

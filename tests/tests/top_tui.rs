@@ -283,7 +283,7 @@ fn top_shows_sorts_and_restores_the_terminal() {
     let text = screen.join("\n");
     for expected in [
         "Host",
-        "nginx: not measured yet",
+        "nginx not found: not counted",
         "CPU%",
         "c cpu",
         "LXD available",
