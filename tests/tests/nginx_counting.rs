@@ -339,10 +339,7 @@ fn a_tls_port_counts_connections_and_bytes_and_its_requests_upstream() {
         (0, 0),
         "ciphertext is not parsed"
     );
-    assert!(
-        tls_after.bytes_in > 1000,
-        "{tls_after:?}"
-    );
+    assert!(tls_after.bytes_in > 1000, "{tls_after:?}");
     // nginx counts the TLS requests, Lynx only upstream: the difference is exactly those.
     let nginx_requests = after.0.requests - before.0.requests;
     let plain_requests = after.1.requests - before.1.requests;
