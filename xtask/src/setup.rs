@@ -27,6 +27,7 @@ pub enum Toolchain {
 }
 
 /// A Debian package and the command that shows it is installed.
+#[derive(Clone, Copy)]
 pub struct Package {
     pub name: &'static str,
     pub provides: &'static str,
