@@ -357,3 +357,28 @@ fn a_tls_port_counts_connections_and_bytes_and_its_requests_upstream() {
     );
     assert_eq!(backend.served() - served_before, CONNECTIONS * REQUESTS);
 }
+
+#[test]
+fn counts_stay_exact_across_nginx_reloads_under_load() {
+    if !privileged("counts_stay_exact_across_nginx_reloads_under_load") {
+        return;
+    }
+    let backend = CountingBackend::start();
+    let nginx = Nginx::start("reload", &[backend.addr]);
+    let daemon = counting_daemon("nginx-reload", &nginx);
+    let before = settled(&daemon, &nginx);
+    let url = nginx.url("/");
+    let load = std::thread::spawn(move || wrk(&url, 8, Duration::from_secs(4), true));
+    // Each reload starts new workers, which must be counted from their first request, before
+    // the daemon's next look at the processes.
+    for _ in 0..3 {
+        sleep(Duration::from_millis(1000));
+        // SAFETY: kill has no memory-safety preconditions.
+        unsafe { libc::kill(nginx.master_pid() as i32, libc::SIGHUP) };
+    }
+    let totals = load.join().expect("the wrk thread");
+    sleep(Duration::from_millis(300));
+    let after = settled(&daemon, &nginx);
+    eprintln!("wrk {} requests across 3 reloads", totals.requests);
+    assert_client_side_exact("across reloads", &before, &after);
+}
