@@ -14,7 +14,7 @@ use std::{
 
 use lynx::nginx::NginxControl;
 
-use crate::ChildGuard;
+use crate::{ChildGuard, TestCgroup};
 
 /// The upstream group name in the config.
 pub const UPSTREAM: &str = "lynx_backends";
@@ -45,15 +45,26 @@ impl Nginx {
 
     /// As [`Self::start`], with the upstream from `upstreams`.
     pub fn start_with(name: &str, upstreams: Upstreams) -> Self {
-        Self::start_full(name, upstreams, false)
+        Self::start_full(name, upstreams, false, None)
     }
 
     /// As [`Self::start`], also listening with TLS on [`Self::tls_port`].
     pub fn start_with_tls(name: &str, backends: &[SocketAddrV4]) -> Self {
-        Self::start_full(name, Upstreams::Inline(backends), true)
+        Self::start_full(name, Upstreams::Inline(backends), true, None)
     }
 
-    fn start_full(name: &str, upstreams: Upstreams, tls: bool) -> Self {
+    /// As [`Self::start`], with nginx in `cgroup` (as a service manager runs it), so that
+    /// it shares its cgroup with no other process. Drop the nginx before the cgroup.
+    pub fn start_in(name: &str, backends: &[SocketAddrV4], cgroup: &TestCgroup) -> Self {
+        Self::start_full(name, Upstreams::Inline(backends), false, Some(cgroup))
+    }
+
+    fn start_full(
+        name: &str,
+        upstreams: Upstreams,
+        tls: bool,
+        cgroup: Option<&TestCgroup>,
+    ) -> Self {
         require("nginx");
         let prefix = std::env::temp_dir().join(format!("lynx-nginx-{name}-{}", std::process::id()));
         let _ = fs::remove_dir_all(&prefix);
@@ -138,18 +149,19 @@ http {{
             "nginx -t: {}",
             String::from_utf8_lossy(&test.stderr)
         );
-        let master = ChildGuard(
-            Command::new("nginx")
-                .arg("-p")
-                .arg(&prefix)
-                .arg("-c")
-                .arg(&conf)
-                .args(["-g", "daemon off;"])
-                .stdout(Stdio::null())
-                .stderr(Stdio::null())
-                .spawn()
-                .expect("start nginx"),
-        );
+        let mut command = Command::new("nginx");
+        command
+            .arg("-p")
+            .arg(&prefix)
+            .arg("-c")
+            .arg(&conf)
+            .args(["-g", "daemon off;"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null());
+        let master = match cgroup {
+            Some(cgroup) => cgroup.spawn(&mut command),
+            None => ChildGuard(command.spawn().expect("start nginx")),
+        };
         let nginx = Self {
             master,
             prefix,

@@ -9,6 +9,7 @@ use std::{
 
 use lynx::model::{Nginx as NginxSnapshot, NginxEndpoint};
 use lynx_tests::{
+    TestCgroup,
     daemon::DaemonUnderTest,
     http_client::{
         CountingBackend, get, keep_alive_clients, malformed_inputs, send_malformed, session,
@@ -364,7 +365,10 @@ fn counts_stay_exact_across_nginx_reloads_under_load() {
         return;
     }
     let backend = CountingBackend::start();
-    let nginx = Nginx::start("reload", &[backend.addr]);
+    // nginx in a cgroup of its own, as a service manager runs it: the kernel's first filter
+    // (the cgroup) is the one that picks nginx out here.
+    let cgroup = TestCgroup::create("nginx-reload");
+    let nginx = Nginx::start_in("reload", &[backend.addr], &cgroup);
     let daemon = counting_daemon("nginx-reload", &nginx);
     let before = settled(&daemon, &nginx);
     let url = nginx.url("/");
