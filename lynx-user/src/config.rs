@@ -8,6 +8,8 @@ use std::{
 
 use serde::{Deserialize, Deserializer};
 
+use crate::controller::group::{self, GroupConfig, GroupError};
+
 /// Where the daemon looks for its config when `--config` is not given.
 pub const DEFAULT_CONFIG_PATH: &str = "/etc/lynx/lynx.toml";
 
@@ -23,6 +25,14 @@ pub enum ConfigError {
         column: usize,
         message: String,
     },
+    /// A `[[groups]]` entry that parses but cannot be used.
+    #[error("{path}: groups[{index}] ({name:?}): {source}")]
+    Group {
+        path: PathBuf,
+        index: usize,
+        name: String,
+        source: GroupError,
+    },
 }
 
 /// The whole config.
@@ -35,6 +45,8 @@ pub struct Config {
     pub prometheus: PrometheusConfig,
     pub top: TopConfig,
     pub nginx: NginxConfig,
+    /// `[[groups]]`: the containers behind each upstream Lynx keeps, and their autoscaling.
+    pub groups: Vec<GroupConfig>,
 }
 
 /// `[nginx]`: the load balancer Lynx counts and whose upstream file it owns.
@@ -55,6 +67,11 @@ pub struct NginxConfig {
     /// Of those, the ports that speak TLS: connections and bytes are counted, requests only on
     /// the upstream side (the bytes nginx reads there are ciphertext).
     pub tls_ports: Vec<u16>,
+    /// The file Lynx owns and nginx's config `include`s: every group's `upstream` block.
+    pub upstream_file: PathBuf,
+    /// The loopback port of the server, defined in the upstream file, that answers 503 for a
+    /// group with no running container.
+    pub fallback_port: u16,
 }
 
 impl Default for NginxConfig {
@@ -66,6 +83,8 @@ impl Default for NginxConfig {
             prefix: None,
             ports: vec![80, 443],
             tls_ports: vec![443],
+            upstream_file: "/etc/nginx/conf.d/lynx-upstreams.conf".into(),
+            fallback_port: 9099,
         }
     }
 }
@@ -156,6 +175,9 @@ pub struct DaemonConfig {
 pub struct LxdConfig {
     /// Unix sockets tried in order; the first that exists is used.
     pub sockets: Vec<PathBuf>,
+    /// How often the controller re-reads every instance, in case an event was missed.
+    #[serde(deserialize_with = "interval")]
+    pub reconcile_interval: Duration,
 }
 
 impl Default for DaemonConfig {
@@ -175,6 +197,7 @@ impl Default for LxdConfig {
                 .iter()
                 .map(PathBuf::from)
                 .collect(),
+            reconcile_interval: Duration::from_secs(5),
         }
     }
 }
@@ -196,7 +219,7 @@ impl Config {
 
     /// Parses config text; `path` only names the file in errors.
     pub fn parse(path: &Path, text: &str) -> Result<Self, ConfigError> {
-        toml::from_str(text).map_err(|error| {
+        let config: Self = toml::from_str(text).map_err(|error| {
             let offset = error.span().map_or(0, |span| span.start);
             let before = &text[..offset.min(text.len())];
             ConfigError::Invalid {
@@ -205,7 +228,16 @@ impl Config {
                 column: before.len() - before.rfind('\n').map_or(0, |i| i + 1) + 1,
                 message: error.message().trim().replace('\n', " "),
             }
-        })
+        })?;
+        group::validate_all(&config.groups).map_err(|(index, name, source)| {
+            ConfigError::Group {
+                path: path.to_owned(),
+                index,
+                name,
+                source,
+            }
+        })?;
+        Ok(config)
     }
 }
 

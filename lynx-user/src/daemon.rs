@@ -12,6 +12,7 @@ use std::{
 use crate::{
     collector::{CollectError, Collector, CollectorOptions, lxd_instances::LxdInstances},
     config::HistoryConfig,
+    controller::{ControlOptions, Controller, core::NoProbe},
     model,
     sink::{
         Sink,
@@ -34,6 +35,8 @@ pub struct DaemonOptions {
     pub history: HistoryConfig,
     /// Prometheus endpoint address; empty for none.
     pub prometheus_listen: String,
+    /// The upstream controller and autoscaler; `None` without `[[groups]]`.
+    pub control: Option<ControlOptions>,
 }
 
 /// Errors that stop the daemon.
@@ -136,6 +139,11 @@ pub fn run(options: &DaemonOptions, stop: &AtomicBool) -> Result<(), DaemonError
             &options.prometheus_listen,
         )?));
     }
+    // After the sinks: a daemon that cannot serve its endpoint must not have touched nginx.
+    let controller = options
+        .control
+        .clone()
+        .map(|control| Controller::spawn(control, Box::new(NoProbe)));
     let mut previous = collector.sample()?;
     tracing::info!(
         interval = ?options.interval,
@@ -159,7 +167,11 @@ pub fn run(options: &DaemonOptions, stop: &AtomicBool) -> Result<(), DaemonError
                 "a kernel map is full: some events were not counted (see kernel_drops)"
             );
         }
-        let snapshot = model::snapshot(&previous, &current);
+        let mut snapshot = model::snapshot(&previous, &current);
+        if let Some(controller) = &controller {
+            controller.feed(&snapshot);
+            snapshot.groups = controller.groups();
+        }
         for sink in &mut sinks {
             sink.publish(&snapshot);
         }
