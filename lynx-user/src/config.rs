@@ -289,6 +289,55 @@ mod tests {
     }
 
     #[test]
+    fn the_example_group_parses_and_validates() {
+        let example = include_str!("../../lynx.example.toml");
+        let group: String = example
+            .lines()
+            .filter_map(|line| line.strip_prefix("## "))
+            .filter(|l| l.contains(" = ") || l.starts_with('['))
+            .collect::<Vec<_>>()
+            .join("\n");
+        let config = parse(&group).unwrap_or_else(|e| panic!("{e}\n{group}"));
+        let [web] = config.groups.as_slice() else {
+            panic!("one group: {config:?}");
+        };
+        assert_eq!(
+            (web.name.as_str(), web.upstream_name()),
+            ("web", "web_backends")
+        );
+        assert_eq!(web.pattern.as_deref(), Some("web-*"));
+        assert_eq!(web.drain_timeout, Duration::from_secs(30));
+        assert_eq!(
+            web.autoscale,
+            Some(crate::autoscale::PolicyConfig::default()),
+            "the example shows the policy's defaults"
+        );
+    }
+
+    #[test]
+    fn a_bad_group_is_named_with_its_key() {
+        let error = parse(
+            "[[groups]]\nname = \"web\"\nport = 80\npattern = \"web-*\"\n\
+             [groups.autoscale]\nmin = 3\nmax = 2\n",
+        )
+        .unwrap_err();
+        assert_eq!(
+            error,
+            "lynx.toml: groups[0] (\"web\"): autoscale.max (2) must be at least min (3)"
+        );
+        let error = parse("[[groups]]\nname = \"web\"\nport = 80\n").unwrap_err();
+        assert_eq!(
+            error,
+            "lynx.toml: groups[0] (\"web\"): set exactly one of profile, pattern or containers (found 0)"
+        );
+        let error = parse("[[groups]]\nname = \"web\"\nport = 80\nprofle = \"web\"\n").unwrap_err();
+        assert!(
+            error.starts_with("lynx.toml: line 4, column 1: unknown field `profle`"),
+            "{error}"
+        );
+    }
+
+    #[test]
     fn keys_override_defaults() {
         let config = parse("[daemon]\ninterval = \"250ms\"\nsnapshot_path = \"/tmp/s.json\"\n")
             .expect("valid");

@@ -144,8 +144,9 @@ pub struct Core {
     serving: Option<BTreeMap<String, Vec<SocketAddr>>>,
     upstream_error: Option<String>,
     lxd_available: bool,
-    /// In a dry run: the file content last logged as "would write".
-    dry_rendered: Option<String>,
+    /// The content last handed to nginx (or, in a dry run, logged as "would write"): the same
+    /// content is not handed again until [`Core::reconciled`].
+    rendered: Option<String>,
     outbox: Vec<Request>,
 }
 
@@ -169,7 +170,7 @@ impl Core {
             serving: None,
             upstream_error: None,
             lxd_available: false,
-            dry_rendered: None,
+            rendered: None,
             outbox: Vec::new(),
         }
     }
@@ -229,6 +230,15 @@ impl Core {
                 }
                 update_member(group, name, state);
             }
+        }
+    }
+
+    /// A full re-read happened: the upstream file is checked against what it should be at the
+    /// next step even when nothing changed, which repairs a file someone else edited and
+    /// retries one nginx rejected (once its main config changed).
+    pub fn reconciled(&mut self) {
+        if !self.dry_run {
+            self.rendered = None;
         }
     }
 
@@ -449,14 +459,17 @@ impl Core {
                 return;
             }
         };
-        if self.dry_run {
-            if self.dry_rendered.as_ref() != Some(&content) {
-                tracing::info!(upstreams = %summary(&desired), "dry run: would write the upstream file and reload nginx");
-                self.dry_rendered = Some(content);
-            }
+        if self.rendered.as_ref() == Some(&content) {
             return;
         }
-        match balancer.apply(&content) {
+        if self.dry_run {
+            tracing::info!(upstreams = %summary(&desired), "dry run: would write the upstream file and reload nginx");
+            self.rendered = Some(content);
+            return;
+        }
+        let applied = balancer.apply(&content);
+        self.rendered = Some(content);
+        match applied {
             Ok(Applied::StillRejected) => {}
             Ok(applied) => {
                 if applied == Applied::Reloaded {

@@ -168,7 +168,7 @@ pub(super) mod tests {
     use super::*;
     use crate::lxd::InstanceStatus;
 
-    fn instance(name: &str, profiles: &[&str]) -> Instance {
+    pub(crate) fn instance(name: &str, profiles: &[&str]) -> Instance {
         Instance {
             name: name.into(),
             kind: "container".into(),

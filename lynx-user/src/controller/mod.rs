@@ -360,6 +360,7 @@ fn control(
         }
         if full {
             lxd.refresh_all(&mut core);
+            core.reconciled();
             next_full = Instant::now() + options.reconcile_interval;
         } else {
             for name in touched {

@@ -1,1 +1,513 @@
+//! The controller's ordering rules against a fake LXD, a fake nginx and fake backends.
+use std::{
+    cell::RefCell,
+    collections::{BTreeMap, BTreeSet},
+    net::{Ipv4Addr, SocketAddrV4},
+    time::{Duration, Instant},
+};
 
+use super::{
+    core::{Backends, Balancer, Core, DrainProbe, Io, Load, MemberState, Request},
+    group::{
+        GroupConfig,
+        tests::{group, instance},
+    },
+};
+use crate::{
+    autoscale::{DownAction, PolicyConfig},
+    lxd::{Instance, InstanceStatus, StateAction},
+    nginx::{Applied, NginxError},
+};
+
+/// What happened, in order: nginx took a file, or LXD was asked for an action.
+#[derive(Clone, Debug, PartialEq)]
+enum Happened {
+    Reloaded(String),
+    Lxd(String, StateAction),
+}
+
+#[derive(Default)]
+struct FakeNginx {
+    serving: Option<String>,
+    reject: bool,
+    retiring: BTreeSet<u32>,
+    calls: usize,
+    log: Vec<Happened>,
+}
+
+impl Balancer for FakeNginx {
+    fn apply(&mut self, content: &str) -> Result<Applied, NginxError> {
+        self.calls += 1;
+        if self.serving.as_deref() == Some(content) {
+            return Ok(Applied::Unchanged);
+        }
+        if self.reject {
+            return Err(NginxError::Rejected {
+                message: "unknown directive \"oops\"".into(),
+            });
+        }
+        self.serving = Some(content.to_owned());
+        self.retiring = BTreeSet::from([101, 102]);
+        self.log.push(Happened::Reloaded(content.to_owned()));
+        Ok(Applied::Reloaded)
+    }
+
+    fn retiring_workers(&self) -> BTreeSet<u32> {
+        self.retiring.clone()
+    }
+}
+
+#[derive(Default)]
+struct FakeBackends(RefCell<BTreeSet<Ipv4Addr>>);
+
+impl Backends for FakeBackends {
+    fn answers(&self, address: SocketAddrV4) -> bool {
+        self.0.borrow().contains(address.ip())
+    }
+}
+
+#[derive(Default)]
+struct FakeProbe(RefCell<Option<u64>>);
+
+impl DrainProbe for FakeProbe {
+    fn active_connections(&self, _: SocketAddrV4) -> Option<u64> {
+        *self.0.borrow()
+    }
+}
+
+/// A core with its fakes and a fake LXD that carries out requests when told.
+struct Rig {
+    core: Core,
+    nginx: FakeNginx,
+    backends: FakeBackends,
+    probe: FakeProbe,
+    instances: Vec<Instance>,
+    /// Requests LXD has not carried out yet.
+    requested: Vec<Request>,
+    start: Instant,
+    now: Instant,
+}
+
+fn ip(n: u8) -> Ipv4Addr {
+    Ipv4Addr::new(10, 0, 0, n)
+}
+
+impl Rig {
+    /// Group `web` (pattern `web-*`, port 80) with `members`: (name, status); running ones
+    /// answer.
+    fn new(config: GroupConfig, members: &[(&str, InstanceStatus)], dry_run: bool) -> Self {
+        let start = Instant::now();
+        let mut rig = Self {
+            core: Core::new(vec![config], 9099, dry_run, start),
+            nginx: FakeNginx::default(),
+            backends: FakeBackends::default(),
+            probe: FakeProbe::default(),
+            instances: Vec::new(),
+            requested: Vec::new(),
+            start,
+            now: start,
+        };
+        for (n, (name, status)) in members.iter().enumerate() {
+            let mut instance = instance(name, &["default"]);
+            instance.status = status.clone();
+            let address = ip(n as u8 + 2);
+            if *status == InstanceStatus::Running {
+                instance.ipv4 = vec![address];
+            }
+            rig.backends.0.borrow_mut().insert(address);
+            rig.instances.push(instance);
+        }
+        rig.core.set_instances(&rig.instances);
+        rig.step();
+        rig
+    }
+
+    fn step(&mut self) {
+        let requests = self.core.step(
+            self.now,
+            &mut Io {
+                balancer: &mut self.nginx,
+                backends: &self.backends,
+                probe: &self.probe,
+            },
+        );
+        for request in &requests {
+            self.nginx
+                .log
+                .push(Happened::Lxd(request.name.clone(), request.action));
+        }
+        self.requested.extend(requests);
+    }
+
+    fn advance(&mut self, by: Duration) {
+        self.now += by;
+    }
+
+    /// One snapshot's load: every running member at `cpu` %.
+    fn load(&mut self, cpu: f64) {
+        let load = Load {
+            cpu_percent: self
+                .instances
+                .iter()
+                .map(|i| (i.name.clone(), cpu))
+                .collect(),
+            requests_per_s: BTreeMap::new(),
+        };
+        self.core.observe_load(self.now, &load);
+        self.step();
+    }
+
+    /// LXD carries out every request, reporting each member's new state.
+    fn lxd_carries_out(&mut self) {
+        for Request { name, action } in std::mem::take(&mut self.requested) {
+            let index = self
+                .instances
+                .iter()
+                .position(|i| i.name == name)
+                .expect("known");
+            let address = ip(index as u8 + 2);
+            let instance = &mut self.instances[index];
+            instance.status = match action {
+                StateAction::Freeze => InstanceStatus::Frozen,
+                StateAction::Stop { .. } => InstanceStatus::Stopped,
+                _ => InstanceStatus::Running,
+            };
+            instance.ipv4 = match instance.status {
+                InstanceStatus::Stopped => vec![],
+                _ => vec![address],
+            };
+            let state = MemberState {
+                status: instance.status.clone(),
+                ipv4: instance.ipv4.first().copied(),
+            };
+            self.core.action_done(&name, action, Ok(()), Some(state));
+        }
+        self.step();
+    }
+
+    /// The servers of upstream `web` in the file nginx serves.
+    fn serving(&self) -> Vec<String> {
+        servers(self.nginx.serving.as_deref().unwrap_or_default())
+    }
+
+    fn status(&self, name: &str) -> InstanceStatus {
+        let found = self.instances.iter().find(|i| i.name == name);
+        found.expect("known").status.clone()
+    }
+
+    fn elapsed(&self) -> Duration {
+        self.now - self.start
+    }
+}
+
+/// `server` lines of upstream `web`, without the fallback.
+fn servers(content: &str) -> Vec<String> {
+    content
+        .split("upstream web {")
+        .nth(1)
+        .and_then(|rest| rest.split('}').next())
+        .unwrap_or_default()
+        .lines()
+        .filter_map(|l| l.trim().strip_prefix("server "))
+        .filter(|s| !s.starts_with("127.0.0.1:"))
+        .map(|s| s.trim_end_matches(';').to_owned())
+        .collect()
+}
+
+/// min 1, max 3, 2 s window, cpu 20..60, no cooldowns, steps of `step`.
+fn autoscaled(step: u32, action: DownAction) -> GroupConfig {
+    GroupConfig {
+        autoscale: Some(PolicyConfig {
+            min: 1,
+            max: 3,
+            window: Duration::from_secs(2),
+            scale_up_cpu_percent: 60.0,
+            scale_down_cpu_percent: 20.0,
+            scale_up_cooldown: Duration::ZERO,
+            scale_down_cooldown: Duration::ZERO,
+            scale_up_step: step,
+            scale_down_step: step,
+            scale_down_action: action,
+            ..PolicyConfig::default()
+        }),
+        drain_timeout: Duration::from_secs(10),
+        ..group("web")
+    }
+}
+
+/// Feeds `cpu` every second until the autoscaler acts (a drain or an LXD request) or `limit`
+/// passes.
+fn load_until_action(rig: &mut Rig, cpu: f64, limit: Duration) {
+    let until = rig.elapsed() + limit;
+    while rig.requested.is_empty() && state(rig) == "steady" && rig.elapsed() < until {
+        rig.advance(Duration::from_secs(1));
+        rig.load(cpu);
+    }
+}
+
+fn state(rig: &Rig) -> String {
+    let groups = rig.core.groups(rig.now);
+    let autoscaler = groups[0].autoscaler.as_ref().expect("autoscaled");
+    autoscaler.state.clone()
+}
+
+use InstanceStatus::{Frozen, Running, Stopped};
+
+#[test]
+fn a_member_joins_only_once_running_and_answering() {
+    let mut rig = Rig::new(
+        group("web"),
+        &[("web-1", Running), ("web-2", Stopped)],
+        false,
+    );
+    assert_eq!(rig.serving(), ["10.0.0.2:80"]);
+    // web-2 starts, but its service is not up yet.
+    rig.backends.0.borrow_mut().remove(&ip(3));
+    let running = MemberState {
+        status: Running,
+        ipv4: Some(ip(3)),
+    };
+    rig.core.set_member("web-2", Some(running));
+    rig.step();
+    assert_eq!(rig.serving(), ["10.0.0.2:80"], "not answering: kept out");
+    assert!(rig.core.busy(), "looks again soon");
+    rig.backends.0.borrow_mut().insert(ip(3));
+    rig.step();
+    assert_eq!(rig.serving(), ["10.0.0.2:80", "10.0.0.3:80"]);
+    assert!(!rig.core.busy());
+    // Stopped and frozen members leave at once.
+    rig.core.set_member(
+        "web-1",
+        Some(MemberState {
+            status: Frozen,
+            ipv4: Some(ip(2)),
+        }),
+    );
+    rig.core.set_member("web-2", None);
+    rig.step();
+    assert_eq!(rig.serving(), Vec::<String>::new(), "empty: 503 fallback");
+    let content = rig.nginx.serving.clone().expect("a file");
+    assert!(content.contains("server 127.0.0.1:9099;"), "{content}");
+}
+
+#[test]
+fn the_same_content_is_not_handed_to_nginx_again_until_a_reconcile() {
+    let mut rig = Rig::new(group("web"), &[("web-1", Running)], false);
+    let calls = rig.nginx.calls;
+    for _ in 0..5 {
+        rig.step();
+    }
+    assert_eq!(
+        rig.nginx.calls, calls,
+        "nothing changed: nginx not bothered"
+    );
+    rig.core.reconciled();
+    rig.step();
+    assert_eq!(rig.nginx.calls, calls + 1, "checked after a full re-read");
+    assert_eq!(
+        rig.nginx
+            .log
+            .iter()
+            .filter(|h| matches!(h, Happened::Reloaded(_)))
+            .count(),
+        1,
+        "and reloaded once only"
+    );
+}
+
+#[test]
+fn scale_down_takes_the_member_out_and_waits_for_old_workers_before_freezing() {
+    let members = [("web-1", Running), ("web-2", Running), ("web-3", Running)];
+    let mut rig = Rig::new(autoscaled(1, DownAction::Freeze), &members, false);
+    assert_eq!(rig.serving().len(), 3);
+    load_until_action(&mut rig, 1.0, Duration::from_secs(10));
+    // The drain started: web-3 (last by name) is out of nginx, but not frozen yet, while the
+    // workers retired by that reload still run.
+    assert!(rig.requested.is_empty(), "{:?}", rig.requested);
+    assert_eq!(rig.serving(), ["10.0.0.2:80", "10.0.0.3:80"]);
+    for _ in 0..3 {
+        rig.advance(Duration::from_millis(100));
+        rig.step();
+    }
+    assert!(rig.requested.is_empty(), "old workers still run");
+    rig.nginx.retiring.clear();
+    rig.step();
+    assert_eq!(
+        rig.requested,
+        [Request {
+            name: "web-3".into(),
+            action: StateAction::Freeze
+        }]
+    );
+    let reload = rig
+        .nginx
+        .log
+        .iter()
+        .position(|h| matches!(h, Happened::Reloaded(c) if !c.contains("10.0.0.4:80")))
+        .expect("a reload without web-3");
+    let freeze = rig
+        .nginx
+        .log
+        .iter()
+        .position(|h| *h == Happened::Lxd("web-3".into(), StateAction::Freeze))
+        .expect("web-3 frozen");
+    assert!(
+        reload < freeze,
+        "out of nginx before frozen: {:?}",
+        rig.nginx.log
+    );
+    rig.lxd_carries_out();
+    assert_eq!(rig.status("web-3"), Frozen);
+    assert_eq!(rig.serving(), ["10.0.0.2:80", "10.0.0.3:80"]);
+}
+
+#[test]
+fn a_drain_waits_for_the_probe_to_count_no_connection_or_for_its_timeout() {
+    let members = [("web-1", Running), ("web-2", Running)];
+    let mut rig = Rig::new(autoscaled(1, DownAction::Stop), &members, false);
+    *rig.probe.0.borrow_mut() = Some(2);
+    load_until_action(&mut rig, 1.0, Duration::from_secs(10));
+    rig.nginx.retiring.clear();
+    rig.step();
+    assert!(rig.requested.is_empty(), "2 connections left");
+    *rig.probe.0.borrow_mut() = Some(0);
+    rig.step();
+    assert_eq!(
+        rig.requested,
+        [Request {
+            name: "web-2".into(),
+            action: StateAction::Stop { force: false }
+        }]
+    );
+    rig.lxd_carries_out();
+    assert_eq!(rig.status("web-2"), Stopped);
+
+    // A connection that never ends: the drain timeout (10 s) puts it away anyway.
+    let members = [("web-1", Running), ("web-2", Running)];
+    let mut rig = Rig::new(autoscaled(1, DownAction::Freeze), &members, false);
+    *rig.probe.0.borrow_mut() = Some(1);
+    load_until_action(&mut rig, 1.0, Duration::from_secs(10));
+    let drain_started = rig.now;
+    while rig.requested.is_empty() {
+        rig.advance(Duration::from_millis(500));
+        rig.step();
+        assert!(
+            rig.now - drain_started <= Duration::from_secs(11),
+            "no timeout"
+        );
+    }
+    assert!(
+        rig.now - drain_started >= Duration::from_secs(10),
+        "not before"
+    );
+}
+
+#[test]
+fn a_member_nginx_cannot_be_made_to_drop_is_never_put_away() {
+    let members = [("web-1", Running), ("web-2", Running)];
+    let mut rig = Rig::new(autoscaled(1, DownAction::Freeze), &members, false);
+    rig.nginx.reject = true;
+    load_until_action(&mut rig, 1.0, Duration::from_secs(10));
+    assert_eq!(state(&rig), "draining");
+    let groups = rig.core.groups(rig.now);
+    assert!(
+        groups[0]
+            .upstream_error
+            .as_deref()
+            .is_some_and(|e| e.contains("unknown directive \"oops\"")),
+        "{groups:?}"
+    );
+    for _ in 0..30 {
+        rig.advance(Duration::from_millis(500));
+        rig.step();
+    }
+    assert!(rig.requested.is_empty(), "{:?}", rig.requested);
+    assert_eq!(rig.status("web-2"), Running);
+    assert_eq!(
+        rig.serving(),
+        ["10.0.0.2:80", "10.0.0.3:80"],
+        "nginx unchanged"
+    );
+    assert_eq!(state(&rig), "steady", "the drain was given up");
+    let groups = rig.core.groups(rig.now);
+    assert_eq!(
+        groups[0].upstream_error, None,
+        "nginx serves what Lynx renders again: the same servers as before"
+    );
+}
+
+#[test]
+fn scale_up_unfreezes_first_then_starts_and_serves_only_once_running() {
+    let members = [("web-1", Running), ("web-2", Stopped), ("web-3", Frozen)];
+    let mut rig = Rig::new(autoscaled(2, DownAction::Freeze), &members, false);
+    load_until_action(&mut rig, 90.0, Duration::from_secs(10));
+    assert_eq!(
+        rig.requested,
+        [
+            Request {
+                name: "web-3".into(),
+                action: StateAction::Unfreeze
+            },
+            Request {
+                name: "web-2".into(),
+                action: StateAction::Start
+            },
+        ]
+    );
+    assert_eq!(
+        rig.serving(),
+        ["10.0.0.2:80"],
+        "not running yet: not served"
+    );
+    let groups = rig.core.groups(rig.now);
+    let autoscaler = groups[0].autoscaler.as_ref().expect("autoscaled");
+    assert_eq!(autoscaler.state, "scaling_up");
+    let action = autoscaler.last_action.as_ref().expect("an action");
+    assert_eq!((action.from, action.to), (1, 3));
+    assert_eq!(action.containers, ["web-3", "web-2"]);
+    rig.lxd_carries_out();
+    assert_eq!(
+        rig.serving(),
+        ["10.0.0.2:80", "10.0.0.3:80", "10.0.0.4:80"],
+        "running and answering: served"
+    );
+    // At max: more load starts nothing.
+    load_until_action(&mut rig, 90.0, Duration::from_secs(10));
+    assert!(rig.requested.is_empty());
+}
+
+#[test]
+fn a_dry_run_decides_but_touches_nothing() {
+    let members = [("web-1", Running), ("web-2", Running), ("web-3", Frozen)];
+    let mut rig = Rig::new(autoscaled(1, DownAction::Freeze), &members, true);
+    load_until_action(&mut rig, 90.0, Duration::from_secs(10));
+    load_until_action(&mut rig, 1.0, Duration::from_secs(10));
+    assert!(rig.requested.is_empty(), "{:?}", rig.requested);
+    assert_eq!(rig.nginx.calls, 0, "nginx never touched");
+    let groups = rig.core.groups(rig.now);
+    let autoscaler = groups[0].autoscaler.as_ref().expect("autoscaled");
+    assert!(autoscaler.dry_run);
+    let action = autoscaler.last_action.as_ref().expect("decided");
+    assert_eq!(action.direction, "down", "{action:?}");
+    assert_eq!(
+        groups[0].servers,
+        ["10.0.0.2:80", "10.0.0.3:80"],
+        "would serve"
+    );
+}
+
+#[test]
+fn without_lxd_the_upstreams_stay_and_nothing_is_decided() {
+    let members = [("web-1", Running), ("web-2", Running)];
+    let mut rig = Rig::new(autoscaled(1, DownAction::Freeze), &members, false);
+    let calls = rig.nginx.calls;
+    rig.core.set_lxd_available(false);
+    rig.core.reconciled();
+    for _ in 0..10 {
+        rig.advance(Duration::from_secs(1));
+        rig.load(1.0);
+    }
+    assert!(rig.requested.is_empty());
+    assert_eq!(rig.nginx.calls, calls, "file left alone");
+    assert_eq!(state(&rig), "lxd_unavailable");
+}
