@@ -180,6 +180,14 @@ impl Core {
         self.groups.iter().any(|g| g.members.contains_key(name))
     }
 
+    /// A member's status as last read (in its first group).
+    pub fn status(&self, name: &str) -> Option<InstanceStatus> {
+        self.groups
+            .iter()
+            .find_map(|g| g.members.get(name))
+            .map(|m| m.state.status.clone())
+    }
+
     /// Whether something waits on a short poll: a member to answer, a drain, an LXD action.
     pub fn busy(&self) -> bool {
         self.groups.iter().any(|g| {

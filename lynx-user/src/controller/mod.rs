@@ -22,7 +22,7 @@ pub mod group;
 mod tests;
 
 use std::{
-    collections::BTreeSet,
+    collections::{BTreeMap, BTreeSet},
     net::{SocketAddr, SocketAddrV4, TcpStream},
     path::PathBuf,
     sync::{
@@ -40,7 +40,7 @@ use self::{
 };
 use crate::{
     lxd::{
-        LxdClient, LxdError, StateAction,
+        InstanceStatus, LxdClient, LxdError, StateAction,
         events::{EventStream, Next},
     },
     model,
@@ -57,6 +57,9 @@ const ACTION_TIMEOUT: Duration = Duration::from_secs(30);
 const BUSY_POLL: Duration = Duration::from_millis(100);
 /// How long a backend may take to accept a connection to count as answering.
 const ANSWER_TIMEOUT: Duration = Duration::from_millis(200);
+/// How long a member is re-read after an event saying it stops or freezes, while LXD still
+/// reports it running.
+const RECHECK_FOR: Duration = Duration::from_secs(3);
 /// How long the event thread waits between reconnects.
 const RECONNECT_PAUSE: Duration = Duration::from_secs(1);
 
@@ -287,6 +290,15 @@ fn act(sockets: &[PathBuf], requests: &Receiver<Request>, sender: &Sender<Messag
     }
 }
 
+/// Whether an event says an instance stops or freezes; LXD may report it running a moment
+/// longer.
+fn leaves_running(action: &str) -> bool {
+    matches!(
+        action,
+        "instance-shutdown" | "instance-stopped" | "instance-paused" | "instance-restarted"
+    )
+}
+
 /// Whether an event can change which instances are members: then every instance is re-read.
 fn changes_membership(action: &str) -> bool {
     matches!(
@@ -318,9 +330,11 @@ fn control(
         available: None,
     };
     let mut next_full = Instant::now();
+    // Members to re-read until they leave Running, with when to give up.
+    let mut recheck: BTreeMap<String, Instant> = BTreeMap::new();
     while !stop.load(Ordering::Relaxed) {
         let wait = next_full.saturating_duration_since(Instant::now());
-        let wait = if core.busy() {
+        let wait = if core.busy() || !recheck.is_empty() {
             wait.min(BUSY_POLL)
         } else {
             wait
@@ -345,6 +359,9 @@ fn control(
                     if changes_membership(&action) || !lxd.known.contains(&name) {
                         full = true;
                     } else if core.is_member(&name) {
+                        if leaves_running(&action) {
+                            recheck.insert(name.clone(), Instant::now() + RECHECK_FOR);
+                        }
                         touched.insert(name);
                     }
                 }
@@ -363,6 +380,11 @@ fn control(
             core.reconciled();
             next_full = Instant::now() + options.reconcile_interval;
         } else {
+            let now = Instant::now();
+            recheck.retain(|name, until| {
+                *until > now && core.status(name) == Some(InstanceStatus::Running)
+            });
+            touched.extend(recheck.keys().cloned());
             for name in touched {
                 if !lxd.refresh_one(&mut core, &name) {
                     lxd.refresh_all(&mut core);
