@@ -42,11 +42,11 @@ pub struct Farm {
 }
 
 impl Farm {
-    /// `count` containers serving on [`PORT`] at every start, and nginx over an upstream file
+    /// `count` containers, in name order, serving on [`PORT`] at every start, and nginx over an upstream file
     /// with no server yet (clients get 503 until Lynx writes it).
     pub fn new(name: &str, count: usize) -> Self {
         lxd();
-        let containers: Vec<TestContainer> = thread::scope(|scope| {
+        let mut containers: Vec<TestContainer> = thread::scope(|scope| {
             let launches: Vec<_> = (0..count)
                 .map(|_| scope.spawn(|| TestContainer::launch(&format!("ctl-{name}"))))
                 .collect();
@@ -55,6 +55,8 @@ impl Farm {
                 .map(|l| l.join().expect("launch"))
                 .collect()
         });
+        // In name order, the order Lynx picks members in.
+        containers.sort_by(|a, b| a.name().cmp(b.name()));
         let pages = containers
             .iter()
             .map(|c| c.serve_http_at_boot(PORT))

@@ -188,15 +188,26 @@ impl Core {
             .map(|m| m.state.status.clone())
     }
 
+    /// Running members without an address yet (DHCP takes a moment after a start): their
+    /// state is re-read until they have one.
+    pub fn awaiting_address(&self) -> impl Iterator<Item = &String> {
+        self.groups.iter().flat_map(|g| {
+            g.members
+                .iter()
+                .filter(|(_, m)| {
+                    m.state.status == InstanceStatus::Running && m.state.ipv4.is_none()
+                })
+                .map(|(name, _)| name)
+        })
+    }
+
     /// Whether something waits on a short poll: a member to answer, a drain, an LXD action.
     pub fn busy(&self) -> bool {
         self.groups.iter().any(|g| {
             !g.tasks.is_empty()
-                || g.members.values().any(|m| {
-                    m.state.status == InstanceStatus::Running
-                        && m.state.ipv4.is_some()
-                        && !m.admitted
-                })
+                || g.members
+                    .values()
+                    .any(|m| m.state.status == InstanceStatus::Running && !m.admitted)
         })
     }
 

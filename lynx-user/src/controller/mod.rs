@@ -385,6 +385,7 @@ fn control(
                 *until > now && core.status(name) == Some(InstanceStatus::Running)
             });
             touched.extend(recheck.keys().cloned());
+            touched.extend(core.awaiting_address().cloned());
             for name in touched {
                 if !lxd.refresh_one(&mut core, &name) {
                     lxd.refresh_all(&mut core);
