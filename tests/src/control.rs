@@ -149,20 +149,40 @@ impl Farm {
         format!("{}:{PORT}", self.containers[index].ipv4())
     }
 
-    /// Polls nginx until an answer satisfies `expected` (each try bounded by 50 ms, so a
-    /// request stuck on a backend that went away does not hide the change), up to `timeout`;
-    /// returns when it did.
+    /// Polls nginx until answers satisfy `expected` three times in a row (each try bounded by
+    /// 50 ms, so a request stuck on a backend that went away does not hide the change), up to
+    /// `timeout`; returns when the first of the three came. In a row: just after a reload a
+    /// worker of the previous generation may still accept a connection and answer the old way.
     pub fn until_answer(
         &self,
         what: &str,
         timeout: Duration,
         expected: impl Fn(&Result<String, String>) -> bool,
     ) -> Instant {
+        self.until_answer_each(what, timeout, Duration::from_millis(50), expected)
+    }
+
+    /// [`Self::until_answer`] with each try bounded by `each`: the resolution of the time
+    /// returned when requests stick on a backend that went away.
+    pub fn until_answer_each(
+        &self,
+        what: &str,
+        timeout: Duration,
+        each: Duration,
+        expected: impl Fn(&Result<String, String>) -> bool,
+    ) -> Instant {
         let deadline = Instant::now() + timeout;
+        let mut streak: Option<(Instant, u32)> = None;
         loop {
-            let answer = self.get_within(Duration::from_millis(50));
-            if expected(&answer) {
-                return Instant::now();
+            let asked = Instant::now();
+            let answer = self.get_within(each);
+            streak = match (expected(&answer), streak) {
+                (false, _) => None,
+                (true, None) => Some((asked, 1)),
+                (true, Some((first, n))) => Some((first, n + 1)),
+            };
+            if let Some((first, 3)) = streak {
+                return first;
             }
             assert!(
                 Instant::now() < deadline,
@@ -184,7 +204,10 @@ pub fn is_503(answer: &Result<String, String>) -> bool {
     answer.as_ref().is_err_and(|e| e.contains(" 503 "))
 }
 
-/// LXD's lifecycle events as they arrive, each with when it arrived; stops on drop.
+/// LXD's reports of state changes as they arrive: lifecycle events by their action
+/// (`instance-paused`, once LXD is done) and the start of operations by their description
+/// (`Freezing instance`, when LXD begins), each with when LXD says it happened (its
+/// `timestamp`: a subscriber may get an event later than another one does); stops on drop.
 pub struct LxdEvents {
     receiver: mpsc::Receiver<(String, String, Instant)>,
     stop: Arc<AtomicBool>,
@@ -195,7 +218,7 @@ impl LxdEvents {
     /// Subscribes now: every later event is seen.
     pub fn subscribe() -> Self {
         let mut stream = LxdClient::new(SOCKET)
-            .events("lifecycle", Duration::from_millis(100))
+            .events("lifecycle,operation", Duration::from_millis(100))
             .expect("subscribe to LXD's events");
         let (sender, receiver) = mpsc::channel();
         let stop = Arc::new(AtomicBool::new(false));
@@ -205,12 +228,24 @@ impl LxdEvents {
                 while !stop.load(Ordering::Relaxed) {
                     match stream.recv() {
                         Ok(Next::Event(event)) => {
-                            let name = event
-                                .metadata
-                                .source
-                                .trim_start_matches("/1.0/instances/")
-                                .to_owned();
-                            let _ = sender.send((name, event.metadata.action, Instant::now()));
+                            let at = instant_of(&event.timestamp);
+                            let metadata = event.metadata;
+                            let reports: Vec<(String, String)> = if event.kind == "operation" {
+                                // Each operation once, when it begins.
+                                let resources = metadata.resources.unwrap_or_default();
+                                resources
+                                    .get("instances")
+                                    .filter(|_| metadata.status == "Pending")
+                                    .into_iter()
+                                    .flatten()
+                                    .map(|path| (instance(path), metadata.description.clone()))
+                                    .collect()
+                            } else {
+                                vec![(instance(&metadata.source), metadata.action)]
+                            };
+                            for (name, what) in reports {
+                                let _ = sender.send((name, what, at));
+                            }
                         }
                         Ok(Next::Idle) => {}
                         Ok(Next::Closed) | Err(_) => return,
@@ -225,15 +260,16 @@ impl LxdEvents {
         }
     }
 
-    /// When event `action` about `name` arrived; waits up to `timeout` for it.
-    pub fn wait_for(&self, name: &str, action: &str, timeout: Duration) -> Instant {
+    /// When LXD reported `what` (a lifecycle action or an operation's description) about
+    /// `name`; waits up to `timeout` for it, passing over earlier reports.
+    pub fn wait_for(&self, name: &str, what: &str, timeout: Duration) -> Instant {
         let deadline = Instant::now() + timeout;
         loop {
             let left = deadline.saturating_duration_since(Instant::now());
             match self.receiver.recv_timeout(left) {
-                Ok((n, a, at)) if n == name && a == action => return at,
+                Ok((n, w, at)) if n == name && w == what => return at,
                 Ok(_) => {}
-                Err(_) => panic!("no {action} event for {name} within {timeout:?}"),
+                Err(_) => panic!("no {what} from LXD for {name} within {timeout:?}"),
             }
         }
     }
@@ -245,6 +281,23 @@ impl Drop for LxdEvents {
         if let Some(thread) = self.thread.take() {
             let _ = thread.join();
         }
+    }
+}
+
+/// `web1` of `/1.0/instances/web1`.
+fn instance(path: &str) -> String {
+    path.trim_start_matches("/1.0/instances/").to_owned()
+}
+
+/// The monotonic instant of an RFC 3339 wall-clock time of this host.
+fn instant_of(rfc3339: &str) -> Instant {
+    let wall = time::OffsetDateTime::parse(rfc3339, &time::format_description::well_known::Rfc3339)
+        .unwrap_or_else(|e| panic!("LXD's event timestamp {rfc3339:?}: {e}"));
+    let (now, now_wall) = (Instant::now(), time::OffsetDateTime::now_utc());
+    let ago = now_wall - wall;
+    match std::time::Duration::try_from(ago) {
+        Ok(ago) => now - ago,
+        Err(_) => now + std::time::Duration::try_from(-ago).unwrap_or_default(),
     }
 }
 

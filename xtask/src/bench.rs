@@ -32,12 +32,14 @@ const LYNX_PROGRAM_NAME: &str = "lynx_sched_swit";
 
 pub fn run(built: &Built) -> Result<()> {
     sched_switch_cost(&built.lynx)?;
-    containers(built)
+    rig_bench(built, "bench_containers")?;
+    rig_bench(built, "bench_control")
 }
 
-/// The container-observer benches (`tests/src/bin/bench_containers.rs`), which drive the LXD
-/// test rig; their result line is merged into the results file.
-fn containers(built: &Built) -> Result<()> {
+/// A bench of `tests/src/bin/` that drives the LXD test rig (`bench_containers`: the
+/// container observer; `bench_control`: the control loop); its result line is merged into
+/// the results file.
+fn rig_bench(built: &Built, bin: &str) -> Result<()> {
     let mut bench = Command::new(std::env::var_os("CARGO").unwrap_or("cargo".into()));
     bench
         .current_dir(workspace_root())
@@ -48,7 +50,7 @@ fn containers(built: &Built) -> Result<()> {
             "-p",
             "lynx-tests",
             "--bin",
-            "bench_containers",
+            bin,
         ])
         .env("LYNX_EBPF_OBJECT", &built.object)
         .env("LYNX_BIN", &built.lynx)
@@ -58,12 +60,12 @@ fn containers(built: &Built) -> Result<()> {
     let stdout = String::from_utf8_lossy(&output.stdout);
     print!("{stdout}");
     if !output.status.success() {
-        bail!("the containers bench failed: {}", output.status);
+        bail!("{bin} failed: {}", output.status);
     }
     let result = stdout
         .lines()
         .find_map(|line| line.strip_prefix("bench-result: "))
-        .context("the containers bench printed no result line")?;
+        .with_context(|| format!("{bin} printed no result line"))?;
     write_results(serde_json::from_str(result)?)
 }
 

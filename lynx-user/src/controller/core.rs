@@ -120,6 +120,10 @@ struct Member {
     admitted: bool,
     /// "does not answer yet" logged since it last became `Running`.
     waiting_logged: bool,
+    /// LXD is stopping or freezing it: out of the upstream until the operation ends or this
+    /// time passes. Not until its state changes: LXD shows a container it shuts down frozen,
+    /// then running again, for a moment, before it is stopped.
+    leaving_until: Option<Instant>,
 }
 
 #[derive(Debug)]
@@ -178,6 +182,15 @@ impl Core {
     /// Whether `name` is a member of some group.
     pub fn is_member(&self, name: &str) -> bool {
         self.groups.iter().any(|g| g.members.contains_key(name))
+    }
+
+    /// Whether LXD is stopping or freezing member `name`.
+    pub fn is_leaving(&self, name: &str) -> bool {
+        self.groups.iter().any(|g| {
+            g.members
+                .get(name)
+                .is_some_and(|m| m.leaving_until.is_some())
+        })
     }
 
     /// A member's status as last read (in its first group).
@@ -258,6 +271,22 @@ impl Core {
     pub fn reconciled(&mut self) {
         if !self.dry_run {
             self.rendered = None;
+        }
+    }
+
+    /// LXD began (`Some(until)`) or ended (`None`) an operation that takes member `name`
+    /// out of Running.
+    pub fn set_leaving(&mut self, name: &str, until: Option<Instant>) {
+        for group in &mut self.groups {
+            if let Some(member) = group.members.get_mut(name) {
+                if until.is_some()
+                    && member.leaving_until.is_none()
+                    && member.state.status == InstanceStatus::Running
+                {
+                    tracing::info!(group = %group.config.name, container = %name, "LXD is stopping or freezing the container: it leaves the upstream");
+                }
+                member.leaving_until = until;
+            }
         }
     }
 
@@ -409,6 +438,11 @@ impl Core {
     /// Admits members that answer, brings the upstream file up to date, moves drains on;
     /// returns the LXD actions to carry out now.
     pub fn step(&mut self, now: Instant, io: &mut Io) -> Vec<Request> {
+        for member in self.groups.iter_mut().flat_map(|g| g.members.values_mut()) {
+            if member.leaving_until.is_some_and(|until| until <= now) {
+                member.leaving_until = None;
+            }
+        }
         self.admit(io.backends);
         if self.lxd_available {
             self.render_and_apply(io.balancer);
@@ -450,6 +484,7 @@ impl Core {
                     .filter(|(name, m)| {
                         m.admitted
                             && m.state.status == InstanceStatus::Running
+                            && m.leaving_until.is_none()
                             && !leaving(group.tasks.get(*name))
                     })
                     .filter_map(|(_, m)| m.state.ipv4)
@@ -683,6 +718,7 @@ fn update_member(group: &mut Group, name: &str, state: MemberState) {
                     state,
                     admitted: false,
                     waiting_logged: false,
+                    leaving_until: None,
                 },
             );
         }

@@ -2,9 +2,12 @@
 //! group's size follows its load.
 //!
 //! Three threads, so that nothing slow holds up the upstream file:
-//! - `lxd-events` listens to LXD's lifecycle events (`/1.0/events`) and wakes the controller
-//!   for each; when the stream ends (LXD restarting) it reconnects every second, and the
-//!   controller then re-reads everything, since events may have been missed.
+//! - `lxd-events` listens to LXD's lifecycle and operation events (`/1.0/events`) and wakes
+//!   the controller for each; when the stream ends (LXD restarting) it reconnects every
+//!   second, and the controller then re-reads everything, since events may have been missed.
+//!   Operation events come when LXD *begins* to stop or freeze an instance (the lifecycle
+//!   event only once it is done, up to a second later for a clean stop): such a member leaves
+//!   its upstream at once, before its service goes away.
 //! - `lxd-actions` carries out starts, stops, freezes and unfreezes one at a time, which take
 //!   LXD up to seconds.
 //! - `controller` owns the state ([`core::Core`]): on an event it reads the one instance's
@@ -81,6 +84,12 @@ enum Message {
     Event {
         name: String,
         action: String,
+    },
+    /// An LXD operation on instance `name` was created or changed status.
+    Operation {
+        name: String,
+        description: String,
+        status: String,
     },
     /// The event stream (re)connected: events may have been missed.
     Resubscribed,
@@ -199,7 +208,7 @@ fn listen(sockets: &[PathBuf], sender: &Sender<Message>, stop: &AtomicBool) {
         let stream = client(sockets)
             .ok_or_else(|| "no LXD socket answers".to_owned())
             .and_then(|c| {
-                c.events("lifecycle", Duration::from_millis(500))
+                c.events("lifecycle,operation", Duration::from_millis(500))
                     .map_err(|e| e.to_string())
             });
         match stream {
@@ -236,20 +245,32 @@ fn forward(mut stream: EventStream, sender: &Sender<Message>, stop: &AtomicBool)
     while !stop.load(Ordering::Relaxed) {
         match stream.recv() {
             Ok(Next::Event(event)) => {
-                let Some(name) = event
-                    .metadata
-                    .source
-                    .strip_prefix("/1.0/instances/")
-                    .map(|rest| rest.split(['/', '?']).next().unwrap_or(rest))
-                else {
-                    continue;
+                let metadata = event.metadata;
+                let messages: Vec<Message> = if event.kind == "operation" {
+                    let instances = metadata.resources.unwrap_or_default();
+                    let instances = instances.get("instances").cloned().unwrap_or_default();
+                    instances
+                        .iter()
+                        .filter_map(|path| instance_name(path))
+                        .map(|name| Message::Operation {
+                            name,
+                            description: metadata.description.clone(),
+                            status: metadata.status.clone(),
+                        })
+                        .collect()
+                } else {
+                    instance_name(&metadata.source)
+                        .map(|name| Message::Event {
+                            name,
+                            action: metadata.action,
+                        })
+                        .into_iter()
+                        .collect()
                 };
-                let message = Message::Event {
-                    name: name.to_owned(),
-                    action: event.metadata.action,
-                };
-                if sender.send(message).is_err() {
-                    return "controller gone".into();
+                for message in messages {
+                    if sender.send(message).is_err() {
+                        return "controller gone".into();
+                    }
                 }
             }
             Ok(Next::Idle) => {}
@@ -259,6 +280,24 @@ fn forward(mut stream: EventStream, sender: &Sender<Message>, stop: &AtomicBool)
     }
     "stopping".into()
 }
+
+/// `web1` of `/1.0/instances/web1` (or `/1.0/instances/web1?project=default`).
+fn instance_name(path: &str) -> Option<String> {
+    let rest = path.strip_prefix("/1.0/instances/")?;
+    Some(rest.split(['/', '?']).next().unwrap_or(rest).to_owned())
+}
+
+/// Whether an LXD operation (by its description, as LXD 5 words them) takes an instance out
+/// of Running: its members leave their upstream as soon as it begins.
+fn takes_out_of_running(description: &str) -> bool {
+    matches!(
+        description,
+        "Stopping instance" | "Freezing instance" | "Restarting instance"
+    )
+}
+
+/// How long a member stays out of its upstream for an operation that never reports its end.
+const LEAVING_FOR: Duration = Duration::from_secs(60);
 
 /// The `lxd-actions` thread: one action at a time, answered with the instance's new state.
 fn act(sockets: &[PathBuf], requests: &Receiver<Request>, sender: &Sender<Message>) {
@@ -352,6 +391,7 @@ fn control(
         let mut full = Instant::now() >= next_full;
         let mut touched = BTreeSet::new();
         let mut loads = Vec::new();
+        let mut leaving = false;
         for message in messages {
             match message {
                 Message::Event { name, action } => {
@@ -365,6 +405,27 @@ fn control(
                         touched.insert(name);
                     }
                 }
+                Message::Operation {
+                    name,
+                    description,
+                    status,
+                } => {
+                    if !core.is_member(&name) || !takes_out_of_running(&description) {
+                        continue;
+                    }
+                    tracing::debug!(container = %name, %description, %status, "LXD operation");
+                    if matches!(status.as_str(), "Pending" | "Running") {
+                        // Out at once; its state is not read meanwhile: LXD holds a read of
+                        // an instance it is stopping until it is done.
+                        core.set_leaving(&name, Some(Instant::now() + LEAVING_FOR));
+                        leaving = true;
+                    } else {
+                        // Done: its state tells the rest (a failed stop leaves it Running).
+                        core.set_leaving(&name, None);
+                        recheck.insert(name.clone(), Instant::now() + RECHECK_FOR);
+                        touched.insert(name);
+                    }
+                }
                 Message::Resubscribed => full = true,
                 Message::Load(at, load) => loads.push((at, load)),
                 Message::Done {
@@ -374,6 +435,10 @@ fn control(
                     state,
                 } => core.action_done(&name, action, result, state),
             }
+        }
+        if leaving {
+            // Before any LXD read, which may wait for LXD.
+            step(&mut core, &mut nginx, probe.as_ref(), actions);
         }
         if full {
             lxd.refresh_all(&mut core);
@@ -386,6 +451,7 @@ fn control(
             });
             touched.extend(recheck.keys().cloned());
             touched.extend(core.awaiting_address().cloned());
+            touched.retain(|name| !core.is_leaving(name));
             for name in touched {
                 if !lxd.refresh_one(&mut core, &name) {
                     lxd.refresh_all(&mut core);
@@ -396,20 +462,29 @@ fn control(
         for (at, load) in loads {
             core.observe_load(at, &load);
         }
-        let requests = core.step(
-            Instant::now(),
-            &mut Io {
-                balancer: &mut nginx,
-                backends: &TcpBackends,
-                probe: probe.as_ref(),
-            },
-        );
-        for request in requests {
-            if actions.send(request).is_err() {
-                return;
-            }
-        }
+        step(&mut core, &mut nginx, probe.as_ref(), actions);
         *groups.lock().unwrap_or_else(PoisonError::into_inner) = core.groups(Instant::now());
+    }
+}
+
+/// One [`Core::step`], its LXD actions handed to the `lxd-actions` thread.
+fn step(
+    core: &mut Core,
+    nginx: &mut UpstreamFile,
+    probe: &dyn DrainProbe,
+    actions: &Sender<Request>,
+) {
+    let requests = core.step(
+        Instant::now(),
+        &mut Io {
+            balancer: nginx,
+            backends: &TcpBackends,
+            probe,
+        },
+    );
+    for request in requests {
+        // The thread only ends with this one.
+        let _ = actions.send(request);
     }
 }
 
