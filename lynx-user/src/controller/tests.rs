@@ -511,3 +511,51 @@ fn without_lxd_the_upstreams_stay_and_nothing_is_decided() {
     assert_eq!(rig.nginx.calls, calls, "file left alone");
     assert_eq!(state(&rig), "lxd_unavailable");
 }
+
+#[test]
+fn a_member_lxd_begins_to_stop_leaves_at_once_and_returns_only_after() {
+    let mut rig = Rig::new(
+        group("web"),
+        &[("web-1", Running), ("web-2", Running)],
+        false,
+    );
+    assert_eq!(rig.serving().len(), 2);
+    rig.core
+        .set_leaving("web-2", Some(rig.now + Duration::from_secs(60)));
+    assert!(rig.core.is_leaving("web-2"));
+    rig.step();
+    assert_eq!(
+        rig.serving(),
+        ["10.0.0.2:80"],
+        "out before it stops answering"
+    );
+    // LXD shows a container it shuts down running for a moment: it stays out.
+    rig.core.set_member(
+        "web-2",
+        Some(MemberState {
+            status: Running,
+            ipv4: None,
+        }),
+    );
+    rig.core.set_member(
+        "web-2",
+        Some(MemberState {
+            status: Running,
+            ipv4: Some(ip(3)),
+        }),
+    );
+    rig.step();
+    assert_eq!(rig.serving(), ["10.0.0.2:80"]);
+    // The stop failed: the operation ended and it still runs and answers, so it returns.
+    rig.core.set_leaving("web-2", None);
+    rig.step();
+    assert_eq!(rig.serving(), ["10.0.0.2:80", "10.0.0.3:80"]);
+    // An operation whose end never comes: out for its time only.
+    rig.core
+        .set_leaving("web-1", Some(rig.now + Duration::from_secs(60)));
+    rig.step();
+    assert_eq!(rig.serving(), ["10.0.0.3:80"]);
+    rig.advance(Duration::from_secs(61));
+    rig.step();
+    assert_eq!(rig.serving(), ["10.0.0.2:80", "10.0.0.3:80"]);
+}

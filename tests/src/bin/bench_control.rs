@@ -35,6 +35,9 @@ const EACH_TRY: Duration = Duration::from_millis(10);
 /// The target for the p99.
 const TARGET_P99_MS: f64 = 200.0;
 
+/// What nginx's answer must be once it serves the new upstream.
+type Expected<'a> = dyn Fn(&Result<String, String>) -> bool + 'a;
+
 /// Median and p99 (nearest rank) of `values`, in the units given.
 fn median_p99(values: &mut [f64]) -> (f64, f64) {
     values.sort_by(f64::total_cmp);
@@ -65,12 +68,11 @@ fn main() {
 
     let mut latencies = Vec::with_capacity(CHANGES);
     for n in 0..CHANGES {
-        let (action, event, expected): (_, _, &dyn Fn(&Result<String, String>) -> bool) =
-            if n % 2 == 0 {
-                (StateAction::Freeze, "Freezing instance", &is_503)
-            } else {
-                (StateAction::Unfreeze, "instance-resumed", &serves_page)
-            };
+        let (action, event, expected): (_, _, &Expected) = if n % 2 == 0 {
+            (StateAction::Freeze, "Freezing instance", &is_503)
+        } else {
+            (StateAction::Unfreeze, "instance-resumed", &serves_page)
+        };
         let served = thread::scope(|scope| {
             scope.spawn(|| change(action));
             farm.until_answer_each(event, timeout, EACH_TRY, expected)
