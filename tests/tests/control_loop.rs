@@ -172,12 +172,14 @@ fn upstream_follows_manual_stop_start_freeze_and_unfreeze_within_a_second() {
 }
 
 #[test]
-fn a_main_config_nginx_rejects_never_replaces_a_working_one() {
-    if !privileged("a_main_config_nginx_rejects_never_replaces_a_working_one") {
+fn a_main_config_nginx_rejects_never_replaces_a_working_one_nor_does_a_vanished_member_stop_lynx() {
+    if !privileged(
+        "a_main_config_nginx_rejects_never_replaces_a_working_one_nor_does_a_vanished_member_stop_lynx",
+    ) {
         return;
     }
     let _serial = SERIAL.lock().unwrap_or_else(PoisonError::into_inner);
-    let farm = Farm::new("reject", 2);
+    let mut farm = Farm::new("reject", 2);
     farm.containers[1].stop();
     let daemon = farm.daemon("reject", "", &[]);
     let (page_a, page_b) = (farm.pages[0].clone(), farm.pages[1].clone());
@@ -242,6 +244,25 @@ fn a_main_config_nginx_rejects_never_replaces_a_working_one() {
         group(s).upstream_error.is_none()
     });
     assert!(daemon.log().contains("nginx takes the upstream file again"));
+
+    // b is deleted under Lynx's feet: it leaves the group and the upstream, Lynx runs on.
+    let a = farm.server(0);
+    drop(farm.containers.pop());
+    let snapshot = daemon.wait_for("b gone from the group", Duration::from_secs(10), |s| {
+        let g = group(s);
+        g.running == 1 && g.servers == [a.clone()]
+    });
+    assert_eq!(group(&snapshot).stopped, 0);
+    assert_eq!(farm.servers(), [a]);
+    assert!(
+        daemon.log().contains("container left the group"),
+        "{}",
+        daemon.log()
+    );
+    farm.until_answer("a's page only", Duration::from_secs(5), |answer| {
+        answer.as_ref() == Ok(&page_a)
+    });
+    daemon.next_snapshot();
 }
 
 /// min = max = `n`, scale-downs freeze, windows and cooldowns short.
