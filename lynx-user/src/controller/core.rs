@@ -46,6 +46,12 @@ impl Balancer for UpstreamFile {
     }
 }
 
+/// How many looks (state re-reads, connection tries) a member that runs but does not serve
+/// yet gets at the short poll before it is left to the full re-reads: about a minute at the
+/// 100 ms poll. A container without an IPv4 address or without the service would otherwise
+/// be polled ten times a second for ever.
+const PATIENCE: u32 = 600;
+
 /// Whether a backend accepts connections on its port.
 pub trait Backends {
     fn answers(&self, address: SocketAddrV4) -> bool;
@@ -120,6 +126,8 @@ struct Member {
     admitted: bool,
     /// "does not answer yet" logged since it last became `Running`.
     waiting_logged: bool,
+    /// Looks at it since its state last changed, while it runs but does not serve.
+    tries: u32,
     /// LXD is stopping or freezing it: out of the upstream until the operation ends or this
     /// time passes. Not until its state changes: LXD shows a container it shuts down frozen,
     /// then running again, for a moment, before it is stopped.
@@ -207,21 +215,16 @@ impl Core {
         self.groups.iter().flat_map(|g| {
             g.members
                 .iter()
-                .filter(|(_, m)| {
-                    m.state.status == InstanceStatus::Running && m.state.ipv4.is_none()
-                })
+                .filter(|(_, m)| m.waiting() && m.state.ipv4.is_none())
                 .map(|(name, _)| name)
         })
     }
 
     /// Whether something waits on a short poll: a member to answer, a drain, an LXD action.
     pub fn busy(&self) -> bool {
-        self.groups.iter().any(|g| {
-            !g.tasks.is_empty()
-                || g.members
-                    .values()
-                    .any(|m| m.state.status == InstanceStatus::Running && !m.admitted)
-        })
+        self.groups
+            .iter()
+            .any(|g| !g.tasks.is_empty() || g.members.values().any(Member::waiting))
     }
 
     /// LXD stopped answering (`false`) or answers again: while it is away the upstreams stay
@@ -465,9 +468,14 @@ impl Core {
                 if backends.answers(address) {
                     member.admitted = true;
                     tracing::info!(group = %group.config.name, container = %name, %address, "container answers: it joins the upstream");
-                } else if !member.waiting_logged {
+                    continue;
+                }
+                member.tries = member.tries.saturating_add(1);
+                if !member.waiting_logged {
                     member.waiting_logged = true;
                     tracing::info!(group = %group.config.name, container = %name, %address, "container runs but does not answer on its port yet: kept out of the upstream");
+                } else if member.tries == PATIENCE {
+                    tracing::warn!(group = %group.config.name, container = %name, %address, "container still does not answer on its port: tried again at each full re-read only");
                 }
             }
         }
@@ -701,14 +709,29 @@ fn leaving(task: Option<&Task>) -> bool {
     )
 }
 
+impl Member {
+    /// Runs, does not serve, and is still looked at on the short poll.
+    fn waiting(&self) -> bool {
+        self.state.status == InstanceStatus::Running && !self.admitted && self.tries < PATIENCE
+    }
+}
+
 fn update_member(group: &mut Group, name: &str, state: MemberState) {
     match group.members.get_mut(name) {
-        Some(member) if member.state == state => {}
+        Some(member) if member.state == state => {
+            if member.waiting() && state.ipv4.is_none() {
+                member.tries += 1;
+                if member.tries == PATIENCE {
+                    tracing::warn!(group = %group.config.name, container = %name, "container runs without an IPv4 address: read again at each full re-read only");
+                }
+            }
+        }
         Some(member) => {
             tracing::info!(group = %group.config.name, container = %name, from = member.state.status.as_str(), to = state.status.as_str(), ipv4 = ?state.ipv4, "container changed");
             // Whatever it was, it has to answer again before it serves again.
             member.admitted = false;
             member.waiting_logged = false;
+            member.tries = 0;
             member.state = state;
         }
         None => {
@@ -718,6 +741,7 @@ fn update_member(group: &mut Group, name: &str, state: MemberState) {
                     state,
                     admitted: false,
                     waiting_logged: false,
+                    tries: 0,
                     leaving_until: None,
                 },
             );

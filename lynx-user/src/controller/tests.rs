@@ -271,6 +271,10 @@ fn a_member_joins_only_once_running_and_answering() {
     rig.step();
     assert_eq!(rig.serving(), ["10.0.0.2:80"], "not answering: kept out");
     assert!(rig.core.busy(), "looks again soon");
+    for _ in 0..10 {
+        rig.step();
+    }
+    assert!(rig.core.busy(), "still looked at on the short poll");
     rig.backends.0.borrow_mut().insert(ip(3));
     rig.step();
     assert_eq!(rig.serving(), ["10.0.0.2:80", "10.0.0.3:80"]);
@@ -558,4 +562,52 @@ fn a_member_lxd_begins_to_stop_leaves_at_once_and_returns_only_after() {
     rig.advance(Duration::from_secs(61));
     rig.step();
     assert_eq!(rig.serving(), ["10.0.0.2:80", "10.0.0.3:80"]);
+}
+
+#[test]
+fn a_member_that_never_answers_or_never_gets_an_address_is_not_polled_for_ever() {
+    let mut rig = Rig::new(
+        group("web"),
+        &[("web-1", Running), ("web-2", Running)],
+        false,
+    );
+    rig.backends.0.borrow_mut().clear();
+    let no_address = MemberState {
+        status: Running,
+        ipv4: None,
+    };
+    rig.core.set_member("web-1", Some(no_address.clone()));
+    rig.core.set_member(
+        "web-2",
+        Some(MemberState {
+            status: Stopped,
+            ipv4: None,
+        }),
+    );
+    rig.core.set_member(
+        "web-2",
+        Some(MemberState {
+            status: Running,
+            ipv4: Some(ip(3)),
+        }),
+    );
+    assert!(rig.core.busy());
+    assert_eq!(rig.core.awaiting_address().collect::<Vec<_>>(), ["web-1"]);
+    for _ in 0..700 {
+        rig.core.set_member("web-1", Some(no_address.clone()));
+        rig.step();
+    }
+    assert!(!rig.core.busy(), "left to the full re-reads");
+    assert_eq!(rig.core.awaiting_address().count(), 0);
+    // A change makes it worth looking at again.
+    rig.backends.0.borrow_mut().insert(ip(2));
+    rig.core.set_member(
+        "web-1",
+        Some(MemberState {
+            status: Running,
+            ipv4: Some(ip(2)),
+        }),
+    );
+    rig.step();
+    assert_eq!(rig.serving(), ["10.0.0.2:80"]);
 }
