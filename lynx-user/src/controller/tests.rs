@@ -611,3 +611,31 @@ fn a_member_that_never_answers_or_never_gets_an_address_is_not_polled_for_ever()
     rig.step();
     assert_eq!(rig.serving(), ["10.0.0.2:80"]);
 }
+
+#[test]
+fn events_are_read_by_instance_and_what_they_mean() {
+    use super::{changes_membership, instance_name, leaves_running, takes_out_of_running};
+    assert_eq!(
+        instance_name("/1.0/instances/web-1").as_deref(),
+        Some("web-1")
+    );
+    assert_eq!(
+        instance_name("/1.0/instances/web-1?project=default").as_deref(),
+        Some("web-1")
+    );
+    assert_eq!(
+        instance_name("/1.0/instances/web-1/snapshots/s0").as_deref(),
+        Some("web-1")
+    );
+    assert_eq!(instance_name("/1.0/images/abc"), None);
+    assert!(takes_out_of_running("Stopping instance"));
+    assert!(takes_out_of_running("Freezing instance"));
+    assert!(!takes_out_of_running("Unfreezing instance"));
+    assert!(!takes_out_of_running("Executing command"));
+    assert!(leaves_running("instance-shutdown") && !leaves_running("instance-started"));
+    assert!(changes_membership("instance-created") && changes_membership("instance-updated"));
+    assert!(
+        !changes_membership("instance-exec"),
+        "lxc exec changes nothing"
+    );
+}
