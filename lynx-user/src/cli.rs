@@ -35,7 +35,9 @@ pub struct Cli {
 
 #[derive(Debug, Subcommand)]
 pub enum Command {
-    /// Collect every interval and write the snapshot file until SIGTERM or Ctrl-C.
+    /// Collect every interval and write the snapshot file until SIGTERM or Ctrl-C; with
+    /// `[[groups]]` configured, also keep nginx's upstreams following the containers and
+    /// scale the groups that autoscale.
     Daemon(DaemonArgs),
     /// Live full-screen view of the daemon's snapshot (no root needed); `--once`, or output
     /// that is not a terminal, prints one plain table.
