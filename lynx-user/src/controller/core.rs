@@ -236,6 +236,7 @@ impl Core {
     /// Every instance LXD has, with its state: the groups' members are re-selected.
     pub fn set_instances(&mut self, instances: &[Instance]) {
         self.lxd_available = true;
+        let mut joined = BTreeSet::new();
         for group in &mut self.groups {
             let selected: BTreeMap<&str, MemberState> = instances
                 .iter()
@@ -262,8 +263,20 @@ impl Core {
             for (name, state) in selected {
                 if !group.members.contains_key(name) {
                     tracing::info!(group = %group.config.name, container = %name, status = state.status.as_str(), "container joined the group");
+                    joined.insert(name.to_owned());
                 }
                 update_member(group, name, state);
+            }
+        }
+        for name in joined {
+            let autoscalers: Vec<&str> = self
+                .groups
+                .iter()
+                .filter(|g| g.policy.is_some() && g.members.contains_key(&name))
+                .map(|g| g.config.name.as_str())
+                .collect();
+            if autoscalers.len() > 1 {
+                tracing::warn!(container = %name, groups = ?autoscalers, "container is in more than one autoscaling group: their autoscalers may undo each other's actions");
             }
         }
     }
