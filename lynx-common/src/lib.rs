@@ -6,6 +6,11 @@
 //! 15 bytes, so every name here stays within that.
 #![no_std]
 
+#[cfg(test)]
+extern crate std;
+
+pub mod http;
+
 /// Per-CPU hash: cgroup v2 id (`u64`) -> nanoseconds on CPU ([`CpuTime`]).
 pub const CGROUP_CPU_MAP: &str = "CGROUP_CPU";
 
@@ -33,20 +38,29 @@ pub const DROP_CGROUP_CPU_FULL: u32 = 0;
 pub const DROP_CGROUP_NET_FULL: u32 = 1;
 /// A block I/O could not be counted because [`CGROUP_IO_MAP`] was full.
 pub const DROP_CGROUP_IO_FULL: u32 = 2;
+/// nginx opened a connection to an endpoint that got no counter slot
+/// ([`http::HTTP_ENDPOINTS_MAP`] full): its connections are not followed.
+pub const DROP_HTTP_ENDPOINTS_FULL: u32 = 3;
 /// Number of slots in [`DROPS_MAP`].
-pub const DROP_KINDS: u32 = 3;
+pub const DROP_KINDS: u32 = 4;
 
 /// The maps a daemon pins under bpffs, so that its successor continues the counts.
-pub const PINNED_MAPS: [&str; 5] = [
+/// nginx's open connections and their counts are among them: a restarted daemon goes on
+/// following connections opened before it started.
+pub const PINNED_MAPS: [&str; 9] = [
     CGROUP_CPU_MAP,
     CPU_SLICE_MAP,
     CGROUP_NET_MAP,
     CGROUP_IO_MAP,
     DROPS_MAP,
+    http::HTTP_FLOWS_MAP,
+    http::HTTP_ENDPOINTS_MAP,
+    http::HTTP_COUNTERS_MAP,
+    http::HTTP_SLOT_OWNERS_MAP,
 ];
 /// Raised whenever a pinned map's key, value or size changes, so that a new daemon never
 /// reuses a pinned map of another layout: pins live in a directory named after it.
-pub const MAPS_LAYOUT_VERSION: u32 = 2;
+pub const MAPS_LAYOUT_VERSION: u32 = 3;
 
 /// Program on the `sched_switch` BTF tracepoint.
 pub const SCHED_SWITCH_PROGRAM: &str = "lynx_sched_switch";

@@ -6,10 +6,14 @@
 mod bio_queue;
 mod cpu_clock;
 mod cpu_time;
+mod http;
+mod http_exit;
+mod http_parse;
 mod maps;
 mod net;
 mod net_egress;
 mod net_ingress;
+mod nginx_fork;
 mod sched_switch;
 
 #[cfg(not(test))]

@@ -3,9 +3,15 @@
 use aya_ebpf::{
     bindings::BPF_NOEXIST,
     macros::map,
-    maps::{PerCpuArray, PerCpuHashMap},
+    maps::{Array, HashMap, LruHashMap, PerCpuArray, PerCpuHashMap},
 };
-use lynx_common::{CGROUP_MAP_ENTRIES, CpuSlice, CpuTime, DROP_KINDS, IoCounters, NetCounters};
+use lynx_common::{
+    CGROUP_MAP_ENTRIES, CpuSlice, CpuTime, DROP_KINDS, IoCounters, NetCounters,
+    http::{
+        Endpoint, EndpointCounters, HTTP_ENDPOINT_ENTRIES, HTTP_FLOW_ENTRIES, HTTP_PORT_ENTRIES,
+        HttpFlowEntry, HttpTarget, NGINX_TGID_ENTRIES,
+    },
+};
 
 #[map]
 pub static CGROUP_CPU: PerCpuHashMap<u64, CpuTime> =
@@ -21,6 +27,31 @@ pub static CGROUP_NET: PerCpuHashMap<u64, NetCounters> =
 #[map]
 pub static CGROUP_IO: PerCpuHashMap<u64, IoCounters> =
     PerCpuHashMap::with_max_entries(CGROUP_MAP_ENTRIES, 0);
+
+#[map]
+pub static HTTP_FLOWS: LruHashMap<u64, HttpFlowEntry> =
+    LruHashMap::with_max_entries(HTTP_FLOW_ENTRIES, 0);
+
+#[map]
+pub static HTTP_ENDPOINTS: HashMap<Endpoint, u32> =
+    HashMap::with_max_entries(HTTP_ENDPOINT_ENTRIES, 0);
+
+#[map]
+pub static HTTP_COUNTERS: PerCpuArray<EndpointCounters> =
+    PerCpuArray::with_max_entries(HTTP_ENDPOINT_ENTRIES, 0);
+
+#[map]
+pub static HTTP_SLOT_OWNER: HashMap<u32, Endpoint> =
+    HashMap::with_max_entries(HTTP_ENDPOINT_ENTRIES, 0);
+
+#[map]
+pub static HTTP_TARGET: Array<HttpTarget> = Array::with_max_entries(1, 0);
+
+#[map]
+pub static NGINX_TGIDS: HashMap<u32, u32> = HashMap::with_max_entries(NGINX_TGID_ENTRIES, 0);
+
+#[map]
+pub static HTTP_PORTS: HashMap<u32, u32> = HashMap::with_max_entries(HTTP_PORT_ENTRIES, 0);
 
 #[map]
 pub static DROPS: PerCpuArray<u64> = PerCpuArray::with_max_entries(DROP_KINDS, 0);
@@ -51,7 +82,7 @@ pub fn update_cgroup<V: Copy + Default>(
 
 /// Counts one dropped event of `kind` on this CPU.
 #[inline(always)]
-fn count_drop(kind: u32) {
+pub fn count_drop(kind: u32) {
     if let Some(counter) = DROPS.get_ptr_mut(kind) {
         // SAFETY: per-CPU slot; a lost increment under nesting only undercounts drops.
         unsafe { *counter += 1 };

@@ -228,6 +228,7 @@ pub fn run(cli: Cli) -> Result<(), CliError> {
                 lxd_sockets: config.lxd.sockets,
                 history: config.history,
                 prometheus_listen: config.prometheus.listen,
+                nginx: config.nginx.counting(),
                 control,
             };
             Ok(daemon::run(&options, &stop)?)
@@ -265,6 +266,7 @@ pub fn run(cli: Cli) -> Result<(), CliError> {
                     .map_err(CliError::Stdout);
             }
             let mut collector = Collector::start(CollectorOptions {
+                nginx: config.nginx.counting(),
                 pin_dir: None,
                 instances: Some(Box::new(LxdInstances::spawn(
                     config.lxd.sockets,

@@ -90,6 +90,39 @@ impl Default for NginxConfig {
 }
 
 impl NginxConfig {
+    /// What the kernel can follow: the key at fault and why.
+    fn check(&self) -> Result<(), (&'static str, String)> {
+        let capacity = lynx_common::http::HTTP_PORT_ENTRIES as usize;
+        if self.ports.len() > capacity {
+            return Err((
+                "ports",
+                format!("{} ports, at most {capacity}", self.ports.len()),
+            ));
+        }
+        // The default TLS port need not be counted; one the operator named must be.
+        let named = self.tls_ports != Self::default().tls_ports;
+        if let Some(port) = self
+            .tls_ports
+            .iter()
+            .find(|p| named && !self.ports.contains(p))
+        {
+            return Err((
+                "tls_ports",
+                format!("port {port} is not in ports, so it would not be counted"),
+            ));
+        }
+        Ok(())
+    }
+
+    /// Which nginx the collector counts.
+    pub fn counting(&self) -> crate::collector::NginxOptions {
+        crate::collector::NginxOptions {
+            pid_file: self.pid_file.clone(),
+            ports: self.ports.clone(),
+            tls_ports: self.tls_ports.clone(),
+        }
+    }
+
     /// How to validate and reload this nginx.
     pub fn control(&self) -> crate::nginx::NginxControl {
         crate::nginx::NginxControl {
@@ -219,15 +252,23 @@ impl Config {
 
     /// Parses config text; `path` only names the file in errors.
     pub fn parse(path: &Path, text: &str) -> Result<Self, ConfigError> {
-        let config: Self = toml::from_str(text).map_err(|error| {
-            let offset = error.span().map_or(0, |span| span.start);
+        let invalid = |offset: usize, message: String| {
             let before = &text[..offset.min(text.len())];
             ConfigError::Invalid {
                 path: path.to_owned(),
                 line: before.matches('\n').count() + 1,
                 column: before.len() - before.rfind('\n').map_or(0, |i| i + 1) + 1,
-                message: error.message().trim().replace('\n', " "),
+                message,
             }
+        };
+        let config: Self = toml::from_str(text).map_err(|error| {
+            let offset = error.span().map_or(0, |span| span.start);
+            invalid(offset, error.message().trim().replace('\n', " "))
+        })?;
+        config.nginx.check().map_err(|(key, message)| {
+            // Where the key is written, for the message.
+            let offset = text.find(&format!("\n{key}")).map_or(0, |at| at + 1);
+            invalid(offset, format!("[nginx] {key}: {message}"))
         })?;
         group::validate_all(&config.groups).map_err(|(index, name, source)| {
             ConfigError::Group {
@@ -366,6 +407,21 @@ mod tests {
         assert!(error.contains("\"soon\""), "{error}");
         let error = parse("[lxd]\nsockets = \"/one/path\"\n").unwrap_err();
         assert!(error.starts_with("lynx.toml: line 2"), "{error}");
+    }
+
+    #[test]
+    fn a_tls_port_that_is_not_counted_is_named() {
+        let error = parse("[nginx]\nports = [8080]\ntls_ports = [8443]\n").unwrap_err();
+        assert_eq!(
+            error,
+            "lynx.toml: line 3, column 1: [nginx] tls_ports: port 8443 is not in ports, so it \
+             would not be counted"
+        );
+        assert!(
+            parse("[nginx]\nports = [8080]\n").is_ok(),
+            "default TLS port"
+        );
+        assert!(parse("[nginx]\nports = [8080, 8443]\ntls_ports = [8443]\n").is_ok());
     }
 
     #[test]

@@ -10,7 +10,9 @@ use std::{
 };
 
 use crate::{
-    collector::{CollectError, Collector, CollectorOptions, lxd_instances::LxdInstances},
+    collector::{
+        CollectError, Collector, CollectorOptions, NginxOptions, lxd_instances::LxdInstances,
+    },
     config::HistoryConfig,
     controller::{ControlOptions, Controller, core::NoProbe},
     model,
@@ -35,6 +37,8 @@ pub struct DaemonOptions {
     pub history: HistoryConfig,
     /// Prometheus endpoint address; empty for none.
     pub prometheus_listen: String,
+    /// The nginx whose traffic is counted.
+    pub nginx: NginxOptions,
     /// The upstream controller and autoscaler; `None` without `[[groups]]`.
     pub control: Option<ControlOptions>,
 }
@@ -119,6 +123,7 @@ fn try_lock(file: &fs::File) -> bool {
 pub fn run(options: &DaemonOptions, stop: &AtomicBool) -> Result<(), DaemonError> {
     let _lock = DaemonLock::acquire(&options.pin_dir)?;
     let mut collector = Collector::start(CollectorOptions {
+        nginx: options.nginx.clone(),
         pin_dir: Some(options.pin_dir.clone()),
         instances: Some(Box::new(LxdInstances::spawn(
             options.lxd_sockets.clone(),

@@ -13,4 +13,6 @@ pub mod model;
 pub mod nginx;
 pub mod sink;
 pub mod stop;
+#[cfg(test)]
+mod test_support;
 pub mod tui;

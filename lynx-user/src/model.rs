@@ -1,14 +1,17 @@
 //! The snapshot document: what lynx publishes each interval. Built from two [`Sample`]s by
 //! plain functions; serialised by the sinks. `docs/snapshot.md` documents every field.
-use std::{collections::BTreeMap, time::SystemTime};
+use std::{collections::BTreeMap, net::Ipv4Addr, time::SystemTime};
 
-use lynx_common::{Accumulate, IoCounters, NetCounters};
+use lynx_common::{
+    Accumulate, IoCounters, NetCounters,
+    http::{Endpoint, FLOW_CLIENT},
+};
 use serde::{Deserialize, Serialize};
 
 use crate::collector::{ContainerFiles, InstanceInfo, Sample, containers::Owner};
 
 /// Schema version of [`Snapshot`]; raised whenever a field changes meaning or goes away.
-pub const SNAPSHOT_VERSION: u32 = 2;
+pub const SNAPSHOT_VERSION: u32 = 3;
 
 /// One /proc-like document.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -17,6 +20,7 @@ pub struct Snapshot {
     pub version: u32,
     pub host: Host,
     pub containers: Vec<Container>,
+    pub nginx: Nginx,
     pub kernel_drops: KernelDrops,
     pub collector: CollectorStats,
     /// One entry per `[[groups]]` of the daemon's config; empty without groups and from
@@ -83,6 +87,49 @@ pub struct ScaleAction {
     pub to: u32,
     pub containers: Vec<String>,
     pub reason: String,
+}
+
+/// The nginx load balancer's traffic, as the kernel counted it in nginx's system calls.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Nginx {
+    /// The master's pid; `None` when nginx was not found (nothing new is counted then).
+    pub master_pid: Option<u32>,
+    /// Client side, over every followed listening port.
+    pub accepts: u64,
+    pub active: u64,
+    pub requests: u64,
+    pub requests_per_s: f64,
+    pub requests_per_s_10s: f64,
+    /// Per listening port.
+    pub listen: Vec<NginxEndpoint>,
+    /// Per upstream address and port nginx connected to.
+    pub upstreams: Vec<NginxEndpoint>,
+}
+
+/// One listening port (client side) or one upstream (address, port and container).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NginxEndpoint {
+    /// Upstream: the peer's IPv4 address; listening port: `None`.
+    pub address: Option<String>,
+    pub port: u16,
+    /// Upstream: the container that has the address, when one does.
+    pub container: Option<String>,
+    /// Listening port that speaks TLS: requests are not counted on it.
+    pub tls: bool,
+    /// Client side: connections accepted; upstream: connections nginx opened.
+    pub connections: u64,
+    pub active: u64,
+    pub requests: u64,
+    pub bad_requests: u64,
+    /// Bytes nginx read from and wrote to these connections.
+    pub bytes_in: u64,
+    pub bytes_out: u64,
+    /// Transfers whose framing was lost (nothing more is counted on that connection).
+    pub unparsed: u64,
+    pub requests_per_s: f64,
+    pub requests_per_s_10s: f64,
 }
 
 /// Lynx's own cost.
@@ -186,6 +233,7 @@ pub struct KernelDrops {
     pub cgroup_cpu_map_full: u64,
     pub cgroup_net_map_full: u64,
     pub cgroup_io_map_full: u64,
+    pub nginx_endpoints_full: u64,
 }
 
 /// Kernel counters summed over one owner's cgroups.
@@ -334,16 +382,101 @@ pub fn snapshot(previous: &Sample, current: &Sample) -> Snapshot {
             containers_frozen: count("Frozen"),
             lxd_available: current.instances.is_some(),
         },
+        nginx: nginx(previous, current, &containers),
         containers,
         kernel_drops: KernelDrops {
             cgroup_cpu_map_full: current.drops.cgroup_cpu_map_full,
             cgroup_net_map_full: current.drops.cgroup_net_map_full,
             cgroup_io_map_full: current.drops.cgroup_io_map_full,
+            nginx_endpoints_full: current.drops.nginx_endpoints_full,
         },
         collector: CollectorStats {
             sample_ms: round2(current.duration.as_secs_f64() * 1000.0),
         },
         groups: Vec::new(),
+    }
+}
+
+/// nginx's object: each endpoint with its rates over the interval and over the longer span,
+/// upstreams named after the container that has their address.
+fn nginx(previous: &Sample, current: &Sample, containers: &[Container]) -> Nginx {
+    let now = &current.nginx;
+    let requests_at = |endpoints: &[(Endpoint, u64)], endpoint: &Endpoint| {
+        endpoints
+            .iter()
+            .find(|(e, _)| e == endpoint)
+            .map_or(0, |(_, r)| *r)
+    };
+    let before: Vec<(Endpoint, u64)> = previous
+        .nginx
+        .endpoints
+        .iter()
+        .map(|(e, c)| (*e, c.requests))
+        .collect();
+    let interval = current
+        .taken
+        .saturating_duration_since(previous.taken)
+        .as_secs_f64();
+    let (earlier_at, earlier) = now
+        .earlier
+        .as_ref()
+        .map_or((previous.taken, &before), |(at, e)| (*at, e));
+    let span = current
+        .taken
+        .saturating_duration_since(earlier_at)
+        .as_secs_f64();
+    let container_of = |address: &str| {
+        containers
+            .iter()
+            .find(|c| c.kind != "host" && c.ipv4.iter().any(|a| a == address))
+            .map(|c| c.name.clone())
+    };
+    let (mut listen, mut upstreams) = (Vec::new(), Vec::new());
+    for (endpoint, counts) in &now.endpoints {
+        let port = endpoint.port as u16;
+        let client = endpoint.kind == u32::from(FLOW_CLIENT);
+        let address = (!client).then(|| Ipv4Addr::from(u32::from_be(endpoint.addr)).to_string());
+        let rate = |base: &[(Endpoint, u64)], seconds| {
+            round2(per_second(
+                counts.requests.saturating_sub(requests_at(base, endpoint)),
+                seconds,
+            ))
+        };
+        let entry = NginxEndpoint {
+            container: address.as_deref().and_then(container_of),
+            address,
+            port,
+            tls: client && now.tls_ports.contains(&port),
+            connections: counts.opened,
+            active: counts.active(),
+            requests: counts.requests,
+            bad_requests: counts.bad_requests,
+            bytes_in: counts.bytes_in,
+            bytes_out: counts.bytes_out,
+            unparsed: counts.unparsed,
+            requests_per_s: rate(&before, interval),
+            requests_per_s_10s: rate(earlier, span),
+        };
+        match client {
+            true => listen.push(entry),
+            false => upstreams.push(entry),
+        }
+    }
+    listen.sort_by_key(|e| e.port);
+    upstreams.sort_by(|a, b| {
+        (&a.container, &a.address, a.port).cmp(&(&b.container, &b.address, b.port))
+    });
+    let sum = |field: fn(&NginxEndpoint) -> u64| listen.iter().map(field).sum::<u64>();
+    let sum_rate = |field: fn(&NginxEndpoint) -> f64| round2(listen.iter().map(field).sum::<f64>());
+    Nginx {
+        master_pid: now.master,
+        accepts: sum(|e| e.connections),
+        active: sum(|e| e.active),
+        requests: sum(|e| e.requests),
+        requests_per_s: sum_rate(|e| e.requests_per_s),
+        requests_per_s_10s: sum_rate(|e| e.requests_per_s_10s),
+        listen,
+        upstreams,
     }
 }
 
@@ -402,6 +535,30 @@ pub(crate) mod fixtures {
         }
     }
 
+    /// An nginx upstream with these figures, the others zero.
+    pub fn upstream(
+        container: &str,
+        address: &str,
+        requests_per_s: f64,
+        active: u64,
+    ) -> NginxEndpoint {
+        NginxEndpoint {
+            address: Some(address.into()),
+            port: 80,
+            container: Some(container.into()),
+            tls: false,
+            connections: active,
+            active,
+            requests: 0,
+            bad_requests: 0,
+            bytes_in: 0,
+            bytes_out: 0,
+            unparsed: 0,
+            requests_per_s,
+            requests_per_s_10s: requests_per_s,
+        }
+    }
+
     /// A snapshot taken at `timestamp` of `containers` as given (the caller adds the `host`
     /// entry), with the host's container counts taken from their statuses.
     pub fn snapshot(timestamp: &str, containers: Vec<Container>) -> Snapshot {
@@ -430,10 +587,12 @@ pub(crate) mod fixtures {
                 lxd_available: true,
             },
             containers,
+            nginx: Nginx::default(),
             kernel_drops: KernelDrops {
                 cgroup_cpu_map_full: 0,
                 cgroup_net_map_full: 0,
                 cgroup_io_map_full: 0,
+                nginx_endpoints_full: 0,
             },
             collector: CollectorStats { sample_ms: 0.87 },
             groups: Vec::new(),
@@ -447,11 +606,12 @@ mod tests {
 
     use super::*;
     use crate::collector::{
-        CgroupSample,
+        CgroupSample, NginxSample,
         containers::MemoryUsage,
         host::{CpuTicks, HostSample, MemInfo},
         kernel::Drops,
     };
+    use lynx_common::http::{EndpointCounters, FLOW_UPSTREAM};
 
     fn cgroup(id: u64, path: &str, cpu_ns: u64, bytes: u64) -> CgroupSample {
         CgroupSample {
@@ -516,6 +676,7 @@ mod tests {
             cgroups,
             containers,
             instances,
+            nginx: NginxSample::default(),
             drops: Drops::default(),
             duration: Duration::from_micros(1500),
         }
@@ -566,6 +727,87 @@ mod tests {
         assert_eq!(web1.processes, Some(3));
         assert_eq!(doc.containers.last().expect("host entry").name, "host");
         assert!(!doc.host.lxd_available);
+    }
+
+    fn endpoint(kind: u8, addr: [u8; 4], port: u32) -> Endpoint {
+        Endpoint {
+            kind: u32::from(kind),
+            port,
+            addr: u32::from_ne_bytes(addr),
+            _pad: 0,
+        }
+    }
+
+    fn counts(opened: u64, closed: u64, requests: u64) -> EndpointCounters {
+        EndpointCounters {
+            opened,
+            closed,
+            requests,
+            ..EndpointCounters::default()
+        }
+    }
+
+    #[test]
+    fn nginx_endpoints_get_rates_and_upstreams_their_container() {
+        let start = Instant::now();
+        let port_80 = endpoint(FLOW_CLIENT, [0; 4], 80);
+        let port_443 = endpoint(FLOW_CLIENT, [0; 4], 443);
+        let web1 = endpoint(FLOW_UPSTREAM, [10, 0, 0, 2], 8080);
+        let elsewhere = endpoint(FLOW_UPSTREAM, [192, 0, 2, 9], 80);
+        let mut before = sample(start + Duration::from_secs(9), 1, vec![], None);
+        before.nginx.endpoints = vec![(port_80, counts(10, 8, 100)), (web1, counts(5, 5, 50))];
+        let mut after = sample(
+            start + Duration::from_secs(10),
+            2,
+            vec![],
+            Some(vec![lxd("web1", "Running")]),
+        );
+        after.nginx = NginxSample {
+            master: Some(7),
+            endpoints: vec![
+                (web1, counts(9, 7, 150)),
+                (port_443, counts(4, 1, 0)),
+                (port_80, counts(30, 27, 200)),
+                (elsewhere, counts(1, 0, 1)),
+            ],
+            tls_ports: vec![443],
+            earlier: Some((start, vec![(port_80, 0), (web1, 0)])),
+        };
+        let nginx = snapshot(&before, &after).nginx;
+        assert_eq!(nginx.master_pid, Some(7));
+        assert_eq!((nginx.accepts, nginx.active, nginx.requests), (34, 6, 200));
+        assert_eq!(
+            (nginx.requests_per_s, nginx.requests_per_s_10s),
+            (100.0, 20.0)
+        );
+        let ports: Vec<(u16, bool, u64)> = nginx
+            .listen
+            .iter()
+            .map(|e| (e.port, e.tls, e.active))
+            .collect();
+        assert_eq!(ports, vec![(80, false, 3), (443, true, 3)]);
+        let upstreams: Vec<String> = nginx
+            .upstreams
+            .iter()
+            .map(|e| {
+                format!(
+                    "{:?} {:?}:{} active {} {}/s {}/s",
+                    e.container,
+                    e.address,
+                    e.port,
+                    e.active,
+                    e.requests_per_s,
+                    e.requests_per_s_10s
+                )
+            })
+            .collect();
+        assert_eq!(
+            upstreams,
+            vec![
+                r#"None Some("192.0.2.9"):80 active 1 1/s 0.1/s"#,
+                r#"Some("web1") Some("10.0.0.2"):8080 active 2 100/s 15/s"#,
+            ]
+        );
     }
 
     #[test]

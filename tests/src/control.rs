@@ -121,7 +121,7 @@ impl Farm {
 
     /// A daemon collecting every 200 ms with this farm's config.
     pub fn daemon(&self, name: &str, group_extra: &str, args: &[&str]) -> DaemonUnderTest {
-        DaemonUnderTest::start_configured(name, "200ms", &self.config(group_extra), args)
+        DaemonUnderTest::start_with_args(name, "200ms", "", &self.config(group_extra), args)
     }
 
     /// `GET /` through nginx, giving up after `timeout`.

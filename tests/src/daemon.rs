@@ -38,17 +38,22 @@ impl DaemonUnderTest {
 
     /// As [`Self::start`], serving Prometheus on `listen` (e.g. `"127.0.0.1:19464"`).
     pub fn start_with_prometheus(name: &str, interval: &str, listen: &str) -> Self {
-        Self::start_configured(
-            name,
-            interval,
-            &format!("[prometheus]\nlisten = \"{listen}\"\n"),
-            &[],
-        )
+        Self::start_configured(name, interval, listen, "")
     }
 
-    /// As [`Self::start`], with `extra` appended to the config (sections other than
-    /// `[daemon]` and `[history]`) and `args` after `lynx daemon`.
-    pub fn start_configured(name: &str, interval: &str, extra: &str, args: &[&str]) -> Self {
+    /// As [`Self::start_with_prometheus`], with more config sections appended (`[nginx]`...).
+    pub fn start_configured(name: &str, interval: &str, listen: &str, extra: &str) -> Self {
+        Self::start_with_args(name, interval, listen, extra, &[])
+    }
+
+    /// As [`Self::start_configured`], with `args` after `lynx daemon`.
+    pub fn start_with_args(
+        name: &str,
+        interval: &str,
+        listen: &str,
+        extra: &str,
+        args: &[&str],
+    ) -> Self {
         let unique = format!("lynx-test-{name}-{}", std::process::id());
         let dir = std::env::temp_dir().join(&unique);
         let _ = fs::remove_dir_all(&dir);
@@ -61,15 +66,10 @@ impl DaemonUnderTest {
             &config,
             format!(
                 "[daemon]\ninterval = \"{interval}\"\nsnapshot_path = \"{}\"\npin_dir = \"{}\"\n\
-                 [history]\npath = \"{}\"\n{}",
+                 [history]\npath = \"{}\"\n[prometheus]\nlisten = \"{listen}\"\n{extra}",
                 snapshot_path.display(),
                 pin_dir.display(),
                 history.display(),
-                if extra.contains("[prometheus]") {
-                    extra.to_owned()
-                } else {
-                    format!("[prometheus]\nlisten = \"\"\n{extra}")
-                }
             ),
         )
         .expect("write daemon config");

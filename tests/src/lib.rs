@@ -17,6 +17,7 @@ use lynx::collector::{
 
 pub mod control;
 pub mod daemon;
+pub mod http_client;
 pub mod lxd;
 pub mod nginx;
 

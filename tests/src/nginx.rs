@@ -23,6 +23,9 @@ pub struct Nginx {
     master: ChildGuard,
     prefix: PathBuf,
     pub port: u16,
+    /// A second port of the same server that speaks TLS, with a self-signed certificate, when
+    /// started with [`Nginx::start_with_tls`].
+    pub tls_port: Option<u16>,
 }
 
 /// Where nginx's upstream comes from.
@@ -42,11 +45,44 @@ impl Nginx {
 
     /// As [`Self::start`], with the upstream from `upstreams`.
     pub fn start_with(name: &str, upstreams: Upstreams) -> Self {
+        Self::start_full(name, upstreams, false)
+    }
+
+    /// As [`Self::start`], also listening with TLS on [`Self::tls_port`].
+    pub fn start_with_tls(name: &str, backends: &[SocketAddrV4]) -> Self {
+        Self::start_full(name, Upstreams::Inline(backends), true)
+    }
+
+    fn start_full(name: &str, upstreams: Upstreams, tls: bool) -> Self {
         require("nginx");
         let prefix = std::env::temp_dir().join(format!("lynx-nginx-{name}-{}", std::process::id()));
         let _ = fs::remove_dir_all(&prefix);
         fs::create_dir_all(prefix.join("temp")).expect("create nginx prefix");
         let port = free_port();
+        let tls_port = tls.then(free_port);
+        let tls_config = match tls_port {
+            Some(tls_port) => {
+                require("openssl");
+                let made = Command::new("openssl")
+                    .args([
+                        "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1",
+                    ])
+                    .args(["-subj", "/CN=localhost", "-keyout"])
+                    .arg(prefix.join("key.pem"))
+                    .arg("-out")
+                    .arg(prefix.join("cert.pem"))
+                    .output()
+                    .expect("run openssl");
+                assert!(made.status.success(), "openssl: {made:?}");
+                format!(
+                    "listen 127.0.0.1:{tls_port} ssl;
+    ssl_certificate {p}/cert.pem;
+    ssl_certificate_key {p}/key.pem;",
+                    p = prefix.display()
+                )
+            }
+            None => String::new(),
+        };
         let (upstream_config, upstream_name) = match upstreams {
             Upstreams::Inline(backends) => {
                 let servers: String = backends
@@ -76,6 +112,7 @@ http {{
   {upstream_config}
   server {{
     listen 127.0.0.1:{port};
+    {tls_config}
     location = /stub_status {{ stub_status; allow 127.0.0.1; deny all; }}
     location / {{
       proxy_pass http://{upstream_name};
@@ -117,6 +154,7 @@ http {{
             master,
             prefix,
             port,
+            tls_port,
         };
         let deadline = Instant::now() + Duration::from_secs(10);
         while TcpStream::connect((Ipv4Addr::LOCALHOST, port)).is_err() {
@@ -142,6 +180,21 @@ http {{
             prefix: Some(self.prefix.clone()),
             pid_file: self.prefix.join("nginx.pid"),
         }
+    }
+
+    /// The `[nginx]` section of a Lynx config that counts this nginx on its ports.
+    pub fn lynx_config(&self) -> String {
+        let tls: Vec<String> = self.tls_port.iter().map(u16::to_string).collect();
+        let ports: Vec<String> = [self.port.to_string()]
+            .into_iter()
+            .chain(tls.clone())
+            .collect();
+        format!(
+            "[nginx]\npid_file = \"{}\"\nports = [{}]\ntls_ports = [{}]\n",
+            self.prefix.join("nginx.pid").display(),
+            ports.join(", "),
+            tls.join(", ")
+        )
     }
 
     /// The master process, whose cgroup and children are nginx.

@@ -1,9 +1,25 @@
 //! `lynx snapshot` and `lynx daemon` as an operator runs them.
-use std::{collections::BTreeSet, fs, process::Command, time::Duration};
+use std::{
+    collections::BTreeSet,
+    fs,
+    net::Ipv4Addr,
+    process::Command,
+    sync::{
+        Arc,
+        atomic::{AtomicBool, Ordering},
+    },
+    thread,
+    time::{Duration, Instant},
+};
 
 use lynx::model::Snapshot;
 use lynx_tests::{
-    daemon::DaemonUnderTest, documented_example, lynx_bin, lynx_ok, privileged, workspace,
+    daemon::DaemonUnderTest,
+    documented_example,
+    http_client::{CountingBackend, get, session},
+    lynx_bin, lynx_ok,
+    nginx::Nginx,
+    privileged, workspace,
 };
 use serde_json::Value;
 
@@ -47,7 +63,28 @@ fn snapshot_output_matches_the_documented_example() {
     if !privileged("snapshot_output_matches_the_documented_example") {
         return;
     }
-    let output = lynx_ok(&["snapshot", "--interval", "300ms"]);
+    // nginx with traffic during the run, so that its endpoints are in the document.
+    let backend = CountingBackend::start();
+    let nginx = Nginx::start("snapshot", &[backend.addr]);
+    let dir = std::env::temp_dir().join(format!("lynx-snapshot-test-{}", std::process::id()));
+    fs::create_dir_all(&dir).expect("create the config dir");
+    let config = dir.join("lynx.toml");
+    fs::write(&config, nginx.lynx_config()).expect("write the config");
+    let stop = Arc::new(AtomicBool::new(false));
+    let load = {
+        let (stop, port) = (Arc::clone(&stop), nginx.port);
+        thread::spawn(move || {
+            let deadline = Instant::now() + Duration::from_secs(30);
+            while !stop.load(Ordering::SeqCst) && Instant::now() < deadline {
+                session(Ipv4Addr::LOCALHOST, port, &[get("/")], Duration::ZERO, 1);
+            }
+        })
+    };
+    let config_arg = config.to_string_lossy();
+    let output = lynx_ok(&["--config", &config_arg, "snapshot", "--interval", "300ms"]);
+    stop.store(true, Ordering::SeqCst);
+    load.join().expect("the load thread");
+    let _ = fs::remove_dir_all(&dir);
     let real: Value = serde_json::from_str(&output).expect("lynx snapshot prints JSON");
     let example = documented_example();
 

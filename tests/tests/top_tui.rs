@@ -283,7 +283,7 @@ fn top_shows_sorts_and_restores_the_terminal() {
     let text = screen.join("\n");
     for expected in [
         "Host",
-        "nginx: not measured yet",
+        "nginx not found: not counted",
         "CPU%",
         "c cpu",
         "LXD available",
@@ -365,6 +365,35 @@ fn top_shows_sorts_and_restores_the_terminal() {
     tmux.wait_for("a usable shell after Ctrl-C", |screen| {
         screen.iter().any(|l| shell_output_is(l, "ok-after-ctrl-c"))
     });
+
+    // The terminal closing under it (the window or the ssh session goes) ends `top` too.
+    let refresh = "--refresh=333ms";
+    tmux.type_line(&format!(
+        "{} --config {} top {refresh}",
+        quoted(&lynx),
+        quoted(&config)
+    ));
+    tmux.wait_for("top a third time", |screen| {
+        row_of(screen, busy.name()).is_some()
+    });
+    let running = || {
+        Command::new("pgrep")
+            .args(["-f", &format!("top {refresh}")])
+            .output()
+            .expect("run pgrep")
+            .status
+            .success()
+    };
+    assert!(running(), "pgrep finds top");
+    drop(tmux);
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while running() {
+        assert!(
+            Instant::now() < deadline,
+            "lynx top still runs 5 s after its terminal closed"
+        );
+        sleep(Duration::from_millis(50));
+    }
 }
 
 /// A line of the pane is `output`: alone, or after the shell's prompt. When the test types

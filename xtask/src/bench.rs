@@ -30,16 +30,20 @@ const TRACEFS: &str = "/sys/kernel/tracing";
 /// Lynx's sched_switch program as the kernel lists it (names are cut to 15 bytes).
 const LYNX_PROGRAM_NAME: &str = "lynx_sched_swit";
 
+/// The benches that drive the test rigs, each a binary of `tests/src/bin/`.
+const RIG_BENCHES: [&str; 3] = ["bench_containers", "bench_nginx", "bench_control"];
+
 pub fn run(built: &Built) -> Result<()> {
     sched_switch_cost(&built.lynx)?;
-    rig_bench(built, "bench_containers")?;
-    rig_bench(built, "bench_control")
+    for bench in RIG_BENCHES {
+        rig_bench(built, bench)?;
+    }
+    Ok(())
 }
 
-/// A bench of `tests/src/bin/` that drives the LXD test rig (`bench_containers`: the
-/// container observer; `bench_control`: the control loop); its result line is merged into
-/// the results file.
-fn rig_bench(built: &Built, bin: &str) -> Result<()> {
+/// One bench of `tests/src/bin/` (the LXD and nginx rigs are there); its result line is merged
+/// into the results file.
+fn rig_bench(built: &Built, name: &str) -> Result<()> {
     let mut bench = Command::new(std::env::var_os("CARGO").unwrap_or("cargo".into()));
     bench
         .current_dir(workspace_root())
@@ -50,7 +54,7 @@ fn rig_bench(built: &Built, bin: &str) -> Result<()> {
             "-p",
             "lynx-tests",
             "--bin",
-            bin,
+            name,
         ])
         .env("LYNX_EBPF_OBJECT", &built.object)
         .env("LYNX_BIN", &built.lynx)
@@ -60,12 +64,12 @@ fn rig_bench(built: &Built, bin: &str) -> Result<()> {
     let stdout = String::from_utf8_lossy(&output.stdout);
     print!("{stdout}");
     if !output.status.success() {
-        bail!("{bin} failed: {}", output.status);
+        bail!("{name} failed: {}", output.status);
     }
     let result = stdout
         .lines()
         .find_map(|line| line.strip_prefix("bench-result: "))
-        .with_context(|| format!("{bin} printed no result line"))?;
+        .with_context(|| format!("{name} printed no result line"))?;
     write_results(serde_json::from_str(result)?)
 }
 

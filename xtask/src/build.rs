@@ -72,6 +72,12 @@ fn build_ebpf(toolchain: &Toolchain) -> Result<PathBuf> {
         .args(["build", "--package", "lynx-ebpf", "--release"])
         .args(["--target", "bpfel-unknown-none", "-Z", "build-std=core"])
         .env("CARGO_TARGET_DIR", &target_dir)
+        // BTF in the object (func_info/line_info): the kernel requires it for programs with
+        // bpf_loop callbacks (docs/design/nginx-counting.md).
+        .env(
+            "CARGO_TARGET_BPFEL_UNKNOWN_NONE_RUSTFLAGS",
+            "-C link-arg=--btf",
+        )
         // Host flags and wrappers mean nothing to the eBPF target.
         .env_remove("RUSTFLAGS")
         .env_remove("CARGO_ENCODED_RUSTFLAGS")

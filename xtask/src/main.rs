@@ -76,7 +76,7 @@ fn run(command: Command) -> Result<()> {
             build::test_all(&toolchain, &args)
         }
         Command::Bench => {
-            let toolchain = setup::setup(setup::BENCH_PACKAGES)?;
+            let toolchain = setup::setup(&[setup::TEST_PACKAGES, setup::BENCH_PACKAGES].concat())?;
             let built = build::build_all(&toolchain, build::Profile::Release)?;
             bench::run(&built)
         }

@@ -27,6 +27,7 @@ pub enum Toolchain {
 }
 
 /// A Debian package and the command that shows it is installed.
+#[derive(Clone, Copy)]
 pub struct Package {
     pub name: &'static str,
     pub provides: &'static str,
@@ -70,9 +71,19 @@ pub const TEST_PACKAGES: &[Package] = &[
         provides: "promtool",
         why: "promtool checks lynx's /metrics output",
     },
+    Package {
+        name: "openssl",
+        provides: "openssl",
+        why: "the tests make a self-signed certificate for nginx's TLS port",
+    },
+    Package {
+        name: "curl",
+        provides: "curl",
+        why: "the tests' TLS client",
+    },
 ];
 
-/// What the benches compare against.
+/// What the benches compare against (they also drive the test rigs).
 pub const BENCH_PACKAGES: &[Package] = &[Package {
     name: "bpftrace",
     provides: "bpftrace",

@@ -142,29 +142,49 @@ impl Btf {
     }
 
     /// Byte offset of `path` (e.g. `["se", "sum_exec_runtime"]`) inside struct `root`,
-    /// following nested struct members.
+    /// following nested struct members; each name may also lie inside anonymous struct or
+    /// union members (`sock_common.skc_num`).
     pub fn member_offset(&self, root: &str, path: &[&str]) -> Result<u32, BtfError> {
         let mut type_id = self
             .types
             .iter()
             .position(|t| t.kind == KIND_STRUCT && self.name(t.name_off) == Some(root))
             .ok_or_else(|| BtfError::NoStruct(root.into()))?;
-        let (mut parent, mut bits) = (root.to_owned(), 0u32);
+        let (mut parent, mut bits) = (root, 0u32);
         for &wanted in path {
-            let composite = self.resolve(type_id);
-            let member = composite
-                .members
-                .iter()
-                .find(|m| self.name(m.name_off) == Some(wanted))
-                .ok_or_else(|| BtfError::NoMember {
-                    parent: parent.clone(),
-                    member: wanted.into(),
-                })?;
-            bits += member.bit_offset;
-            type_id = member.type_id as usize;
-            parent = wanted.to_owned();
+            let (found_bits, found_type) =
+                self.find_member(type_id, wanted, 0)
+                    .ok_or_else(|| BtfError::NoMember {
+                        parent: parent.into(),
+                        member: wanted.into(),
+                    })?;
+            bits += found_bits;
+            type_id = found_type;
+            parent = wanted;
         }
         Ok(bits / 8)
+    }
+
+    fn find_member(&self, type_id: usize, wanted: &str, depth: u32) -> Option<(u32, usize)> {
+        if depth > 8 {
+            return None;
+        }
+        let composite = self.resolve(type_id);
+        for member in &composite.members {
+            if self.name(member.name_off) == Some(wanted) {
+                return Some((member.bit_offset, member.type_id as usize));
+            }
+        }
+        for member in &composite.members {
+            let anonymous = member.name_off == 0 || self.name(member.name_off) == Some("");
+            if anonymous
+                && let Some((bits, id)) =
+                    self.find_member(member.type_id as usize, wanted, depth + 1)
+            {
+                return Some((member.bit_offset + bits, id));
+            }
+        }
+        None
     }
 
     /// The type behind typedefs and qualifiers.

@@ -7,7 +7,7 @@ use std::{
 
 use aya::{
     EbpfError, EbpfLoader, Pod,
-    maps::{MapError, PerCpuArray, PerCpuHashMap},
+    maps::{Array, HashMap as BpfHashMap, MapError, PerCpuArray, PerCpuHashMap},
     programs::{
         BtfTracePoint, CgroupAttachMode, CgroupSkb, CgroupSkbAttachType, PerfEvent, Program,
         ProgramError,
@@ -19,9 +19,19 @@ use lynx_common::{
     Accumulate, BIO_OPF_OFFSET_GLOBAL, BIO_QUEUE_PROGRAM, BIO_QUEUE_TRACEPOINT,
     BIO_SIZE_OFFSET_GLOBAL, CGROUP_CPU_MAP, CGROUP_IO_MAP, CGROUP_NET_MAP, CPU_CLOCK_PROGRAM,
     CPU_SLICE_MAP, CpuSlice, CpuTime, DROP_CGROUP_CPU_FULL, DROP_CGROUP_IO_FULL,
-    DROP_CGROUP_NET_FULL, DROPS_MAP, IoCounters, MAPS_LAYOUT_VERSION, NET_EGRESS_PROGRAM,
-    NET_INGRESS_PROGRAM, NetCounters, PINNED_MAPS, SCHED_SWITCH_PROGRAM, SCHED_SWITCH_TRACEPOINT,
-    TASK_RUNTIME_OFFSET_GLOBAL,
+    DROP_CGROUP_NET_FULL, DROP_HTTP_ENDPOINTS_FULL, DROPS_MAP, IoCounters, MAPS_LAYOUT_VERSION,
+    NET_EGRESS_PROGRAM, NET_INGRESS_PROGRAM, NetCounters, PINNED_MAPS, SCHED_SWITCH_PROGRAM,
+    SCHED_SWITCH_TRACEPOINT, TASK_RUNTIME_OFFSET_GLOBAL,
+    http::{
+        Endpoint, EndpointCounters, FDT_FD_OFFSET_GLOBAL, FDT_MAX_FDS_OFFSET_GLOBAL,
+        FILE_INODE_OFFSET_GLOBAL, FILE_PRIVATE_OFFSET_GLOBAL, FILES_FDT_OFFSET_GLOBAL,
+        HTTP_COUNTERS_MAP, HTTP_ENDPOINTS_MAP, HTTP_PORTS_MAP, HTTP_SYS_EXIT_PROGRAM,
+        HTTP_SYS_EXIT_TRACEPOINT, HTTP_TARGET_MAP, HttpTarget, INODE_MODE_OFFSET_GLOBAL,
+        NGINX_FORK_PROGRAM, NGINX_FORK_TRACEPOINT, NGINX_TGIDS_MAP, PORT_PLAIN, PORT_TLS,
+        SK_DADDR_OFFSET_GLOBAL, SK_DPORT_OFFSET_GLOBAL, SK_FAMILY_OFFSET_GLOBAL,
+        SK_NUM_OFFSET_GLOBAL, SK_TYPE_OFFSET_GLOBAL, SOCKET_SK_OFFSET_GLOBAL,
+        TASK_FILES_OFFSET_GLOBAL, TASK_TGID_OFFSET_GLOBAL,
+    },
 };
 
 use super::{
@@ -73,6 +83,7 @@ pub struct Drops {
     pub cgroup_cpu_map_full: u64,
     pub cgroup_net_map_full: u64,
     pub cgroup_io_map_full: u64,
+    pub nginx_endpoints_full: u64,
 }
 
 /// Everything the kernel counted per cgroup v2 id, summed over CPUs.
@@ -81,7 +92,18 @@ pub struct KernelSample {
     pub cpu_ns: HashMap<u64, u64>,
     pub net: HashMap<u64, NetCounters>,
     pub io: HashMap<u64, IoCounters>,
+    /// nginx's counters per listening port and per upstream, summed over CPUs.
+    pub nginx: Vec<(Endpoint, EndpointCounters)>,
     pub drops: Drops,
+}
+
+/// The nginx whose traffic the kernel follows.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct NginxTarget {
+    /// cgroup v2 id of its master; 0 follows nothing.
+    pub cgroup_id: u64,
+    /// Its processes (master and workers).
+    pub tgids: Vec<u32>,
 }
 
 /// How to load the programs.
@@ -112,12 +134,31 @@ impl KernelCounters {
             u64::from(btf.member_offset("task_struct", &["se", "sum_exec_runtime"])?);
         let bio_opf = u64::from(btf.member_offset("bio", &["bi_opf"])?);
         let bio_size = u64::from(btf.member_offset("bio", &["bi_iter", "bi_size"])?);
+        let at = |root: &str, path: &[&str]| btf.member_offset(root, path).map(u64::from);
+        let globals: [(&str, u64); 17] = [
+            (TASK_RUNTIME_OFFSET_GLOBAL, task_runtime),
+            (BIO_OPF_OFFSET_GLOBAL, bio_opf),
+            (BIO_SIZE_OFFSET_GLOBAL, bio_size),
+            (SK_NUM_OFFSET_GLOBAL, at("sock_common", &["skc_num"])?),
+            (SK_DPORT_OFFSET_GLOBAL, at("sock_common", &["skc_dport"])?),
+            (SK_DADDR_OFFSET_GLOBAL, at("sock_common", &["skc_daddr"])?),
+            (SK_FAMILY_OFFSET_GLOBAL, at("sock_common", &["skc_family"])?),
+            (SK_TYPE_OFFSET_GLOBAL, at("sock", &["sk_type"])?),
+            (TASK_FILES_OFFSET_GLOBAL, at("task_struct", &["files"])?),
+            (TASK_TGID_OFFSET_GLOBAL, at("task_struct", &["tgid"])?),
+            (FILES_FDT_OFFSET_GLOBAL, at("files_struct", &["fdt"])?),
+            (FDT_FD_OFFSET_GLOBAL, at("fdtable", &["fd"])?),
+            (FDT_MAX_FDS_OFFSET_GLOBAL, at("fdtable", &["max_fds"])?),
+            (FILE_PRIVATE_OFFSET_GLOBAL, at("file", &["private_data"])?),
+            (FILE_INODE_OFFSET_GLOBAL, at("file", &["f_inode"])?),
+            (INODE_MODE_OFFSET_GLOBAL, at("inode", &["i_mode"])?),
+            (SOCKET_SK_OFFSET_GLOBAL, at("socket", &["sk"])?),
+        ];
 
         let mut loader = EbpfLoader::new();
-        loader
-            .override_global(TASK_RUNTIME_OFFSET_GLOBAL, &task_runtime, true)
-            .override_global(BIO_OPF_OFFSET_GLOBAL, &bio_opf, true)
-            .override_global(BIO_SIZE_OFFSET_GLOBAL, &bio_size, true);
+        for (name, value) in &globals {
+            loader.override_global(name, value, true);
+        }
         let pin_paths = match &options.pin_dir {
             Some(dir) => pin_paths(dir)?,
             None => Vec::new(),
@@ -131,6 +172,8 @@ impl KernelCounters {
         for (name, tracepoint) in [
             (SCHED_SWITCH_PROGRAM, SCHED_SWITCH_TRACEPOINT),
             (BIO_QUEUE_PROGRAM, BIO_QUEUE_TRACEPOINT),
+            (HTTP_SYS_EXIT_PROGRAM, HTTP_SYS_EXIT_TRACEPOINT),
+            (NGINX_FORK_PROGRAM, NGINX_FORK_TRACEPOINT),
         ] {
             let program: &mut BtfTracePoint = program(&mut ebpf, name)?;
             program
@@ -192,8 +235,84 @@ impl KernelCounters {
             cpu_ns: self.cgroup_cpu_ns()?,
             net: self.per_cgroup(CGROUP_NET_MAP)?,
             io: self.per_cgroup(CGROUP_IO_MAP)?,
+            nginx: self.nginx_endpoints()?,
             drops: self.drops()?,
         })
+    }
+
+    /// Sets which listening ports of nginx are followed, and which of them speak TLS.
+    pub fn set_nginx_ports(&mut self, ports: &[u16], tls_ports: &[u16]) -> Result<(), KernelError> {
+        let name = HTTP_PORTS_MAP;
+        let map_error = |source| KernelError::Map { name, source };
+        let mut map: BpfHashMap<_, u32, u32> = self.map_mut(name)?.try_into().map_err(map_error)?;
+        let stale: Vec<u32> = map.keys().filter_map(Result::ok).collect();
+        for port in stale {
+            map.remove(&port).map_err(map_error)?;
+        }
+        for &port in ports {
+            let mode = if tls_ports.contains(&port) {
+                PORT_TLS
+            } else {
+                PORT_PLAIN
+            };
+            map.insert(u32::from(port), mode, 0).map_err(map_error)?;
+        }
+        Ok(())
+    }
+
+    /// Follows `target`'s processes from now on. Processes the kernel added itself (children
+    /// forked since) stay while they live; dead ones are removed.
+    pub fn follow_nginx(&mut self, target: &NginxTarget) -> Result<(), KernelError> {
+        let name = NGINX_TGIDS_MAP;
+        let map_error = |source| KernelError::Map { name, source };
+        let mut tgids: BpfHashMap<_, u32, u32> =
+            self.map_mut(name)?.try_into().map_err(map_error)?;
+        let dead: Vec<u32> = tgids
+            .keys()
+            .filter_map(Result::ok)
+            .filter(|tgid| !Path::new(&format!("/proc/{tgid}")).exists())
+            .collect();
+        for tgid in dead {
+            tgids.remove(&tgid).map_err(map_error)?;
+        }
+        for &tgid in &target.tgids {
+            tgids.insert(tgid, 1, 0).map_err(map_error)?;
+        }
+        let name = HTTP_TARGET_MAP;
+        let map_error = |source| KernelError::Map { name, source };
+        let mut array: Array<_, HttpTarget> = self.map_mut(name)?.try_into().map_err(map_error)?;
+        let value = HttpTarget {
+            cgroup_id: target.cgroup_id,
+        };
+        array.set(0, value, 0).map_err(map_error)
+    }
+
+    /// nginx's counters per endpoint, summed over CPUs.
+    fn nginx_endpoints(&self) -> Result<Vec<(Endpoint, EndpointCounters)>, KernelError> {
+        let map_error = |name| move |source| KernelError::Map { name, source };
+        let slots: BpfHashMap<_, Endpoint, u32> = self
+            .map(HTTP_ENDPOINTS_MAP)?
+            .try_into()
+            .map_err(map_error(HTTP_ENDPOINTS_MAP))?;
+        let counters: PerCpuArray<_, EndpointCounters> = self
+            .map(HTTP_COUNTERS_MAP)?
+            .try_into()
+            .map_err(map_error(HTTP_COUNTERS_MAP))?;
+        slots
+            .iter()
+            .map(|entry| {
+                let (endpoint, slot) = entry.map_err(map_error(HTTP_ENDPOINTS_MAP))?;
+                let mut total = EndpointCounters::default();
+                for per_cpu in counters
+                    .get(&slot, 0)
+                    .map_err(map_error(HTTP_COUNTERS_MAP))?
+                    .iter()
+                {
+                    total.accumulate(per_cpu);
+                }
+                Ok((endpoint, total))
+            })
+            .collect()
     }
 
     /// Removes the counters of `cgroup_ids` (cgroups that are gone) from every map.
@@ -213,11 +332,8 @@ impl KernelCounters {
         cgroup_ids: &[u64],
     ) -> Result<(), KernelError> {
         let map_error = |source| KernelError::Map { name, source };
-        let map = self
-            .ebpf
-            .map_mut(name)
-            .ok_or(KernelError::Missing { kind: "map", name })?;
-        let mut map: PerCpuHashMap<_, u64, V> = map.try_into().map_err(map_error)?;
+        let mut map: PerCpuHashMap<_, u64, V> =
+            self.map_mut(name)?.try_into().map_err(map_error)?;
         for id in cgroup_ids {
             match map.remove(id) {
                 Ok(()) => {}
@@ -300,12 +416,19 @@ impl KernelCounters {
             cgroup_cpu_map_full: total(DROP_CGROUP_CPU_FULL)?,
             cgroup_net_map_full: total(DROP_CGROUP_NET_FULL)?,
             cgroup_io_map_full: total(DROP_CGROUP_IO_FULL)?,
+            nginx_endpoints_full: total(DROP_HTTP_ENDPOINTS_FULL)?,
         })
     }
 
     fn map(&self, name: &'static str) -> Result<&aya::maps::Map, KernelError> {
         self.ebpf
             .map(name)
+            .ok_or(KernelError::Missing { kind: "map", name })
+    }
+
+    fn map_mut(&mut self, name: &'static str) -> Result<&mut aya::maps::Map, KernelError> {
+        self.ebpf
+            .map_mut(name)
             .ok_or(KernelError::Missing { kind: "map", name })
     }
 }

@@ -7,11 +7,13 @@ pub mod containers;
 pub mod host;
 pub mod kernel;
 pub mod lxd_instances;
+pub mod nginx;
 pub mod preflight;
 
 use std::{
-    collections::{BTreeMap, HashSet},
+    collections::{BTreeMap, HashSet, VecDeque},
     fs,
+    os::unix::fs::MetadataExt,
     path::PathBuf,
     time::{Duration, Instant, SystemTime},
 };
@@ -19,8 +21,11 @@ use std::{
 use cgroupfs::{CgroupError, CgroupLayout, CgroupResolver};
 use containers::{MemoryUsage, Owner};
 use host::{HostError, HostSample};
-use kernel::{Drops, KernelCounters, KernelError, LoadOptions};
-use lynx_common::{IoCounters, NetCounters};
+use kernel::{Drops, KernelCounters, KernelError, LoadOptions, NginxTarget};
+use lynx_common::{
+    IoCounters, NetCounters,
+    http::{Endpoint, EndpointCounters},
+};
 
 /// Errors of collecting a sample.
 #[derive(Debug, thiserror::Error)]
@@ -110,13 +115,41 @@ pub struct Sample {
     pub containers: Vec<ContainerFiles>,
     /// `None` when no instance source answered.
     pub instances: Option<Vec<InstanceInfo>>,
+    pub nginx: NginxSample,
     pub drops: Drops,
     /// How long reading everything took.
     pub duration: Duration,
 }
 
+/// nginx's traffic as the kernel counted it.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct NginxSample {
+    /// The master's pid, when nginx was found.
+    pub master: Option<u32>,
+    /// Counters per listening port and per upstream.
+    pub endpoints: Vec<(Endpoint, EndpointCounters)>,
+    /// Listening ports that speak TLS.
+    pub tls_ports: Vec<u16>,
+    /// The requests counted per endpoint at an earlier sample, the newest that is at least
+    /// [`REQUEST_RATE_SPAN`] old (or the oldest there is, early on): the base of the model's
+    /// longer request rates.
+    pub earlier: Option<(Instant, Vec<(Endpoint, u64)>)>,
+}
+
+/// The span of the longer request rates.
+pub const REQUEST_RATE_SPAN: Duration = Duration::from_secs(10);
+
+/// Which nginx to count.
+#[derive(Clone, Debug)]
+pub struct NginxOptions {
+    pub pid_file: PathBuf,
+    pub ports: Vec<u16>,
+    pub tls_ports: Vec<u16>,
+}
+
 /// How the collector starts.
 pub struct CollectorOptions {
+    pub nginx: NginxOptions,
     /// bpffs directory to pin the kernel maps in; `None` for private maps.
     pub pin_dir: Option<PathBuf>,
     /// LXD, or `None` to recognise containers by cgroup only.
@@ -131,16 +164,23 @@ pub struct Collector {
     instances: Option<Box<dyn InstanceSource>>,
     /// Whether the instance source answered last time, to log outages once.
     instances_up: Option<bool>,
+    nginx: NginxOptions,
+    /// What the kernel follows now, and why nginx was not found last time (logged once).
+    nginx_target: NginxTarget,
+    nginx_missing: Option<String>,
+    /// Recent request counts per endpoint, oldest first, covering [`REQUEST_RATE_SPAN`].
+    nginx_requests: VecDeque<(Instant, Vec<(Endpoint, u64)>)>,
 }
 
 impl Collector {
     /// Loads and attaches the kernel programs.
     pub fn start(options: CollectorOptions) -> Result<Self, CollectError> {
         let layout = CgroupLayout::detect()?;
-        let kernel = KernelCounters::load(&LoadOptions {
+        let mut kernel = KernelCounters::load(&LoadOptions {
             cgroup_root: layout.unified.clone(),
             pin_dir: options.pin_dir,
         })?;
+        kernel.set_nginx_ports(&options.nginx.ports, &options.nginx.tls_ports)?;
         tracing::info!(
             unified = %layout.unified.display(),
             hybrid = layout.is_hybrid(),
@@ -152,6 +192,10 @@ impl Collector {
             kernel,
             instances: options.instances,
             instances_up: None,
+            nginx: options.nginx,
+            nginx_target: NginxTarget::default(),
+            nginx_missing: None,
+            nginx_requests: VecDeque::new(),
         })
     }
 
@@ -159,6 +203,7 @@ impl Collector {
     /// kernel maps here.
     pub fn sample(&mut self) -> Result<Sample, CollectError> {
         let started = Instant::now();
+        let master = self.follow_nginx()?;
         let mut kernel = self.kernel.sample()?;
         let ids: HashSet<u64> = kernel
             .cpu_ns
@@ -195,16 +240,88 @@ impl Collector {
 
         let instances = self.read_instances();
         let containers = self.container_files(&cgroups, instances.as_deref());
+        let taken = Instant::now();
+        let earlier = self.remember_requests(taken, &kernel.nginx);
         Ok(Sample {
-            taken: Instant::now(),
+            taken,
             wall: SystemTime::now(),
             host: HostSample::read()?,
             cgroups,
             containers,
             instances,
+            nginx: NginxSample {
+                master,
+                endpoints: kernel.nginx,
+                tls_ports: self.nginx.tls_ports.clone(),
+                earlier,
+            },
             drops: kernel.drops,
             duration: started.elapsed(),
         })
+    }
+
+    /// Keeps the request counts of this sample; returns the base for the longer rates.
+    fn remember_requests(
+        &mut self,
+        taken: Instant,
+        endpoints: &[(Endpoint, EndpointCounters)],
+    ) -> Option<(Instant, Vec<(Endpoint, u64)>)> {
+        let history = &mut self.nginx_requests;
+        // Keep one reading at least a span old, and nothing older than that one.
+        while history
+            .get(1)
+            .is_some_and(|(at, _)| taken.saturating_duration_since(*at) >= REQUEST_RATE_SPAN)
+        {
+            history.pop_front();
+        }
+        let earlier = history.front().cloned();
+        let requests = endpoints.iter().map(|(e, c)| (*e, c.requests)).collect();
+        history.push_back((taken, requests));
+        earlier
+    }
+
+    /// Finds nginx's processes and has the kernel follow them; returns the master's pid.
+    fn follow_nginx(&mut self) -> Result<Option<u32>, CollectError> {
+        let found = nginx::find(&self.nginx.pid_file, "/proc".as_ref()).and_then(|found| {
+            let dir = self
+                .layout
+                .unified
+                .join(found.cgroup.trim_start_matches('/'));
+            let id = fs::metadata(&dir)
+                .map_err(|_| nginx::NginxFindError::NoCgroup { pid: found.master })?
+                .ino();
+            Ok((found, id))
+        });
+        let (target, master) = match found {
+            Ok((found, cgroup_id)) => {
+                if self.nginx_missing.take().is_some() || self.nginx_target.cgroup_id == 0 {
+                    tracing::info!(
+                        master = found.master,
+                        cgroup = %found.cgroup,
+                        processes = found.tgids.len(),
+                        "counting nginx's connections and requests"
+                    );
+                }
+                let target = NginxTarget {
+                    cgroup_id,
+                    tgids: found.tgids,
+                };
+                (target, Some(found.master))
+            }
+            Err(error) => {
+                let error = error.to_string();
+                if self.nginx_missing.as_ref() != Some(&error) {
+                    tracing::warn!(%error, "nginx not found: its traffic is not counted until it is");
+                    self.nginx_missing = Some(error);
+                }
+                (NginxTarget::default(), None)
+            }
+        };
+        if target != self.nginx_target {
+            self.kernel.follow_nginx(&target)?;
+            self.nginx_target = target;
+        }
+        Ok(master)
     }
 
     fn read_instances(&mut self) -> Option<Vec<InstanceInfo>> {

@@ -12,10 +12,11 @@
 //!
 //! - `minutes`: one row per minute with data: snapshots folded in (`samples`), min and max of
 //!   running/stopped/frozen containers, host CPU average and memory peak, and nginx's request
-//!   rate (average and peak), `NULL` while nginx is not measured.
+//!   rate (average and peak), `NULL` for minutes in which nginx was not found.
 //! - `container_minutes`: one row per minute and container (the `host` entry included) that
 //!   was not stopped during the whole minute: average CPU %, peak memory, block and network
-//!   bytes moved during the minute, and its nginx request rate (`NULL` for now).
+//!   bytes moved during the minute, and the rate of requests nginx sent it (`NULL` for
+//!   minutes in which nginx was not found).
 //!
 //! A row written twice for one minute (a daemon restarted within the minute, a clock set back)
 //! is merged, not replaced.
@@ -359,6 +360,8 @@ struct MinuteRecord {
     frozen: Option<MinMax>,
     host_cpu_percent_sum: f64,
     host_memory_used_max_bytes: u64,
+    /// nginx's client-side request rate, over the samples in which nginx was counted.
+    nginx_requests: Rate,
     containers: BTreeMap<ContainerKey, ContainerMinute>,
 }
 
@@ -368,6 +371,32 @@ struct ContainerMinute {
     cpu_percent_sum: f64,
     memory_max_bytes: Option<u64>,
     moved: Counters,
+    /// Requests nginx sent to the container, over the samples in which nginx was counted.
+    requests: Rate,
+}
+
+/// A request rate's average and peak over the samples that had one.
+#[derive(Clone, Copy, Debug, Default)]
+struct Rate {
+    samples: u32,
+    sum: f64,
+    max: f64,
+}
+
+impl Rate {
+    fn add(&mut self, per_s: f64) {
+        self.samples += 1;
+        self.sum += per_s;
+        self.max = self.max.max(per_s);
+    }
+
+    /// Average and peak; `NULL`s when no sample had a rate.
+    fn columns(&self) -> (Option<f64>, Option<f64>) {
+        match self.samples {
+            0 => (None, None),
+            n => (Some(self.sum / f64::from(n)), Some(self.max)),
+        }
+    }
 }
 
 impl MinuteRecord {
@@ -380,6 +409,7 @@ impl MinuteRecord {
             frozen: None,
             host_cpu_percent_sum: 0.0,
             host_memory_used_max_bytes: 0,
+            nginx_requests: Rate::default(),
             containers: BTreeMap::new(),
         }
     }
@@ -394,6 +424,11 @@ impl MinuteRecord {
         self.host_memory_used_max_bytes = self
             .host_memory_used_max_bytes
             .max(host.memory_used_mb.saturating_mul(1024 * 1024));
+        let nginx = &snapshot.nginx;
+        let counted = nginx.master_pid.is_some();
+        if counted {
+            self.nginx_requests.add(nginx.requests_per_s);
+        }
         for container in &snapshot.containers {
             let key = key_of(container);
             // A container first seen now: what it counted before is not this minute's.
@@ -412,6 +447,15 @@ impl MinuteRecord {
                 entry.memory_max_bytes = entry.memory_max_bytes.max(Some(memory.used_bytes));
             }
             entry.moved.add(moved);
+            if counted && container.kind != "host" {
+                let to_it = nginx
+                    .upstreams
+                    .iter()
+                    .filter(|u| u.container.as_deref() == Some(container.name.as_str()))
+                    .map(|u| u.requests_per_s)
+                    .sum();
+                entry.requests.add(to_it);
+            }
         }
     }
 }
@@ -492,8 +536,7 @@ fn write_minute(
         range(record.stopped),
         range(record.frozen),
     );
-    // nginx is not measured yet: its request-rate columns stay NULL.
-    let no_rate: Option<f64> = None;
+    let (nginx_avg, nginx_max) = record.nginx_requests.columns();
     transaction.prepare_cached(UPSERT_MINUTE)?.execute(params![
         record.minute,
         record.samples,
@@ -505,12 +548,13 @@ fn write_minute(
         frozen.1,
         record.host_cpu_percent_sum / samples,
         sql_int(record.host_memory_used_max_bytes),
-        no_rate,
-        no_rate,
+        nginx_avg,
+        nginx_max,
     ])?;
     {
         let mut upsert = transaction.prepare_cached(UPSERT_CONTAINER)?;
         for ((kind, name), container) in &record.containers {
+            let (requests_avg, requests_max) = container.requests.columns();
             upsert.execute(params![
                 record.minute,
                 kind,
@@ -522,8 +566,8 @@ fn write_minute(
                 sql_int(container.moved.block_write_bytes),
                 sql_int(container.moved.network_rx_bytes),
                 sql_int(container.moved.network_tx_bytes),
-                no_rate,
-                no_rate,
+                requests_avg,
+                requests_max,
             ])?;
         }
     }
@@ -929,32 +973,18 @@ mod tests {
 
     use super::*;
     use crate::model::{BlockIo, Container, Cpu, Memory, Network, fixtures};
+    use crate::test_support::TempDir;
 
     /// 2026-11-20T00:00:00Z.
     const NOV_20: i64 = 20_777 * SECONDS_PER_DAY;
     const HOUR: i64 = 3600;
 
-    /// A directory of its own for one test, removed afterwards, also when the test fails.
-    struct TempDir(PathBuf);
-
-    impl TempDir {
-        fn new(test: &str) -> Self {
-            let dir =
-                std::env::temp_dir().join(format!("lynx-history-{test}-{}", std::process::id()));
-            let _ = fs::remove_dir_all(&dir);
-            fs::create_dir_all(&dir).unwrap_or_else(|e| panic!("create {}: {e}", dir.display()));
-            Self(dir)
-        }
-
-        fn db(&self) -> PathBuf {
-            self.0.join("sub/history.db")
-        }
+    fn history_dir(test: &str) -> TempDir {
+        TempDir::new(&format!("history-{test}"))
     }
 
-    impl Drop for TempDir {
-        fn drop(&mut self) {
-            let _ = fs::remove_dir_all(&self.0);
-        }
+    fn db(dir: &TempDir) -> PathBuf {
+        dir.path().join("sub/history.db")
     }
 
     fn rfc3339(unix: i64) -> String {
@@ -1016,13 +1046,21 @@ mod tests {
     }
 
     fn query<T: rusqlite::types::FromSql>(path: &Path, sql: &str) -> Vec<T> {
+        select(path, sql, |row| row.get(0))
+    }
+
+    fn select<T>(
+        path: &Path,
+        sql: &str,
+        read: impl FnMut(&rusqlite::Row<'_>) -> rusqlite::Result<T>,
+    ) -> Vec<T> {
         let connection = Connection::open_with_flags(path, OpenFlags::SQLITE_OPEN_READ_ONLY)
             .unwrap_or_else(|e| panic!("open {}: {e}", path.display()));
         let mut statement = connection
             .prepare(sql)
             .unwrap_or_else(|e| panic!("prepare {sql}: {e}"));
         statement
-            .query_map([], |row| row.get(0))
+            .query_map([], read)
             .unwrap_or_else(|e| panic!("run {sql}: {e}"))
             .map(|row| row.unwrap_or_else(|e| panic!("read a row of {sql}: {e}")))
             .collect()
@@ -1041,8 +1079,8 @@ mod tests {
 
     #[test]
     fn daily_min_and_max_of_running_containers_over_several_days() {
-        let dir = TempDir::new("daily");
-        let mut sink = open(&dir.db(), 30);
+        let dir = history_dir("daily");
+        let mut sink = open(&db(&dir), 30);
         // Nov 20, 10:00:00 to 10:05:00 every 10 s: web1 runs; web2, stopped, starts at 10:02.
         let start = NOV_20 + 10 * HOUR;
         for (i, at) in (start..=start + 300).step_by(10).enumerate() {
@@ -1090,7 +1128,7 @@ mod tests {
         ));
         drop(sink);
 
-        let days = summary(&dir.db(), 4, late);
+        let days = summary(&db(&dir), 4, late);
         assert_eq!(
             days,
             [
@@ -1102,7 +1140,7 @@ mod tests {
             "daily summaries"
         );
 
-        let path = dir.db();
+        let path = db(&dir);
         // web1 on Nov 20: CPU alternates 10 and 30 %, bytes grow 1000 a sample (6 a minute,
         // 5 in the first minute, whose first sample has nothing to compare with).
         let web1 = |column: &str| -> Vec<f64> {
@@ -1192,22 +1230,64 @@ mod tests {
     }
 
     #[test]
+    fn nginx_request_rates_are_kept_per_minute_for_nginx_and_each_container() {
+        let dir = history_dir("nginx-rates");
+        let mut sink = open(&db(&dir), 7);
+        let start = NOV_20 + 7 * HOUR;
+        for (i, (total, to_web1)) in [(10.0, 4.0), (30.0, 12.0)].into_iter().enumerate() {
+            let mut counted = snapshot(
+                start + i as i64,
+                vec![fixtures::container("web1", "lxd", "Running")],
+            );
+            counted.nginx.master_pid = Some(900);
+            counted.nginx.requests_per_s = total;
+            counted.nginx.upstreams = vec![fixtures::upstream("web1", "10.0.0.2", to_web1, 1)];
+            sink.publish(&counted);
+        }
+        // nginx gone for a sample: it does not drag the average down.
+        sink.publish(&snapshot(
+            start + 2,
+            vec![fixtures::container("web1", "lxd", "Running")],
+        ));
+        // The next minute closes the first.
+        sink.publish(&snapshot(start + 60, vec![]));
+        drop(sink);
+        let nginx = rows(
+            &db(&dir),
+            "SELECT nginx_requests_per_s_avg, nginx_requests_per_s_max FROM minutes \
+             ORDER BY minute",
+        );
+        assert_eq!(nginx, [(Some(20.0), Some(30.0)), (None, None)]);
+        let web1 = rows(
+            &db(&dir),
+            "SELECT requests_per_s_avg, requests_per_s_max FROM container_minutes \
+             WHERE name = 'web1'",
+        );
+        assert_eq!(web1, [(Some(8.0), Some(12.0))]);
+    }
+
+    /// Rows of two nullable columns.
+    fn rows(path: &Path, sql: &str) -> Vec<(Option<f64>, Option<f64>)> {
+        select(path, sql, |row| Ok((row.get(0)?, row.get(1)?)))
+    }
+
+    #[test]
     fn retention_deletes_old_minutes() {
-        let dir = TempDir::new("retention");
-        let mut sink = open(&dir.db(), 1);
+        let dir = history_dir("retention");
+        let mut sink = open(&db(&dir), 1);
         let web = || vec![container("web1", "Running", 1.0, 0)];
         for at in [NOV_20, NOV_20 + 1800, NOV_20 + 24 * HOUR + 600] {
             sink.publish(&snapshot(at, web()));
         }
         drop(sink);
-        let minutes: Vec<i64> = query(&dir.db(), "SELECT minute FROM minutes ORDER BY minute");
+        let minutes: Vec<i64> = query(&db(&dir), "SELECT minute FROM minutes ORDER BY minute");
         assert_eq!(
             minutes,
             [NOV_20 + 1800, NOV_20 + 24 * HOUR + 600],
             "a day's retention keeps the last 24 hours"
         );
         let container_minutes: Vec<i64> = query(
-            &dir.db(),
+            &db(&dir),
             "SELECT DISTINCT minute FROM container_minutes ORDER BY minute",
         );
         assert_eq!(
@@ -1236,8 +1316,8 @@ mod tests {
 
     #[test]
     fn a_corrupt_database_is_moved_aside_and_a_new_one_started() {
-        let dir = TempDir::new("corrupt");
-        let path = dir.db();
+        let dir = history_dir("corrupt");
+        let path = db(&dir);
         fs::create_dir_all(path.parent().expect("has a parent")).expect("create db dir");
         let garbage: Vec<u8> = (0..8192u32).map(|i| (i * 7 + 13) as u8).collect();
         fs::write(&path, &garbage).expect("write garbage");
@@ -1290,24 +1370,24 @@ mod tests {
 
     #[test]
     fn drop_writes_the_minute_in_progress() {
-        let dir = TempDir::new("drop");
-        let mut sink = open(&dir.db(), 7);
+        let dir = history_dir("drop");
+        let mut sink = open(&db(&dir), 7);
         for at in (NOV_20 + 60..NOV_20 + 90).step_by(5) {
             sink.publish(&snapshot(at, vec![container("web1", "Running", 1.0, 0)]));
         }
         drop(sink);
-        let samples: Vec<i64> = query(&dir.db(), "SELECT samples FROM minutes");
+        let samples: Vec<i64> = query(&db(&dir), "SELECT samples FROM minutes");
         assert_eq!(samples, [6], "the partial minute's six snapshots");
     }
 
     #[test]
     fn a_finished_minute_is_written_without_waiting_for_drop() {
-        let dir = TempDir::new("finished");
-        let mut sink = open(&dir.db(), 7);
+        let dir = history_dir("finished");
+        let mut sink = open(&db(&dir), 7);
         sink.publish(&snapshot(NOV_20, vec![]));
         sink.publish(&snapshot(NOV_20 + 60, vec![]));
         let deadline = Instant::now() + Duration::from_secs(10);
-        while summary(&dir.db(), 1, NOV_20)[0].minutes == 0 {
+        while summary(&db(&dir), 1, NOV_20)[0].minutes == 0 {
             assert!(
                 Instant::now() < deadline,
                 "the finished minute was not written within 10 s"
@@ -1315,36 +1395,36 @@ mod tests {
             thread::sleep(Duration::from_millis(10));
         }
         drop(sink);
-        assert_eq!(summary(&dir.db(), 1, NOV_20)[0].minutes, 2, "both minutes");
+        assert_eq!(summary(&db(&dir), 1, NOV_20)[0].minutes, 2, "both minutes");
     }
 
     #[test]
     fn a_minute_written_twice_is_merged() {
-        let dir = TempDir::new("merge");
+        let dir = history_dir("merge");
         // A daemon restarted within a minute: two sinks write the same minute.
         let first = vec![
             container("web1", "Running", 10.0, 0),
             container("web2", "Running", 0.0, 0),
         ];
-        let mut sink = open(&dir.db(), 7);
+        let mut sink = open(&db(&dir), 7);
         sink.publish(&snapshot(NOV_20, first.clone()));
         sink.publish(&snapshot(NOV_20 + 10, first));
         drop(sink);
-        let mut sink = open(&dir.db(), 7);
+        let mut sink = open(&db(&dir), 7);
         sink.publish(&snapshot(
             NOV_20 + 30,
             vec![container("web1", "Running", 40.0, 0)],
         ));
         drop(sink);
-        let samples: Vec<i64> = query(&dir.db(), "SELECT samples FROM minutes");
+        let samples: Vec<i64> = query(&db(&dir), "SELECT samples FROM minutes");
         assert_eq!(samples, [3], "samples add up");
         assert_eq!(
-            summary(&dir.db(), 1, NOV_20),
+            summary(&db(&dir), 1, NOV_20),
             [day("2026-11-20", 1, Some((1, 2)))],
             "min and max merge"
         );
         let cpu: Vec<f64> = query(
-            &dir.db(),
+            &db(&dir),
             "SELECT cpu_percent_avg FROM container_minutes WHERE name = 'web1'",
         );
         assert_eq!(cpu, [20.0], "averages merge weighted by samples");
@@ -1352,23 +1432,23 @@ mod tests {
 
     #[test]
     fn summary_of_a_missing_database_names_it() {
-        let dir = TempDir::new("missing");
-        let error = daily_summary(&dir.db(), 7, NOV_20).expect_err("no database there");
+        let dir = history_dir("missing");
+        let error = daily_summary(&db(&dir), 7, NOV_20).expect_err("no database there");
         assert_eq!(
             error.to_string(),
             format!(
                 "no history database at {}: the daemon writes it",
-                dir.db().display()
+                db(&dir).display()
             )
         );
     }
 
     #[test]
     fn summary_of_zero_days_is_empty_and_days_end_today() {
-        let dir = TempDir::new("zero");
-        drop(open(&dir.db(), 7));
-        assert_eq!(summary(&dir.db(), 0, NOV_20), [], "zero days");
-        let days = summary(&dir.db(), 2, NOV_20 + 24 * HOUR - 1);
+        let dir = history_dir("zero");
+        drop(open(&db(&dir), 7));
+        assert_eq!(summary(&db(&dir), 0, NOV_20), [], "zero days");
+        let days = summary(&db(&dir), 2, NOV_20 + 24 * HOUR - 1);
         assert_eq!(
             days,
             [day("2026-11-19", 0, None), day("2026-11-20", 0, None)],
@@ -1422,14 +1502,14 @@ mod tests {
 
     #[test]
     fn snapshots_with_a_bad_timestamp_are_left_out() {
-        let dir = TempDir::new("badtime");
-        let mut sink = open(&dir.db(), 7);
+        let dir = history_dir("badtime");
+        let mut sink = open(&db(&dir), 7);
         let mut bad = snapshot(NOV_20, vec![]);
         bad.host.timestamp = "yesterday".into();
         sink.publish(&bad);
         sink.publish(&snapshot(NOV_20, vec![]));
         drop(sink);
-        let samples: Vec<i64> = query(&dir.db(), "SELECT samples FROM minutes");
+        let samples: Vec<i64> = query(&db(&dir), "SELECT samples FROM minutes");
         assert_eq!(samples, [1], "only the good snapshot");
     }
 
@@ -1443,7 +1523,7 @@ mod tests {
     fn container_minutes_come_back_oldest_first_for_top() {
         let dir = TempDir::new("container-minutes");
         {
-            let mut sink = open(&dir.db(), 7);
+            let mut sink = open(&db(&dir), 7);
             for (minute, cpu) in [(0, 10.0), (1, 30.0), (2, 50.0)] {
                 let web = vec![
                     container("web1", "Running", cpu, 0),
@@ -1452,7 +1532,7 @@ mod tests {
                 sink.publish(&snapshot(NOV_20 + minute * 60 + 5, web));
             }
         }
-        let points = container_minutes(&dir.db(), "web1", NOV_20 + 60).expect("read minutes");
+        let points = container_minutes(&db(&dir), "web1", NOV_20 + 60).expect("read minutes");
         let cpu: Vec<(i64, f64)> = points
             .iter()
             .map(|p| (p.minute, p.cpu_percent_avg))
@@ -1460,7 +1540,7 @@ mod tests {
         assert_eq!(cpu, [(NOV_20 + 60, 30.0), (NOV_20 + 120, 50.0)]);
         assert_eq!(points[0].memory_max_bytes, Some(1000));
         assert!(matches!(
-            container_minutes(&dir.0.join("none.db"), "web1", 0),
+            container_minutes(&dir.path().join("none.db"), "web1", 0),
             Err(HistoryError::Missing { .. })
         ));
     }

@@ -21,7 +21,7 @@ use std::{
 };
 
 use super::{Sink, history::parse_timestamp};
-use crate::model::{Autoscaler, Container, Group, Snapshot};
+use crate::model::{Autoscaler, Container, Group, Nginx, NginxEndpoint, Snapshot};
 
 /// `Content-Type` of `/metrics`.
 pub const METRICS_CONTENT_TYPE: &str = "text/plain; version=0.0.4; charset=utf-8";
@@ -497,16 +497,19 @@ pub fn render(snapshot: &Snapshot) -> String {
         }
     }
 
+    render_nginx(&mut out, &snapshot.nginx);
+
     let drops = &snapshot.kernel_drops;
     out.family(
         "lynx_kernel_drops_total",
         Type::Counter,
-        "Events the kernel programs could not count because a per-cgroup map was full.",
+        "Events the kernel programs could not count because a map was full.",
     );
     for (map, count) in [
         ("cgroup_cpu", drops.cgroup_cpu_map_full),
         ("cgroup_net", drops.cgroup_net_map_full),
         ("cgroup_io", drops.cgroup_io_map_full),
+        ("nginx_endpoints", drops.nginx_endpoints_full),
     ] {
         out.sample("lynx_kernel_drops_total", &[("map", map)], count);
     }
@@ -519,6 +522,74 @@ pub fn render(snapshot: &Snapshot) -> String {
         render_groups(&mut out, &snapshot.groups);
     }
     out.text
+}
+
+/// nginx's counters per endpoint: `side` is `client` (a listening port) or `upstream` (an
+/// address, port and, when one has the address, container).
+fn render_nginx(out: &mut Exposition, nginx: &Nginx) {
+    out.gauge(
+        "lynx_nginx_up",
+        "1 when the nginx named by [nginx] pid_file was found and is being counted.",
+        u8::from(nginx.master_pid.is_some()),
+    );
+    let endpoints: Vec<(&str, &NginxEndpoint)> = nginx
+        .listen
+        .iter()
+        .map(|e| ("client", e))
+        .chain(nginx.upstreams.iter().map(|e| ("upstream", e)))
+        .collect();
+    type Value = fn(&NginxEndpoint) -> u64;
+    let families: [(&str, Type, &str, Value); 6] = [
+        (
+            "lynx_nginx_connections_total",
+            Type::Counter,
+            "Connections nginx accepted on a port (client) or opened to an upstream.",
+            |e| e.connections,
+        ),
+        (
+            "lynx_nginx_active_connections",
+            Type::Gauge,
+            "Connections open now.",
+            |e| e.active,
+        ),
+        (
+            "lynx_nginx_requests_total",
+            Type::Counter,
+            "HTTP/1.x requests nginx received (client) or sent (upstream), counted in the kernel.",
+            |e| e.requests,
+        ),
+        (
+            "lynx_nginx_bad_requests_total",
+            Type::Counter,
+            "Requests nginx rejects and closes the connection for (malformed request line or body framing).",
+            |e| e.bad_requests,
+        ),
+        (
+            "lynx_nginx_receive_bytes_total",
+            Type::Counter,
+            "Bytes nginx read from these connections.",
+            |e| e.bytes_in,
+        ),
+        (
+            "lynx_nginx_transmit_bytes_total",
+            Type::Counter,
+            "Bytes nginx wrote to these connections.",
+            |e| e.bytes_out,
+        ),
+    ];
+    for (name, kind, help, value) in families {
+        out.family(name, kind, help);
+        for (side, endpoint) in &endpoints {
+            let port = endpoint.port.to_string();
+            let labels = [
+                ("side", *side),
+                ("address", endpoint.address.as_deref().unwrap_or("")),
+                ("port", port.as_str()),
+                ("container", endpoint.container.as_deref().unwrap_or("")),
+            ];
+            out.sample(name, &labels, value(endpoint));
+        }
+    }
 }
 
 /// The `[[groups]]`: members, upstream servers and the autoscalers.
@@ -820,6 +891,17 @@ mod tests {
         };
         let mut snapshot = fixtures::snapshot("2026-11-22T04:22:02.196581371Z", vec![web1, host]);
         snapshot.kernel_drops.cgroup_net_map_full = 3;
+        snapshot.nginx = Nginx {
+            master_pid: Some(900),
+            listen: vec![NginxEndpoint {
+                address: None,
+                container: None,
+                connections: 40,
+                ..fixtures::upstream("", "", 12.5, 3)
+            }],
+            upstreams: vec![fixtures::upstream("web1", "10.177.42.62", 12.5, 3)],
+            ..Nginx::default()
+        };
         snapshot
     }
 
@@ -913,11 +995,39 @@ lynx_container_network_receive_packets_total{container="host",kind="host"} 0
 # TYPE lynx_container_network_transmit_packets_total counter
 lynx_container_network_transmit_packets_total{container="web1",kind="lxd"} 20
 lynx_container_network_transmit_packets_total{container="host",kind="host"} 0
-# HELP lynx_kernel_drops_total Events the kernel programs could not count because a per-cgroup map was full.
+# HELP lynx_nginx_up 1 when the nginx named by [nginx] pid_file was found and is being counted.
+# TYPE lynx_nginx_up gauge
+lynx_nginx_up 1
+# HELP lynx_nginx_connections_total Connections nginx accepted on a port (client) or opened to an upstream.
+# TYPE lynx_nginx_connections_total counter
+lynx_nginx_connections_total{side="client",address="",port="80",container=""} 40
+lynx_nginx_connections_total{side="upstream",address="10.177.42.62",port="80",container="web1"} 3
+# HELP lynx_nginx_active_connections Connections open now.
+# TYPE lynx_nginx_active_connections gauge
+lynx_nginx_active_connections{side="client",address="",port="80",container=""} 3
+lynx_nginx_active_connections{side="upstream",address="10.177.42.62",port="80",container="web1"} 3
+# HELP lynx_nginx_requests_total HTTP/1.x requests nginx received (client) or sent (upstream), counted in the kernel.
+# TYPE lynx_nginx_requests_total counter
+lynx_nginx_requests_total{side="client",address="",port="80",container=""} 0
+lynx_nginx_requests_total{side="upstream",address="10.177.42.62",port="80",container="web1"} 0
+# HELP lynx_nginx_bad_requests_total Requests nginx rejects and closes the connection for (malformed request line or body framing).
+# TYPE lynx_nginx_bad_requests_total counter
+lynx_nginx_bad_requests_total{side="client",address="",port="80",container=""} 0
+lynx_nginx_bad_requests_total{side="upstream",address="10.177.42.62",port="80",container="web1"} 0
+# HELP lynx_nginx_receive_bytes_total Bytes nginx read from these connections.
+# TYPE lynx_nginx_receive_bytes_total counter
+lynx_nginx_receive_bytes_total{side="client",address="",port="80",container=""} 0
+lynx_nginx_receive_bytes_total{side="upstream",address="10.177.42.62",port="80",container="web1"} 0
+# HELP lynx_nginx_transmit_bytes_total Bytes nginx wrote to these connections.
+# TYPE lynx_nginx_transmit_bytes_total counter
+lynx_nginx_transmit_bytes_total{side="client",address="",port="80",container=""} 0
+lynx_nginx_transmit_bytes_total{side="upstream",address="10.177.42.62",port="80",container="web1"} 0
+# HELP lynx_kernel_drops_total Events the kernel programs could not count because a map was full.
 # TYPE lynx_kernel_drops_total counter
 lynx_kernel_drops_total{map="cgroup_cpu"} 0
 lynx_kernel_drops_total{map="cgroup_net"} 3
 lynx_kernel_drops_total{map="cgroup_io"} 0
+lynx_kernel_drops_total{map="nginx_endpoints"} 0
 # HELP lynx_collector_sample_seconds Wall time lynx took to read the kernel maps, cgroupfs and procfs for this snapshot.
 # TYPE lynx_collector_sample_seconds gauge
 lynx_collector_sample_seconds 0.00087

@@ -167,12 +167,54 @@ fn host_lines<'a>(snapshot: &'a Snapshot, app: &App) -> Vec<Line<'a>> {
     ]
 }
 
-/// The nginx panel. The snapshot carries no nginx figures yet; this is where they will go.
-fn nginx_lines(_snapshot: &Snapshot) -> Vec<Line<'static>> {
-    vec![Line::styled(
-        "nginx: not measured yet",
-        Style::new().add_modifier(Modifier::DIM),
-    )]
+/// The nginx panel: client-side totals and rates, then the upstreams by request rate.
+fn nginx_lines(snapshot: &Snapshot) -> Vec<Line<'static>> {
+    let nginx = &snapshot.nginx;
+    let Some(master) = nginx.master_pid else {
+        return vec![Line::styled(
+            "nginx not found: not counted (is it running? see [nginx] pid_file)",
+            Style::new().add_modifier(Modifier::DIM),
+        )];
+    };
+    let mut upstreams: Vec<_> = nginx.upstreams.iter().collect();
+    upstreams.sort_by(|a, b| b.requests_per_s.total_cmp(&a.requests_per_s));
+    let upstreams = upstreams
+        .iter()
+        .map(|u| {
+            let name = u
+                .container
+                .clone()
+                .unwrap_or_else(|| format!("{}:{}", u.address.as_deref().unwrap_or("?"), u.port));
+            format!("{name} {:.1}/s ({} active)", u.requests_per_s, u.active)
+        })
+        .collect::<Vec<_>>()
+        .join(", ");
+    vec![
+        Line::from(vec![
+            label("Clients "),
+            format!(
+                "{} active   {:.1} req/s (10 s: {:.1})",
+                nginx.active, nginx.requests_per_s, nginx.requests_per_s_10s
+            )
+            .into(),
+        ]),
+        Line::from(vec![
+            label("Totals "),
+            format!(
+                "{} requests, {} connections   master {master}",
+                nginx.requests, nginx.accepts
+            )
+            .into(),
+        ]),
+        Line::from(vec![
+            label("Upstreams "),
+            if upstreams.is_empty() {
+                "none yet".into()
+            } else {
+                upstreams.into()
+            },
+        ]),
+    ]
 }
 
 /// A CPU figure, coloured by how busy: `full` is 100% of what it is a share of.
@@ -507,9 +549,12 @@ mod tests {
     use ratatui::{Terminal, backend::TestBackend};
 
     use super::*;
-    use crate::tui::{
-        source::load_snapshot,
-        tests::{fixture, scratch_file},
+    use crate::{
+        model::{Nginx, SNAPSHOT_VERSION, fixtures},
+        tui::{
+            source::load_snapshot,
+            tests::{fixture, scratch_file},
+        },
     };
 
     /// Renders `app` on a `width` x `height` test terminal; returns its lines.
@@ -546,6 +591,19 @@ mod tests {
         );
         snapshot.containers[1].network.rx_bytes_per_s = 2.5 * 1024.0 * 1024.0;
         snapshot.containers[2].block_io.write_bytes_per_s = 64.0 * 1024.0;
+        snapshot.nginx = Nginx {
+            master_pid: Some(900),
+            accepts: 40,
+            active: 3,
+            requests: 5000,
+            requests_per_s: 120.5,
+            requests_per_s_10s: 110.0,
+            listen: vec![],
+            upstreams: vec![
+                fixtures::upstream("api1", "10.0.0.2", 50.5, 1),
+                fixtures::upstream("api2", "10.0.0.3", 70.0, 2),
+            ],
+        };
         let mut app = App::new("/run/lynx/snapshot.json".into());
         app.update(snapshot);
         app.now = format::parse_timestamp("2026-11-22T04:22:02.5Z").expect("timestamp");
@@ -563,7 +621,9 @@ mod tests {
             "Containers 3 running, 0 stopped, 0 frozen   LXD available",
             "Host: kernel 6.18.44",
             "Snapshot every 1s, 0.5s old",
-            "nginx: not measured yet",
+            "Clients 3 active   120.5 req/s (10 s: 110.0)",
+            "Totals 5000 requests, 40 connections   master 900",
+            "Upstreams api2 70.0/s (2 active), api1 50.5/s (1 active)",
             "Containers: 3 + host, by name ▲",
         ] {
             assert!(text.contains(expected), "{expected:?} missing:\n{text}");
@@ -724,6 +784,17 @@ mod tests {
     }
 
     #[test]
+    fn nginx_not_found_says_so() {
+        let mut app = farm_app();
+        let mut snapshot = app.snapshot.clone().expect("a snapshot");
+        snapshot.nginx = Nginx::default();
+        snapshot.host.timestamp = "2026-11-22T04:22:03Z".into();
+        assert!(app.update(snapshot));
+        let text = render(&app, 160, 30).join("\n");
+        assert!(text.contains("nginx not found: not counted"), "{text}");
+    }
+
+    #[test]
     fn a_version_mismatch_shows_in_the_status_line_over_the_last_document() {
         let mut app = farm_app();
         let file = scratch_file("draw-v1", br#"{"version": 1, "cgroups": []}"#);
@@ -733,7 +804,7 @@ mod tests {
         let last = screen.last().expect("lines");
         assert!(
             last.contains(&format!(
-                "snapshot {} has schema version 1, this lynx reads 2",
+                "snapshot {} has schema version 1, this lynx reads {SNAPSHOT_VERSION}",
                 file.path().display()
             )),
             "{last}"

@@ -30,7 +30,10 @@ use std::{
 use crossterm::event::{self, Event};
 
 pub use self::{app::App, draw::draw, source::load_snapshot};
-use self::{app::View, terminal::TerminalGuard};
+use self::{
+    app::View,
+    terminal::{Input, TerminalGuard},
+};
 use crate::sink::history::container_minutes;
 
 /// What `lynx top` shows and how.
@@ -128,6 +131,7 @@ fn live(
     let refresh = options.refresh.max(MIN_REFRESH);
     let mut next_read = Instant::now() + refresh;
     let mut redraw = true;
+    let mut last_size = None;
     while !app.quit && !stop.load(Ordering::Relaxed) {
         if redraw {
             app.now = SystemTime::now();
@@ -140,14 +144,24 @@ fn live(
         let wait = next_read
             .saturating_duration_since(Instant::now())
             .min(SIGNAL_CHECK);
-        if event::poll(wait).map_err(TuiError::Terminal)? {
-            match event::read().map_err(TuiError::Terminal)? {
-                Event::Key(key) => {
-                    app.key(key);
-                    redraw = true;
+        // Resizes are seen by size, not as crossterm events: crossterm is only asked for
+        // events when keys are waiting (see `wait_for_input`).
+        let size = guard.terminal.size().map_err(TuiError::Terminal)?;
+        if Some(size) != last_size {
+            last_size = Some(size);
+            redraw = true;
+        }
+        match guard.wait_for_input(wait).map_err(TuiError::Terminal)? {
+            // Nobody is looking any more; nothing to restore on a terminal that is gone.
+            Input::Gone => return Ok(()),
+            Input::Quiet => {}
+            Input::Ready => {
+                while event::poll(Duration::ZERO).map_err(TuiError::Terminal)? {
+                    if let Event::Key(key) = event::read().map_err(TuiError::Terminal)? {
+                        app.key(key);
+                        redraw = true;
+                    }
                 }
-                Event::Resize(..) => redraw = true,
-                _ => {}
             }
         }
         if let Some(path) = &options.history_path

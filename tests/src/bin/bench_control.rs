@@ -54,7 +54,7 @@ fn main() {
         "reconcile_interval = \"2s\"",
         "reconcile_interval = \"60s\"",
     );
-    let daemon = DaemonUnderTest::start_configured("bench-control", "1s", &config, &[]);
+    let daemon = DaemonUnderTest::start_configured("bench-control", "1s", "", &config);
     let (name, page) = (farm.containers[0].name().to_owned(), farm.pages[0].clone());
     let serves_page = |a: &Result<String, String>| a.as_ref() == Ok(&page);
     let timeout = Duration::from_secs(10);

@@ -1,0 +1,243 @@
+//! The framing state machine against what nginx counts, fed whole and in every split.
+use std::{format, vec, vec::Vec};
+
+use proptest::prelude::*;
+
+use super::*;
+
+fn client() -> HttpFlow {
+    new_flow(FLOW_CLIENT, 80, 0, true)
+}
+
+/// Counts of `stream` fed in one piece.
+fn counts(stream: &[u8]) -> (Tally, HttpFlow) {
+    let mut flow = client();
+    let mut tally = Tally::default();
+    feed(&mut flow, stream, &mut tally);
+    (tally, flow)
+}
+
+/// Counts of `stream` fed in the pieces that `cuts` (sorted offsets) make.
+fn counts_split(stream: &[u8], cuts: &[usize]) -> Tally {
+    let mut flow = client();
+    let mut tally = Tally::default();
+    let mut start = 0;
+    for &cut in cuts.iter().chain([stream.len()].iter()) {
+        feed(&mut flow, &stream[start..cut], &mut tally);
+        start = cut;
+    }
+    tally
+}
+
+fn tally(requests: u64, bad_requests: u64) -> Tally {
+    Tally {
+        requests,
+        bad_requests,
+    }
+}
+
+fn get(path: &str) -> Vec<u8> {
+    format!("GET {path} HTTP/1.1\r\nHost: lynx\r\nUser-Agent: test\r\n\r\n").into_bytes()
+}
+
+/// Requests whose bodies, chunks and trailers hold bytes that look like requests.
+fn tricky_stream() -> Vec<u8> {
+    let evil = "GET /evil HTTP/1.1\r\nHost: x\r\n\r\n";
+    let mut stream = get("/first");
+    stream.extend(
+        format!(
+            "POST /cl HTTP/1.1\r\nHost: x\r\ncontent-LENGTH: {}\r\n\r\n{evil}",
+            evil.len()
+        )
+        .as_bytes(),
+    );
+    stream.extend(b"POST /chunked HTTP/1.1\r\nTransfer-Encoding:  Chunked \r\n\r\n");
+    stream.extend(format!("{:x};ext=1\r\n{evil}\r\n", evil.len()).as_bytes());
+    stream.extend(b"A\r\nGET / HTTP\r\n0\r\nX-Trailer: GET / HTTP/1.1\r\n\r\n");
+    stream.extend(b"\r\n");
+    stream.extend(get("/last"));
+    stream
+}
+
+#[test]
+fn keep_alive_requests_are_counted_each_once() {
+    let stream: Vec<u8> = (0..100).flat_map(|i| get(&format!("/{i}"))).collect();
+    let (found, flow) = counts(&stream);
+    assert_eq!(found, tally(100, 0));
+    assert_eq!(flow.state, IDLE);
+}
+
+#[test]
+fn bodies_chunks_and_trailers_are_never_requests() {
+    let (found, flow) = counts(&tricky_stream());
+    // The stray CRLF between two requests is a request start of its own in nginx's count,
+    // as in `stub_status`, and merges with the next request line.
+    assert_eq!(found, tally(4, 0));
+    assert_eq!(flow.state, IDLE);
+}
+
+#[test]
+fn every_split_point_gives_the_same_counts() {
+    let stream = tricky_stream();
+    let whole = counts(&stream).0;
+    for cut in 0..=stream.len() {
+        assert_eq!(counts_split(&stream, &[cut]), whole, "cut at {cut}");
+    }
+    let every_byte: Vec<usize> = (1..stream.len()).collect();
+    assert_eq!(counts_split(&stream, &every_byte), whole);
+}
+
+/// The table of docs/design/nginx-counting.md §5: what nginx counts for each malformed input.
+#[test]
+fn malformed_input_counts_as_nginx_does() {
+    let big_header = format!(
+        "GET /big HTTP/1.1\r\nHost: x\r\nX-Big: {}\r\n\r\n",
+        "a".repeat(65536)
+    );
+    let cases: Vec<(&str, Vec<u8>, Tally)> =
+        vec![
+        ("garbage", b"\x00\x01\x02garbage\xff\r\n\r\n".to_vec(), tally(1, 1)),
+        ("lowercase method", b"get / HTTP/1.1\r\n\r\n".to_vec(), tally(1, 1)),
+        ("cut mid-line", b"GET /cut HT".to_vec(), tally(1, 0)),
+        ("HTTP/0.9", b"GET /\r\n".to_vec(), tally(1, 1)),
+        ("HTTP/2 preface", b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n".to_vec(), tally(1, 1)),
+        ("64 KiB header", big_header.into_bytes(), tally(1, 0)),
+        (
+            "valid then garbage",
+            [get("/ok"), b"BLAH\r\n\r\n".to_vec()].concat(),
+            tally(2, 1),
+        ),
+        ("only CRLF", b"\r\n".to_vec(), tally(1, 0)),
+        (
+            "bad chunk size",
+            b"POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\n".to_vec(),
+            tally(1, 1),
+        ),
+        (
+            "Content-Length and Transfer-Encoding",
+            b"POST / HTTP/1.1\r\nContent-Length: 3\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n"
+                .to_vec(),
+            tally(1, 1),
+        ),
+        (
+            "unknown transfer coding",
+            b"POST / HTTP/1.1\r\nTransfer-Encoding: gzip, chunked\r\n\r\n0\r\n\r\n".to_vec(),
+            tally(1, 1),
+        ),
+        (
+            "chunked HTTP/1.0",
+            b"POST / HTTP/1.0\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n".to_vec(),
+            tally(1, 1),
+        ),
+    ];
+    for (name, stream, expected) in cases {
+        assert_eq!(counts(&stream).0, expected, "{name}");
+        // Nothing after a rejected request counts: nginx has closed the connection.
+        if expected.bad_requests > 0 {
+            let more = [stream, get("/after")].concat();
+            assert_eq!(counts(&more).0, expected, "{name}, then a request");
+        }
+    }
+}
+
+#[test]
+fn requests_after_a_close_are_not_counted() {
+    let close = b"GET / HTTP/1.1\r\nConnection: keep-alive, Close\r\n\r\n".to_vec();
+    assert_eq!(counts(&[close, get("/piped")].concat()).0, tally(1, 0));
+    let old = b"GET / HTTP/1.0\r\nHost: x\r\n\r\n".to_vec();
+    assert_eq!(counts(&[old, get("/piped")].concat()).0, tally(1, 0));
+    let old_keep_alive = b"GET / HTTP/1.0\r\nConnection: Keep-Alive\r\n\r\n".to_vec();
+    assert_eq!(
+        counts(&[old_keep_alive, get("/piped")].concat()).0,
+        tally(2, 0)
+    );
+    // The body of the closing request is still skipped, not parsed.
+    let post = b"POST / HTTP/1.1\r\nConnection: close\r\nContent-Length: 5\r\n\r\nGET /".to_vec();
+    let (found, flow) = counts(&post);
+    assert_eq!(found, tally(1, 0));
+    assert_eq!(flow.state, CLOSED);
+}
+
+#[test]
+fn tls_flows_count_nothing() {
+    let mut flow = new_flow(FLOW_CLIENT, 443, 0, false);
+    let mut found = Tally::default();
+    feed(&mut flow, &get("/"), &mut found);
+    assert_eq!(found, Tally::default());
+}
+
+#[test]
+fn huge_bodies_are_skipped_in_one_step() {
+    let mut flow = client();
+    let mut found = Tally::default();
+    feed(
+        &mut flow,
+        b"PUT / HTTP/1.1\r\nContent-Length: 99999999999999999999999\r\n\r\n",
+        &mut found,
+    );
+    assert_eq!(flow.state, BODY);
+    assert_eq!(flow.left, MAX_LEFT);
+    assert_eq!(skip(&mut flow, u64::MAX), MAX_LEFT);
+    assert_eq!(flow.state, IDLE);
+}
+
+/// A valid request of one of several shapes.
+fn request() -> impl Strategy<Value = Vec<u8>> {
+    let path = "/[a-z0-9]{0,12}";
+    let body = proptest::collection::vec(any::<u8>(), 0..300);
+    prop_oneof![
+        path.prop_map(|p| get(&p)),
+        (path, body.clone()).prop_map(|(p, body)| {
+            let mut r = format!(
+                "POST {p} HTTP/1.1\r\nContent-Length: {}\r\n\r\n",
+                body.len()
+            )
+            .into_bytes();
+            r.extend(body);
+            r
+        }),
+        (path, proptest::collection::vec(body, 0..4)).prop_map(|(p, chunks)| {
+            let mut r =
+                format!("PUT {p} HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n").into_bytes();
+            for chunk in chunks.iter().filter(|c| !c.is_empty()) {
+                r.extend(format!("{:x}\r\n", chunk.len()).as_bytes());
+                r.extend(chunk);
+                r.extend(b"\r\n");
+            }
+            r.extend(b"0\r\n\r\n");
+            r
+        }),
+    ]
+}
+
+proptest! {
+    /// Any sequence of valid requests, cut anywhere, counts each request once.
+    #[test]
+    fn valid_streams_count_each_request_once_however_cut(
+        requests in proptest::collection::vec(request(), 1..12),
+        cuts in proptest::collection::vec(any::<prop::sample::Index>(), 0..8),
+    ) {
+        let stream: Vec<u8> = requests.concat();
+        let mut cuts: Vec<usize> = cuts.iter().map(|c| c.index(stream.len())).collect();
+        cuts.sort_unstable();
+        let found = counts_split(&stream, &cuts);
+        prop_assert_eq!(found, tally(requests.len() as u64, 0));
+    }
+}
+
+#[test]
+fn names_fit_the_kernel() {
+    for name in [
+        HTTP_FLOWS_MAP,
+        HTTP_ENDPOINTS_MAP,
+        HTTP_COUNTERS_MAP,
+        HTTP_SLOT_OWNERS_MAP,
+        HTTP_TARGET_MAP,
+        NGINX_TGIDS_MAP,
+        HTTP_PORTS_MAP,
+        HTTP_SYS_EXIT_PROGRAM,
+        NGINX_FORK_PROGRAM,
+    ] {
+        assert!(name.len() <= 15, "{name} is longer than the kernel keeps");
+    }
+}
