@@ -14,7 +14,7 @@ use crate::{
         CollectError, Collector, CollectorOptions, NginxOptions, lxd_instances::LxdInstances,
     },
     config::HistoryConfig,
-    controller::{ControlOptions, Controller, core::NoProbe},
+    controller::{ControlOptions, Controller},
     model,
     sink::{
         Sink,
@@ -145,10 +145,7 @@ pub fn run(options: &DaemonOptions, stop: &AtomicBool) -> Result<(), DaemonError
         )?));
     }
     // After the sinks: a daemon that cannot serve its endpoint must not have touched nginx.
-    let controller = options
-        .control
-        .clone()
-        .map(|control| Controller::spawn(control, Box::new(NoProbe)));
+    let controller = options.control.clone().map(Controller::spawn);
     let mut previous = collector.sample()?;
     tracing::info!(
         interval = ?options.interval,

@@ -6,9 +6,10 @@
 //! - a member enters its upstream only once it is `Running`, has an address and answers on the
 //!   group's port;
 //! - a member leaves its upstream (nginx confirmed the reload) before it is frozen or stopped,
-//!   and is put away only once nginx has no connection to it (the probe says 0, or, without a
-//!   probe, every worker that the removing reload retired has exited) or the drain timeout
-//!   passed; a member nginx could not be made to drop is never put away;
+//!   and is put away only once nginx has no connection to it (every worker that the removing
+//!   reload retired has exited, or the kernel's count, taken [`SETTLE`] after that reload,
+//!   says 0) or the drain timeout passed; a member nginx could not be made to drop is never
+//!   put away;
 //! - one scale action per group at a time: the policy is not asked while one is under way.
 use std::{
     collections::{BTreeMap, BTreeSet},
@@ -57,20 +58,16 @@ pub trait Backends {
     fn answers(&self, address: SocketAddrV4) -> bool;
 }
 
-/// nginx's open connections to one backend, when something counts them (the kernel, with the
-/// nginx counting programs); `None` when unknown.
+/// nginx's open connections to one backend, as counted at some instant after `since` (the
+/// kernel counts them when nginx is counted); `None` without such a count.
 pub trait DrainProbe {
-    fn active_connections(&self, address: SocketAddrV4) -> Option<u64>;
+    fn active_connections(&self, address: SocketAddrV4, since: Instant) -> Option<u64>;
 }
 
-/// No count: a drain waits for the retired nginx workers to exit, or for its timeout.
-pub struct NoProbe;
-
-impl DrainProbe for NoProbe {
-    fn active_connections(&self, _: SocketAddrV4) -> Option<u64> {
-        None
-    }
-}
+/// How long after the reload that took a member out a connection count must be taken to end
+/// its drain: workers of the previous generation may still accept a client for a moment
+/// after the new ones start, and send it to the member.
+const SETTLE: Duration = Duration::from_millis(500);
 
 /// What the controller uses of the outside world in one step.
 pub struct Io<'a> {
@@ -100,9 +97,9 @@ pub struct Request {
 pub struct Load {
     /// CPU % (100 = one CPU) of each container over the snapshot's interval.
     pub cpu_percent: BTreeMap<String, f64>,
-    /// Requests per second of each upstream, by upstream name, when nginx's requests are
-    /// counted; empty otherwise.
-    pub requests_per_s: BTreeMap<String, f64>,
+    /// Requests per second nginx sent to each backend (address and port), when nginx is
+    /// counted; `None` otherwise.
+    pub requests_per_s: Option<BTreeMap<SocketAddrV4, f64>>,
 }
 
 /// What the controller is doing with one member.
@@ -112,8 +109,9 @@ enum Task {
     Drain {
         action: DownAction,
         deadline: Instant,
-        /// Set once nginx serves an upstream without it: the workers that were retiring then.
-        confirmed: Option<BTreeSet<u32>>,
+        /// Set once nginx serves an upstream without it: when, and the workers that were
+        /// retiring then.
+        confirmed: Option<(Instant, BTreeSet<u32>)>,
     },
     /// Asked of LXD; not answered yet.
     Pending(StateAction),
@@ -359,11 +357,21 @@ impl Core {
                 0 => f64::NAN,
                 n => cpu.iter().sum::<f64>() / n as f64,
             };
+            let port = group.config.port;
             let requests = load
                 .requests_per_s
-                .get(group.config.upstream_name())
+                .as_ref()
                 .filter(|_| running > 0)
-                .map(|total| total / f64::from(running));
+                .map(|rates| {
+                    let total: f64 = group
+                        .members
+                        .values()
+                        .filter(|m| m.state.status == InstanceStatus::Running)
+                        .filter_map(|m| m.state.ipv4)
+                        .filter_map(|ip| rates.get(&SocketAddrV4::new(ip, port)))
+                        .sum();
+                    total / f64::from(running)
+                });
             let observation = Observation {
                 at,
                 running,
@@ -595,24 +603,26 @@ impl Core {
                     })
                 });
                 if confirmed.is_none() && out_of_nginx {
-                    *confirmed = Some(io.balancer.retiring_workers());
+                    *confirmed = Some((now, io.balancer.retiring_workers()));
                 }
-                let Some(retiring) = confirmed else {
+                let Some((confirmed_at, retiring)) = confirmed else {
                     if now >= *deadline {
                         tracing::error!(group = %group.config.name, container = %name, "nginx still has the container in its upstream at the drain timeout: scale-down abandoned, the container keeps serving");
                         finished.push((name.clone(), None));
                     }
                     continue;
                 };
-                let connections = address.and_then(|a| io.probe.active_connections(a));
-                let drained = match connections {
-                    Some(count) => count == 0,
-                    None => io.balancer.retiring_workers().is_disjoint(retiring),
-                };
-                if drained || now >= *deadline {
-                    let why = match (drained, connections) {
-                        (true, Some(_)) => "nginx has no connection left to it".to_owned(),
-                        (true, None) => "the nginx workers that knew it have exited".to_owned(),
+                // Either is enough: no worker that knew the member is left, or none of them
+                // has a connection to it.
+                let workers_gone = io.balancer.retiring_workers().is_disjoint(retiring);
+                let connections =
+                    address.and_then(|a| io.probe.active_connections(a, *confirmed_at + SETTLE));
+                if workers_gone || connections == Some(0) || now >= *deadline {
+                    let why = match (workers_gone, connections) {
+                        (true, _) => "the nginx workers that knew it have exited".to_owned(),
+                        (false, Some(0)) => {
+                            "the kernel counts no connection from nginx to it".to_owned()
+                        }
                         (false, Some(count)) => {
                             format!("drain timeout with {count} connections left")
                         }

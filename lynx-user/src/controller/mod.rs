@@ -102,17 +102,36 @@ enum Message {
     },
 }
 
+/// nginx's open connections per backend from the latest snapshot that counted nginx, with
+/// when it was handed over: the drains' probe.
+#[derive(Clone, Default)]
+struct KernelCounts(Arc<Mutex<Option<Counted>>>);
+
+/// Open connections per backend, and when they were handed over.
+type Counted = (Instant, BTreeMap<SocketAddrV4, u64>);
+
+impl DrainProbe for KernelCounts {
+    fn active_connections(&self, address: SocketAddrV4, since: Instant) -> Option<u64> {
+        let counts = self.0.lock().unwrap_or_else(PoisonError::into_inner);
+        let (_, active) = counts.as_ref().filter(|(at, _)| *at >= since)?;
+        // A backend nginx never connected to has no entry: no connection.
+        Some(active.get(&address).copied().unwrap_or(0))
+    }
+}
+
 /// The running controller; stops its threads when dropped.
 pub struct Controller {
     sender: Sender<Message>,
+    counts: KernelCounts,
     groups: Arc<Mutex<Vec<model::Group>>>,
     stop: Arc<AtomicBool>,
     threads: Vec<JoinHandle<()>>,
 }
 
 impl Controller {
-    /// Starts the threads. `probe` counts nginx's connections to a backend for drains.
-    pub fn spawn(options: ControlOptions, probe: Box<dyn DrainProbe + Send>) -> Self {
+    /// Starts the threads.
+    pub fn spawn(options: ControlOptions) -> Self {
+        let counts = KernelCounts::default();
         let (sender, receiver) = mpsc::channel();
         let (actions, action_receiver) = mpsc::channel();
         let stop = Arc::new(AtomicBool::new(false));
@@ -140,20 +159,40 @@ impl Controller {
                 Box::new(move || act(&sockets, &action_receiver, &sender))
             }),
             spawn("controller", {
-                let (groups, stop) = (Arc::clone(&groups), Arc::clone(&stop));
-                Box::new(move || control(options, probe, &receiver, &actions, &groups, &stop))
+                let (groups, stop, probe) =
+                    (Arc::clone(&groups), Arc::clone(&stop), counts.clone());
+                Box::new(move || control(options, &probe, &receiver, &actions, &groups, &stop))
             }),
         ];
         Self {
             sender,
+            counts,
             groups,
             stop,
             threads,
         }
     }
 
-    /// Hands a snapshot's load to the autoscalers.
+    /// Hands a snapshot's load to the autoscalers, and nginx's connection counts to the
+    /// drains.
     pub fn feed(&self, snapshot: &model::Snapshot) {
+        let now = Instant::now();
+        // Per backend, when nginx is counted (the kernel knows its processes).
+        let backends = snapshot.nginx.master_pid.map(|_| {
+            snapshot
+                .nginx
+                .upstreams
+                .iter()
+                .filter_map(|e| {
+                    let ip = e.address.as_deref()?.parse().ok()?;
+                    Some((SocketAddrV4::new(ip, e.port), e))
+                })
+                .collect::<BTreeMap<_, _>>()
+        });
+        if let Some(backends) = &backends {
+            let active = backends.iter().map(|(a, e)| (*a, e.active)).collect();
+            *self.counts.0.lock().unwrap_or_else(PoisonError::into_inner) = Some((now, active));
+        }
         let load = Load {
             cpu_percent: snapshot
                 .containers
@@ -161,10 +200,10 @@ impl Controller {
                 .filter(|c| c.kind == "lxd")
                 .map(|c| (c.name.clone(), c.cpu.percent))
                 .collect(),
-            // Filled once nginx's requests are counted per upstream.
-            requests_per_s: Default::default(),
+            requests_per_s: backends
+                .map(|b| b.iter().map(|(a, e)| (*a, e.requests_per_s)).collect()),
         };
-        let _ = self.sender.send(Message::Load(Instant::now(), load));
+        let _ = self.sender.send(Message::Load(now, load));
     }
 
     /// The groups as of the controller's last step, for the snapshot.
@@ -349,7 +388,7 @@ fn changes_membership(action: &str) -> bool {
 /// The `controller` thread.
 fn control(
     options: ControlOptions,
-    probe: Box<dyn DrainProbe + Send>,
+    probe: &dyn DrainProbe,
     receiver: &Receiver<Message>,
     actions: &Sender<Request>,
     groups: &Mutex<Vec<model::Group>>,
@@ -438,7 +477,7 @@ fn control(
         }
         if leaving {
             // Before any LXD read, which may wait for LXD.
-            step(&mut core, &mut nginx, probe.as_ref(), actions);
+            step(&mut core, &mut nginx, probe, actions);
         }
         if full {
             lxd.refresh_all(&mut core);
@@ -462,7 +501,7 @@ fn control(
         for (at, load) in loads {
             core.observe_load(at, &load);
         }
-        step(&mut core, &mut nginx, probe.as_ref(), actions);
+        step(&mut core, &mut nginx, probe, actions);
         *groups.lock().unwrap_or_else(PoisonError::into_inner) = core.groups(Instant::now());
     }
 }

@@ -67,11 +67,13 @@ impl Backends for FakeBackends {
 }
 
 #[derive(Default)]
-struct FakeProbe(RefCell<Option<u64>>);
+/// A count of nginx's connections and when it was taken.
+struct FakeProbe(RefCell<Option<(Instant, u64)>>);
 
 impl DrainProbe for FakeProbe {
-    fn active_connections(&self, _: SocketAddrV4) -> Option<u64> {
-        *self.0.borrow()
+    fn active_connections(&self, _: SocketAddrV4, since: Instant) -> Option<u64> {
+        let count = *self.0.borrow();
+        count.filter(|(at, _)| *at >= since).map(|(_, n)| n)
     }
 }
 
@@ -151,7 +153,7 @@ impl Rig {
                 .iter()
                 .map(|i| (i.name.clone(), cpu))
                 .collect(),
-            requests_per_s: BTreeMap::new(),
+            requests_per_s: None,
         };
         self.core.observe_load(self.now, &load);
         self.step();
@@ -366,15 +368,25 @@ fn scale_down_takes_the_member_out_and_waits_for_old_workers_before_freezing() {
 }
 
 #[test]
-fn a_drain_waits_for_the_probe_to_count_no_connection_or_for_its_timeout() {
+fn a_drain_ends_when_the_kernel_counts_no_connection_while_old_workers_still_run() {
     let members = [("web-1", Running), ("web-2", Running)];
     let mut rig = Rig::new(autoscaled(1, DownAction::Stop), &members, false);
-    *rig.probe.0.borrow_mut() = Some(2);
     load_until_action(&mut rig, 1.0, Duration::from_secs(10));
-    rig.nginx.retiring.clear();
+    let confirmed = rig.now;
+    // The retired workers still run (serving other backends); the kernel's count decides.
+    *rig.probe.0.borrow_mut() = Some((confirmed + Duration::from_secs(1), 2));
+    rig.advance(Duration::from_secs(1));
     rig.step();
     assert!(rig.requested.is_empty(), "2 connections left");
-    *rig.probe.0.borrow_mut() = Some(0);
+    // A zero counted too soon after the reload does not count: an old worker may still
+    // accept a client and send it there.
+    *rig.probe.0.borrow_mut() = Some((confirmed + Duration::from_millis(100), 0));
+    rig.step();
+    assert!(
+        rig.requested.is_empty(),
+        "a zero from before the settle time"
+    );
+    *rig.probe.0.borrow_mut() = Some((confirmed + Duration::from_secs(1), 0));
     rig.step();
     assert_eq!(
         rig.requested,
@@ -389,11 +401,11 @@ fn a_drain_waits_for_the_probe_to_count_no_connection_or_for_its_timeout() {
     // A connection that never ends: the drain timeout (10 s) puts it away anyway.
     let members = [("web-1", Running), ("web-2", Running)];
     let mut rig = Rig::new(autoscaled(1, DownAction::Freeze), &members, false);
-    *rig.probe.0.borrow_mut() = Some(1);
     load_until_action(&mut rig, 1.0, Duration::from_secs(10));
     let drain_started = rig.now;
     while rig.requested.is_empty() {
         rig.advance(Duration::from_millis(500));
+        *rig.probe.0.borrow_mut() = Some((rig.now, 1));
         rig.step();
         assert!(
             rig.now - drain_started <= Duration::from_secs(11),
@@ -637,5 +649,47 @@ fn events_are_read_by_instance_and_what_they_mean() {
     assert!(
         !changes_membership("instance-exec"),
         "lxc exec changes nothing"
+    );
+}
+
+#[test]
+fn requests_per_second_from_nginx_scale_a_group_up() {
+    let members = [("web-1", Running), ("web-2", Frozen)];
+    let mut config = autoscaled(1, DownAction::Freeze);
+    let policy = config.autoscale.as_mut().expect("autoscaled");
+    // CPU alone never scales: only the requests can.
+    (policy.scale_down_cpu_percent, policy.scale_up_cpu_percent) = (0.0, 1000.0);
+    (
+        policy.scale_down_requests_per_s,
+        policy.scale_up_requests_per_s,
+    ) = (Some(10.0), Some(100.0));
+    let mut rig = Rig::new(config, &members, false);
+    let until = rig.elapsed() + Duration::from_secs(10);
+    while rig.requested.is_empty() && rig.elapsed() < until {
+        rig.advance(Duration::from_secs(1));
+        let load = Load {
+            cpu_percent: BTreeMap::from([("web-1".to_owned(), 50.0)]),
+            requests_per_s: Some(BTreeMap::from([
+                (SocketAddrV4::new(ip(2), 80), 250.0),
+                // Another backend on the same address but another port is not the group's.
+                (SocketAddrV4::new(ip(2), 8080), 10_000.0),
+            ])),
+        };
+        rig.core.observe_load(rig.now, &load);
+        rig.step();
+    }
+    assert_eq!(
+        rig.requested,
+        [Request {
+            name: "web-2".into(),
+            action: StateAction::Unfreeze
+        }]
+    );
+    let groups = rig.core.groups(rig.now);
+    let autoscaler = groups[0].autoscaler.as_ref().expect("autoscaled");
+    let reason = &autoscaler.last_action.as_ref().expect("an action").reason;
+    assert!(
+        reason.contains("requests 250.0/s per container"),
+        "{reason}"
     );
 }
