@@ -286,7 +286,7 @@ fn scaling_down_to_one_and_back_to_three_under_load_fails_no_request() {
         group(s).servers.len() == 3
     });
     let url = farm.nginx.url("/");
-    let load_for = Duration::from_secs(20);
+    let load_for = Duration::from_secs(40);
     let (totals, timings) = thread::scope(|scope| {
         // One request per connection: nginx closes the idle keep-alive connections of the
         // workers a reload retires (any reload, Lynx's or an operator's), and a request
