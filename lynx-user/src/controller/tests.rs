@@ -2,7 +2,16 @@
 use std::{
     cell::RefCell,
     collections::{BTreeMap, BTreeSet},
-    net::{Ipv4Addr, SocketAddrV4},
+    fs,
+    io::{BufRead, BufReader, Write},
+    net::{Ipv4Addr, SocketAddrV4, TcpListener},
+    os::unix::net::UnixListener,
+    path::{Path, PathBuf},
+    sync::{
+        Arc,
+        atomic::{AtomicBool, Ordering},
+    },
+    thread::{self, JoinHandle},
     time::{Duration, Instant},
 };
 
@@ -692,4 +701,158 @@ fn requests_per_second_from_nginx_scale_a_group_up() {
         reason.contains("requests 250.0/s per container"),
         "{reason}"
     );
+}
+
+/// A fake LXD on a unix socket: lists `web-1` running at 127.0.0.1 and holds event streams
+/// open; gone (socket removed, streams closed) when dropped, as LXD is while it restarts.
+struct FakeLxd {
+    socket: PathBuf,
+    stop: Arc<AtomicBool>,
+    server: Option<JoinHandle<()>>,
+}
+
+impl FakeLxd {
+    fn start(socket: &Path) -> Self {
+        let _ = fs::remove_file(socket);
+        let listener = UnixListener::bind(socket).expect("bind the fake LXD socket");
+        listener.set_nonblocking(true).expect("nonblocking");
+        let stop = Arc::new(AtomicBool::new(false));
+        let instances = serde_json::json!({"type": "sync", "metadata": [{
+            "name": "web-1", "status": "Running", "type": "container", "profiles": ["default"],
+            "created_at": "2026-11-22T04:02:29Z", "last_used_at": "2026-11-22T04:02:29Z",
+            "state": {"status": "Running", "network": {"eth0": {"addresses": [
+                {"family": "inet", "address": "127.0.0.1", "netmask": "8", "scope": "global"}
+            ]}}}
+        }]})
+        .to_string();
+        let server = {
+            let stop = Arc::clone(&stop);
+            thread::spawn(move || {
+                let mut streams = Vec::new();
+                while !stop.load(Ordering::Relaxed) {
+                    let Ok((stream, _)) = listener.accept() else {
+                        thread::sleep(Duration::from_millis(10));
+                        continue;
+                    };
+                    stream.set_nonblocking(false).expect("blocking");
+                    stream
+                        .set_read_timeout(Some(Duration::from_millis(200)))
+                        .expect("timeout");
+                    let mut reader = BufReader::new(stream.try_clone().expect("clone"));
+                    let mut head = String::new();
+                    while !head.ends_with("\r\n\r\n") {
+                        match reader.read_line(&mut head) {
+                            Ok(0) | Err(_) => break,
+                            Ok(_) => {}
+                        }
+                    }
+                    let mut stream = stream;
+                    if head.starts_with("GET /1.0/events") {
+                        let _ = stream.write_all(
+                            b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\n\
+                              Connection: Upgrade\r\n\r\n",
+                        );
+                        streams.push(stream);
+                    } else if head.starts_with("GET /1.0/instances?recursion=2") {
+                        let _ = write!(
+                            stream,
+                            "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\n\
+                             Content-Length: {}\r\n\r\n{instances}",
+                            instances.len()
+                        );
+                    }
+                    // Anything else (a connect probe) is just closed.
+                }
+            })
+        };
+        Self {
+            socket: socket.to_owned(),
+            stop,
+            server: Some(server),
+        }
+    }
+}
+
+impl Drop for FakeLxd {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        if let Some(server) = self.server.take() {
+            let _ = server.join();
+        }
+        let _ = fs::remove_file(&self.socket);
+    }
+}
+
+#[test]
+fn lxd_going_away_keeps_the_upstreams_and_its_return_is_picked_up() {
+    let dir = std::env::temp_dir().join(format!("lynx-controller-lxd-{}", std::process::id()));
+    let _ = fs::remove_dir_all(&dir);
+    fs::create_dir_all(&dir).expect("test dir");
+    let socket = dir.join("lxd.socket");
+    let backend = TcpListener::bind("127.0.0.1:0").expect("a backend");
+    let port = backend.local_addr().expect("address").port();
+    let upstream_file = dir.join("upstreams.conf");
+    let lxd = FakeLxd::start(&socket);
+    let controller = super::Controller::spawn(super::ControlOptions {
+        groups: vec![GroupConfig {
+            port,
+            pattern: None,
+            containers: Some(vec!["web-1".into()]),
+            autoscale: Some(PolicyConfig::default()),
+            ..group("web")
+        }],
+        lxd_sockets: vec![socket.clone()],
+        reconcile_interval: Duration::from_millis(200),
+        upstream_file: upstream_file.clone(),
+        // `nginx -t` passes; with no master to reload, nginx's part is an error the
+        // snapshot shows, which this test does not look at.
+        nginx: crate::nginx::NginxControl {
+            binary: "true".into(),
+            main_config: dir.join("nginx.conf"),
+            prefix: None,
+            pid_file: dir.join("nginx.pid"),
+        },
+        fallback_port: 9099,
+        dry_run: false,
+    });
+    let server = format!("127.0.0.1:{port}");
+    let wait_for = |what: &str, condition: &dyn Fn(&crate::model::Group) -> bool| {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let groups = controller.groups();
+            if groups.first().is_some_and(condition) {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "waited 10 s for {what}: {groups:?}"
+            );
+            thread::sleep(Duration::from_millis(20));
+        }
+    };
+    let state = |g: &crate::model::Group| g.autoscaler.as_ref().map(|a| a.state.clone());
+    wait_for("web-1 served", &|g| {
+        g.servers == [server.clone()] && state(g).as_deref() == Some("steady")
+    });
+    let file = fs::read_to_string(&upstream_file).expect("the upstream file");
+    assert!(file.contains(&format!("server {server};")), "{file}");
+
+    drop(lxd);
+    wait_for("LXD missed", &|g| {
+        state(g).as_deref() == Some("lxd_unavailable")
+    });
+    thread::sleep(Duration::from_millis(500));
+    wait_for("the upstream kept", &|g| {
+        g.servers == [server.clone()] && g.running == 1
+    });
+    assert_eq!(
+        fs::read_to_string(&upstream_file).expect("the upstream file"),
+        file,
+        "the file is left as it was"
+    );
+
+    let _lxd = FakeLxd::start(&socket);
+    wait_for("LXD back", &|g| state(g).as_deref() == Some("steady"));
+    drop(controller);
+    fs::remove_dir_all(&dir).expect("clean up");
 }
