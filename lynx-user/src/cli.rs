@@ -12,6 +12,7 @@ use clap::{Args, Parser, Subcommand};
 use crate::{
     collector::{CollectError, Collector, CollectorOptions, lxd_instances::LxdInstances},
     config::{Config, ConfigError, DEFAULT_CONFIG_PATH},
+    controller::ControlOptions,
     daemon::{self, DaemonError, DaemonLock, DaemonOptions},
     lxd::{LxdClient, LxdError, StateAction},
     manage::{self, ImageRefError},
@@ -34,7 +35,9 @@ pub struct Cli {
 
 #[derive(Debug, Subcommand)]
 pub enum Command {
-    /// Collect every interval and write the snapshot file until SIGTERM or Ctrl-C.
+    /// Collect every interval and write the snapshot file until SIGTERM or Ctrl-C; with
+    /// `[[groups]]` configured, also keep nginx's upstreams following the containers and
+    /// scale the groups that autoscale.
     Daemon(DaemonArgs),
     /// Live full-screen view of the daemon's snapshot (no root needed); `--once`, or output
     /// that is not a terminal, prints one plain table.
@@ -127,6 +130,10 @@ pub struct DaemonArgs {
     /// [config: daemon.snapshot_path, default /run/lynx/snapshot.json].
     #[arg(long)]
     pub output: Option<PathBuf>,
+    /// Decide and log what the controller would do (upstream changes, scale actions, with
+    /// their reasons) without doing any of it: no LXD action, no file written, no reload.
+    #[arg(long)]
+    pub dry_run: bool,
 }
 
 #[derive(Debug, Args)]
@@ -213,6 +220,7 @@ pub fn run(cli: Cli) -> Result<(), CliError> {
                 signal_hook::flag::register(signal, Arc::clone(&stop))
                     .map_err(CliError::Signals)?;
             }
+            let control = control_options(&config, args.dry_run);
             let options = DaemonOptions {
                 interval: args.interval.unwrap_or(config.daemon.interval),
                 snapshot_path: args.output.unwrap_or(config.daemon.snapshot_path),
@@ -221,6 +229,7 @@ pub fn run(cli: Cli) -> Result<(), CliError> {
                 history: config.history,
                 prometheus_listen: config.prometheus.listen,
                 nginx: config.nginx.counting(),
+                control,
             };
             Ok(daemon::run(&options, &stop)?)
         }
@@ -275,6 +284,25 @@ pub fn run(cli: Cli) -> Result<(), CliError> {
                 .map_err(CliError::Stdout)
         }
     }
+}
+
+/// The controller's options, `None` without groups.
+fn control_options(config: &Config, dry_run: bool) -> Option<ControlOptions> {
+    if config.groups.is_empty() {
+        if dry_run {
+            tracing::warn!("--dry-run: no [[groups]] in the config, so there is nothing to decide");
+        }
+        return None;
+    }
+    Some(ControlOptions {
+        groups: config.groups.clone(),
+        lxd_sockets: config.lxd.sockets.clone(),
+        reconcile_interval: config.lxd.reconcile_interval,
+        upstream_file: config.nginx.upstream_file.clone(),
+        nginx: config.nginx.control(),
+        fallback_port: config.nginx.fallback_port,
+        dry_run,
+    })
 }
 
 fn lxd_client(config: &Config) -> Result<LxdClient, CliError> {

@@ -8,6 +8,8 @@ use std::{
 
 use serde::{Deserialize, Deserializer};
 
+use crate::controller::group::{self, GroupConfig, GroupError};
+
 /// Where the daemon looks for its config when `--config` is not given.
 pub const DEFAULT_CONFIG_PATH: &str = "/etc/lynx/lynx.toml";
 
@@ -23,6 +25,14 @@ pub enum ConfigError {
         column: usize,
         message: String,
     },
+    /// A `[[groups]]` entry that parses but cannot be used.
+    #[error("{path}: groups[{index}] ({name:?}): {source}")]
+    Group {
+        path: PathBuf,
+        index: usize,
+        name: String,
+        source: GroupError,
+    },
 }
 
 /// The whole config.
@@ -35,6 +45,8 @@ pub struct Config {
     pub prometheus: PrometheusConfig,
     pub top: TopConfig,
     pub nginx: NginxConfig,
+    /// `[[groups]]`: the containers behind each upstream Lynx keeps, and their autoscaling.
+    pub groups: Vec<GroupConfig>,
 }
 
 /// `[nginx]`: the load balancer Lynx counts and whose upstream file it owns.
@@ -55,6 +67,11 @@ pub struct NginxConfig {
     /// Of those, the ports that speak TLS: connections and bytes are counted, requests only on
     /// the upstream side (the bytes nginx reads there are ciphertext).
     pub tls_ports: Vec<u16>,
+    /// The file Lynx owns and nginx's config `include`s: every group's `upstream` block.
+    pub upstream_file: PathBuf,
+    /// The loopback port of the server, defined in the upstream file, that answers 503 for a
+    /// group with no running container.
+    pub fallback_port: u16,
 }
 
 impl Default for NginxConfig {
@@ -66,6 +83,8 @@ impl Default for NginxConfig {
             prefix: None,
             ports: vec![80, 443],
             tls_ports: vec![443],
+            upstream_file: "/etc/nginx/conf.d/lynx-upstreams.conf".into(),
+            fallback_port: 9099,
         }
     }
 }
@@ -189,6 +208,9 @@ pub struct DaemonConfig {
 pub struct LxdConfig {
     /// Unix sockets tried in order; the first that exists is used.
     pub sockets: Vec<PathBuf>,
+    /// How often the controller re-reads every instance, in case an event was missed.
+    #[serde(deserialize_with = "interval")]
+    pub reconcile_interval: Duration,
 }
 
 impl Default for DaemonConfig {
@@ -208,6 +230,7 @@ impl Default for LxdConfig {
                 .iter()
                 .map(PathBuf::from)
                 .collect(),
+            reconcile_interval: Duration::from_secs(5),
         }
     }
 }
@@ -246,6 +269,14 @@ impl Config {
             // Where the key is written, for the message.
             let offset = text.find(&format!("\n{key}")).map_or(0, |at| at + 1);
             invalid(offset, format!("[nginx] {key}: {message}"))
+        })?;
+        group::validate_all(&config.groups).map_err(|(index, name, source)| {
+            ConfigError::Group {
+                path: path.to_owned(),
+                index,
+                name,
+                source,
+            }
         })?;
         Ok(config)
     }
@@ -295,6 +326,55 @@ mod tests {
             parse(&uncommented),
             Ok(Config::default()),
             "example:\n{uncommented}"
+        );
+    }
+
+    #[test]
+    fn the_example_group_parses_and_validates() {
+        let example = include_str!("../../lynx.example.toml");
+        let group: String = example
+            .lines()
+            .filter_map(|line| line.strip_prefix("## "))
+            .filter(|l| l.contains(" = ") || l.starts_with('['))
+            .collect::<Vec<_>>()
+            .join("\n");
+        let config = parse(&group).unwrap_or_else(|e| panic!("{e}\n{group}"));
+        let [web] = config.groups.as_slice() else {
+            panic!("one group: {config:?}");
+        };
+        assert_eq!(
+            (web.name.as_str(), web.upstream_name()),
+            ("web", "web_backends")
+        );
+        assert_eq!(web.pattern.as_deref(), Some("web-*"));
+        assert_eq!(web.drain_timeout, Duration::from_secs(30));
+        assert_eq!(
+            web.autoscale,
+            Some(crate::autoscale::PolicyConfig::default()),
+            "the example shows the policy's defaults"
+        );
+    }
+
+    #[test]
+    fn a_bad_group_is_named_with_its_key() {
+        let error = parse(
+            "[[groups]]\nname = \"web\"\nport = 80\npattern = \"web-*\"\n\
+             [groups.autoscale]\nmin = 3\nmax = 2\n",
+        )
+        .unwrap_err();
+        assert_eq!(
+            error,
+            "lynx.toml: groups[0] (\"web\"): autoscale.max (2) must be at least min (3)"
+        );
+        let error = parse("[[groups]]\nname = \"web\"\nport = 80\n").unwrap_err();
+        assert_eq!(
+            error,
+            "lynx.toml: groups[0] (\"web\"): set exactly one of profile, pattern or containers (found 0)"
+        );
+        let error = parse("[[groups]]\nname = \"web\"\nport = 80\nprofle = \"web\"\n").unwrap_err();
+        assert!(
+            error.starts_with("lynx.toml: line 4, column 1: unknown field `profle`"),
+            "{error}"
         );
     }
 

@@ -14,6 +14,7 @@ use crate::{
         CollectError, Collector, CollectorOptions, NginxOptions, lxd_instances::LxdInstances,
     },
     config::HistoryConfig,
+    controller::{ControlOptions, Controller},
     model,
     sink::{
         Sink,
@@ -38,6 +39,8 @@ pub struct DaemonOptions {
     pub prometheus_listen: String,
     /// The nginx whose traffic is counted.
     pub nginx: NginxOptions,
+    /// The upstream controller and autoscaler; `None` without `[[groups]]`.
+    pub control: Option<ControlOptions>,
 }
 
 /// Errors that stop the daemon.
@@ -141,6 +144,8 @@ pub fn run(options: &DaemonOptions, stop: &AtomicBool) -> Result<(), DaemonError
             &options.prometheus_listen,
         )?));
     }
+    // After the sinks: a daemon that cannot serve its endpoint must not have touched nginx.
+    let controller = options.control.clone().map(Controller::spawn);
     let mut previous = collector.sample()?;
     tracing::info!(
         interval = ?options.interval,
@@ -164,7 +169,11 @@ pub fn run(options: &DaemonOptions, stop: &AtomicBool) -> Result<(), DaemonError
                 "a kernel map is full: some events were not counted (see kernel_drops)"
             );
         }
-        let snapshot = model::snapshot(&previous, &current);
+        let mut snapshot = model::snapshot(&previous, &current);
+        if let Some(controller) = &controller {
+            controller.feed(&snapshot);
+            snapshot.groups = controller.groups();
+        }
         for sink in &mut sinks {
             sink.publish(&snapshot);
         }

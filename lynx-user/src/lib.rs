@@ -5,6 +5,7 @@ pub mod autoscale;
 pub mod cli;
 pub mod collector;
 pub mod config;
+pub mod controller;
 pub mod daemon;
 pub mod lxd;
 pub mod manage;

@@ -23,6 +23,70 @@ pub struct Snapshot {
     pub nginx: Nginx,
     pub kernel_drops: KernelDrops,
     pub collector: CollectorStats,
+    /// One entry per `[[groups]]` of the daemon's config; empty without groups and from
+    /// `lynx snapshot`, which runs no controller.
+    #[serde(default)]
+    pub groups: Vec<Group>,
+}
+
+/// One group of containers behind one nginx upstream, as the controller sees it.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Group {
+    pub name: String,
+    /// The nginx `upstream` block's name.
+    pub upstream: String,
+    pub port: u16,
+    /// The servers Lynx puts in the upstream (running members that answered on `port`), as
+    /// `address:port`; empty means clients get the 503 fallback.
+    pub servers: Vec<String>,
+    /// Members by LXD status.
+    pub running: u32,
+    pub frozen: u32,
+    pub stopped: u32,
+    /// nginx's message when it rejected the last upstream file (it serves the previous one);
+    /// `None` when it serves what Lynx rendered.
+    pub upstream_error: Option<String>,
+    /// `None` for a group without `autoscale`.
+    pub autoscaler: Option<Autoscaler>,
+}
+
+/// A group's autoscaler.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Autoscaler {
+    /// `lynx daemon --dry-run`: decisions are logged, not carried out.
+    pub dry_run: bool,
+    /// `steady`, `scaling_up`, `draining`, `scaling_down` or `lxd_unavailable`.
+    pub state: String,
+    pub min: u32,
+    pub max: u32,
+    /// Averages over the policy's window (since its last reset), `None` without samples.
+    pub cpu_percent_avg: Option<f64>,
+    pub requests_per_s_avg: Option<f64>,
+    pub window_filled_s: f64,
+    pub last_action: Option<ScaleAction>,
+    /// RFC 3339: the earliest the next scale-up or scale-down can come; `None` when none can
+    /// (at `max` or with nothing to start, at `min`).
+    pub next_scale_up_at: Option<String>,
+    pub next_scale_down_at: Option<String>,
+    /// The reason of the last decision, with the figures it was made from.
+    pub reason: Option<String>,
+}
+
+/// A scale action the autoscaler decided.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ScaleAction {
+    /// RFC 3339.
+    pub at: String,
+    /// `up` or `down`.
+    pub direction: String,
+    /// Running containers before and after.
+    pub from: u32,
+    pub to: u32,
+    pub containers: Vec<String>,
+    pub reason: String,
 }
 
 /// The nginx load balancer's traffic, as the kernel counted it in nginx's system calls.
@@ -329,6 +393,7 @@ pub fn snapshot(previous: &Sample, current: &Sample) -> Snapshot {
         collector: CollectorStats {
             sample_ms: round2(current.duration.as_secs_f64() * 1000.0),
         },
+        groups: Vec::new(),
     }
 }
 
@@ -433,11 +498,11 @@ fn per_second(amount: u64, seconds: f64) -> f64 {
     }
 }
 
-fn round2(value: f64) -> f64 {
+pub(crate) fn round2(value: f64) -> f64 {
     (value * 100.0).round() / 100.0
 }
 
-fn rfc3339(at: SystemTime) -> String {
+pub fn rfc3339(at: SystemTime) -> String {
     time::OffsetDateTime::from(at)
         .format(&time::format_description::well_known::Rfc3339)
         .expect("a SystemTime after 1970 formats as RFC 3339")
@@ -530,6 +595,7 @@ pub(crate) mod fixtures {
                 nginx_endpoints_full: 0,
             },
             collector: CollectorStats { sample_ms: 0.87 },
+            groups: Vec::new(),
         }
     }
 }

@@ -25,6 +25,8 @@ pub struct DaemonUnderTest {
     pub log_path: PathBuf,
     pub pin_dir: PathBuf,
     pub config: PathBuf,
+    /// Arguments after `lynx daemon`.
+    args: Vec<String>,
 }
 
 impl DaemonUnderTest {
@@ -41,6 +43,17 @@ impl DaemonUnderTest {
 
     /// As [`Self::start_with_prometheus`], with more config sections appended (`[nginx]`...).
     pub fn start_configured(name: &str, interval: &str, listen: &str, extra: &str) -> Self {
+        Self::start_with_args(name, interval, listen, extra, &[])
+    }
+
+    /// As [`Self::start_configured`], with `args` after `lynx daemon`.
+    pub fn start_with_args(
+        name: &str,
+        interval: &str,
+        listen: &str,
+        extra: &str,
+        args: &[&str],
+    ) -> Self {
         let unique = format!("lynx-test-{name}-{}", std::process::id());
         let dir = std::env::temp_dir().join(&unique);
         let _ = fs::remove_dir_all(&dir);
@@ -56,12 +69,13 @@ impl DaemonUnderTest {
                  [history]\npath = \"{}\"\n[prometheus]\nlisten = \"{listen}\"\n{extra}",
                 snapshot_path.display(),
                 pin_dir.display(),
-                history.display()
+                history.display(),
             ),
         )
         .expect("write daemon config");
         let log_path = dir.join("daemon.log");
-        let daemon = spawn(&config, &log_path);
+        let args: Vec<String> = args.iter().map(|a| (*a).to_owned()).collect();
+        let daemon = spawn(&config, &log_path, &args);
         let daemon = Self {
             daemon,
             dir,
@@ -69,6 +83,7 @@ impl DaemonUnderTest {
             log_path,
             pin_dir,
             config,
+            args,
         };
         daemon.next_snapshot();
         daemon
@@ -78,7 +93,23 @@ impl DaemonUnderTest {
     pub fn kill_and_restart(&mut self) {
         self.daemon.kill();
         let _ = fs::remove_file(&self.snapshot_path);
-        self.daemon = spawn(&self.config, &self.log_path);
+        self.daemon = spawn(&self.config, &self.log_path, &self.args);
+        self.next_snapshot();
+    }
+
+    /// Stops the daemon with SIGTERM, replaces `from` by `to` in its config, and starts it
+    /// again on the same pins.
+    pub fn restart_with_config_change(&mut self, from: &str, to: &str) {
+        let text = fs::read_to_string(&self.config).expect("read daemon config");
+        assert!(
+            text.contains(from),
+            "{from:?} is not in the config:\n{text}"
+        );
+        let status = self.terminate();
+        assert!(status.success(), "daemon exit on SIGTERM: {status}");
+        fs::write(&self.config, text.replace(from, to)).expect("write daemon config");
+        let _ = fs::remove_file(&self.snapshot_path);
+        self.daemon = spawn(&self.config, &self.log_path, &self.args);
         self.next_snapshot();
     }
 
@@ -155,7 +186,7 @@ impl DaemonUnderTest {
     }
 }
 
-fn spawn(config: &PathBuf, log_path: &PathBuf) -> ChildGuard {
+fn spawn(config: &PathBuf, log_path: &PathBuf, args: &[String]) -> ChildGuard {
     let log = fs::OpenOptions::new()
         .create(true)
         .append(true)
@@ -166,6 +197,7 @@ fn spawn(config: &PathBuf, log_path: &PathBuf) -> ChildGuard {
             .arg("--config")
             .arg(config)
             .arg("daemon")
+            .args(args)
             .env("LYNX_LOG", "info")
             .stdout(Stdio::null())
             .stderr(log)

@@ -15,6 +15,7 @@ use lynx::collector::{
     kernel::{KernelCounters, LoadOptions},
 };
 
+pub mod control;
 pub mod daemon;
 pub mod http_client;
 pub mod lxd;
@@ -72,6 +73,21 @@ pub fn workspace() -> PathBuf {
     std::env::var_os("LYNX_WORKSPACE")
         .map(PathBuf::from)
         .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join(".."))
+}
+
+/// The example document of docs/snapshot.md (its first ```json block).
+pub fn documented_example() -> serde_json::Value {
+    let path = workspace().join("docs/snapshot.md");
+    let text = fs::read_to_string(&path).unwrap_or_else(|e| panic!("read {}: {e}", path.display()));
+    let start = text
+        .find("```json\n")
+        .expect("docs/snapshot.md has a ```json example")
+        + 8;
+    let end = start
+        + text[start..]
+            .find("```")
+            .expect("the example block is closed");
+    serde_json::from_str(&text[start..end]).expect("the documented example is valid JSON")
 }
 
 /// A child process that is killed and reaped when dropped, also when a test panics.

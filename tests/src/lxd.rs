@@ -266,6 +266,19 @@ impl TestContainer {
         }
     }
 
+    /// As [`serve_http`](Self::serve_http), and again at every start: the container's init
+    /// starts httpd before it settles, so a restarted container serves without the test's
+    /// help.
+    pub fn serve_http_at_boot(&self, port: u16) -> String {
+        self.exec_ok(&[
+            "sed",
+            "-i",
+            &format!("/^while/i httpd -p {port} -h /www"),
+            "/sbin/init",
+        ]);
+        self.serve_http(port)
+    }
+
     /// `lxc list`'s status of this container (`Running`, `Frozen`, `Stopped`).
     pub fn status(&self) -> String {
         lxd()
@@ -353,11 +366,20 @@ pub fn http_get(ip: Ipv4Addr, port: u16, path: &str) -> String {
 /// `GET path` over HTTP/1.0: the body of a 200 answer, or what went wrong (a status line
 /// other than 200 comes back as `answered "HTTP/1.1 503 ..."`).
 pub fn try_http_get(ip: Ipv4Addr, port: u16, path: &str) -> Result<String, String> {
+    try_http_get_within(ip, port, path, Duration::from_secs(5))
+}
+
+/// [`try_http_get`] with `timeout` for the connect and each read and write.
+pub fn try_http_get_within(
+    ip: Ipv4Addr,
+    port: u16,
+    path: &str,
+    timeout: Duration,
+) -> Result<String, String> {
     assert!(
         ip.is_loopback() || on_bridge(ip),
         "{ip} is neither loopback nor on the rig's bridge: tests send traffic nowhere else"
     );
-    let timeout = Duration::from_secs(5);
     let mut stream = TcpStream::connect_timeout(&SocketAddr::from((ip, port)), timeout)
         .map_err(|e| format!("connect: {e}"))?;
     stream

@@ -16,6 +16,7 @@ use lynx::{
 };
 use lynx_tests::{
     daemon::DaemonUnderTest,
+    documented_example,
     lxd::{TestContainer, http_get},
     lynx_ok, privileged,
 };
@@ -85,6 +86,59 @@ fn server_serves_a_real_snapshot_that_promtool_accepts() {
     assert_eq!(served, snapshot, "/snapshot is the published snapshot");
     promtool_check(&text);
     check_against(&parse_metrics(&text), &snapshot);
+}
+
+#[test]
+fn groups_and_autoscalers_of_the_documented_example_pass_promtool() {
+    if !privileged("groups_and_autoscalers_of_the_documented_example_pass_promtool") {
+        return;
+    }
+    let snapshot: Snapshot =
+        serde_json::from_value(documented_example()).expect("the example fits the schema");
+    let text = lynx::sink::prometheus::render(&snapshot);
+    promtool_check(&text);
+    let metrics = parse_metrics(&text);
+    let web = ("group", "web");
+    for (status, count) in [("running", 2.0), ("frozen", 0.0), ("stopped", 0.0)] {
+        assert_eq!(
+            value(
+                &metrics,
+                "lynx_group_containers",
+                &[web, ("status", status)]
+            ),
+            Some(count),
+            "{status}"
+        );
+    }
+    assert_eq!(
+        value(&metrics, "lynx_group_upstream_servers", &[web]),
+        Some(2.0)
+    );
+    assert_eq!(
+        value(&metrics, "lynx_group_upstream_error", &[web]),
+        Some(0.0)
+    );
+    let state = [web, ("state", "steady"), ("dry_run", "false")];
+    assert_eq!(value(&metrics, "lynx_autoscaler_state", &state), Some(1.0));
+    assert_eq!(
+        value(&metrics, "lynx_autoscaler_cpu_ratio", &[web]),
+        Some(0.3835)
+    );
+    let last = value(
+        &metrics,
+        "lynx_autoscaler_last_action_timestamp_seconds",
+        &[web, ("direction", "up")],
+    )
+    .expect("the last action's time");
+    assert!((last - unix_seconds("2026-11-22T04:21:58.512077061Z")).abs() < 1e-3);
+    assert!(
+        value(
+            &metrics,
+            "lynx_autoscaler_next_action_timestamp_seconds",
+            &[web, ("direction", "down")]
+        )
+        .is_some()
+    );
 }
 
 /// `/metrics` and `/snapshot` of one snapshot: fetched one after the other until both carry

@@ -30,7 +30,7 @@ pub struct Event {
     pub metadata: EventMetadata,
 }
 
-/// A lifecycle event's details.
+/// A lifecycle or operation event's details.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Deserialize)]
 pub struct EventMetadata {
     /// `instance-started`, `instance-stopped`, `instance-paused`, ...
@@ -39,6 +39,15 @@ pub struct EventMetadata {
     /// The entity it is about, as `/1.0/instances/web1`.
     #[serde(default)]
     pub source: String,
+    /// An operation's description, as `Stopping instance`.
+    #[serde(default)]
+    pub description: String,
+    /// An operation's status: `Pending`, `Running`, `Success`, `Failure`, `Cancelled`.
+    #[serde(default)]
+    pub status: String,
+    /// What an operation is about, by kind: `{"instances": ["/1.0/instances/web1"]}`.
+    #[serde(default)]
+    pub resources: Option<std::collections::BTreeMap<String, Vec<String>>>,
 }
 
 /// What waiting for the next event gave.
@@ -349,6 +358,7 @@ mod tests {
             metadata: EventMetadata {
                 action: "instance-started".into(),
                 source: "/1.0/instances/web1".into(),
+                ..EventMetadata::default()
             },
         };
         assert_eq!(events.recv().expect("first"), Next::Event(expected.clone()));

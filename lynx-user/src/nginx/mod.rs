@@ -7,7 +7,7 @@
 pub mod upstream;
 
 use std::{
-    collections::HashSet,
+    collections::{BTreeSet, HashSet},
     fs, io,
     path::{Path, PathBuf},
     process::Command,
@@ -70,6 +70,9 @@ pub struct UpstreamFile {
     /// What nginx rejected last: the content, and the main config's modification time then.
     /// The same inputs are not retried every tick; an edit to either is.
     rejected: Option<(String, Option<SystemTime>)>,
+    /// The master reloaded last, and the processes it had before: retired workers finish
+    /// their requests (and may still hold connections to a server just removed) and exit.
+    retired: Option<(i32, HashSet<u32>)>,
 }
 
 impl UpstreamFile {
@@ -78,6 +81,7 @@ impl UpstreamFile {
             path,
             control,
             rejected: None,
+            retired: None,
         }
     }
 
@@ -142,8 +146,19 @@ impl UpstreamFile {
         Err(NginxError::Rejected { message })
     }
 
+    /// Workers that reloads retired and that still run: until they exit, a server removed by
+    /// the last reload may still have requests or connections from them.
+    pub fn retiring_workers(&self) -> BTreeSet<u32> {
+        let Some((master, retired)) = &self.retired else {
+            return BTreeSet::new();
+        };
+        // A child that has exited but not been reaped is gone for this purpose; the master
+        // reaps at once, and only its current children are looked at.
+        children(*master).intersection(retired).copied().collect()
+    }
+
     /// SIGHUP to the master, then waits for a worker that was not there before.
-    fn reload(&self) -> Result<(), NginxError> {
+    fn reload(&mut self) -> Result<(), NginxError> {
         let no_master = |reason: String| NginxError::NoMaster {
             pid_file: self.control.pid_file.clone(),
             reason,
@@ -161,6 +176,9 @@ impl UpstreamFile {
         let deadline = Instant::now() + RELOAD_TIMEOUT;
         while Instant::now() < deadline {
             if children(master).difference(&before).next().is_some() {
+                // `before` holds every child at the SIGHUP, so also the workers of earlier
+                // generations that still run.
+                self.retired = Some((master, before));
                 return Ok(());
             }
             sleep(Duration::from_millis(10));

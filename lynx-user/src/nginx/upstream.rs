@@ -57,7 +57,7 @@ pub fn render(upstreams: &[Upstream], fallback_port: u16) -> Result<String, Rend
 }
 
 /// Names that nginx takes as one bare word and that cannot end or open a block.
-fn is_plain_name(name: &str) -> bool {
+pub fn is_plain_name(name: &str) -> bool {
     !name.is_empty()
         && name.len() <= 64
         && name

@@ -21,7 +21,7 @@ use std::{
 };
 
 use super::{Sink, history::parse_timestamp};
-use crate::model::{Container, Nginx, NginxEndpoint, Snapshot};
+use crate::model::{Autoscaler, Container, Group, Nginx, NginxEndpoint, Snapshot};
 
 /// `Content-Type` of `/metrics`.
 pub const METRICS_CONTENT_TYPE: &str = "text/plain; version=0.0.4; charset=utf-8";
@@ -518,6 +518,9 @@ pub fn render(snapshot: &Snapshot) -> String {
         "Wall time lynx took to read the kernel maps, cgroupfs and procfs for this snapshot.",
         Float(snapshot.collector.sample_ms / 1000.0),
     );
+    if !snapshot.groups.is_empty() {
+        render_groups(&mut out, &snapshot.groups);
+    }
     out.text
 }
 
@@ -585,6 +588,118 @@ fn render_nginx(out: &mut Exposition, nginx: &Nginx) {
                 ("container", endpoint.container.as_deref().unwrap_or("")),
             ];
             out.sample(name, &labels, value(endpoint));
+        }
+    }
+}
+
+/// The `[[groups]]`: members, upstream servers and the autoscalers.
+fn render_groups(out: &mut Exposition, groups: &[Group]) {
+    out.family(
+        "lynx_group_containers",
+        Type::Gauge,
+        "Members of the group by LXD status.",
+    );
+    for g in groups {
+        for (status, count) in [
+            ("running", g.running),
+            ("frozen", g.frozen),
+            ("stopped", g.stopped),
+        ] {
+            let labels = [("group", g.name.as_str()), ("status", status)];
+            out.sample("lynx_group_containers", &labels, count);
+        }
+    }
+    type Value = fn(&Group) -> Option<u64>;
+    let per_group: [(&str, &str, Value); 4] = [
+        (
+            "lynx_group_upstream_servers",
+            "Servers Lynx puts in the group's nginx upstream; 0 means clients get 503 from the fallback.",
+            |g| Some(g.servers.len() as u64),
+        ),
+        (
+            "lynx_group_upstream_error",
+            "1 when nginx rejected the last upstream file (it serves the previous one), else 0.",
+            |g| Some(u64::from(g.upstream_error.is_some())),
+        ),
+        (
+            "lynx_autoscaler_min_running",
+            "The autoscaler's fewest running members.",
+            |g| g.autoscaler.as_ref().map(|a| u64::from(a.min)),
+        ),
+        (
+            "lynx_autoscaler_max_running",
+            "The autoscaler's most running members.",
+            |g| g.autoscaler.as_ref().map(|a| u64::from(a.max)),
+        ),
+    ];
+    for (name, help, value) in per_group {
+        out.family(name, Type::Gauge, help);
+        for g in groups {
+            if let Some(value) = value(g) {
+                out.sample(name, &[("group", g.name.as_str())], value);
+            }
+        }
+    }
+    let autoscaled: Vec<(&str, &Autoscaler)> = groups
+        .iter()
+        .filter_map(|g| Some((g.name.as_str(), g.autoscaler.as_ref()?)))
+        .collect();
+    out.family(
+        "lynx_autoscaler_state",
+        Type::Gauge,
+        "1 for the autoscaler's state (steady, scaling_up, draining, scaling_down, lxd_unavailable); dry_run says whether it only logs.",
+    );
+    for (group, a) in &autoscaled {
+        let dry_run = if a.dry_run { "true" } else { "false" };
+        let labels = [("group", *group), ("state", &a.state), ("dry_run", dry_run)];
+        out.sample("lynx_autoscaler_state", &labels, 1);
+    }
+    out.family(
+        "lynx_autoscaler_cpu_ratio",
+        Type::Gauge,
+        "Mean CPU of the running members over the autoscaler's window: 1 is one full CPU.",
+    );
+    for (group, a) in &autoscaled {
+        if let Some(percent) = a.cpu_percent_avg {
+            let labels = [("group", *group)];
+            out.sample("lynx_autoscaler_cpu_ratio", &labels, Float(percent / 100.0));
+        }
+    }
+    out.family(
+        "lynx_autoscaler_last_action_timestamp_seconds",
+        Type::Gauge,
+        "When the autoscaler last decided a scale action, in Unix seconds, with its direction.",
+    );
+    for (group, a) in &autoscaled {
+        let Some(action) = &a.last_action else {
+            continue;
+        };
+        if let Some((seconds, nanos)) = parse_timestamp(&action.at) {
+            let labels = [("group", *group), ("direction", action.direction.as_str())];
+            let value = Decimal::signed(seconds, nanos);
+            out.sample(
+                "lynx_autoscaler_last_action_timestamp_seconds",
+                &labels,
+                value,
+            );
+        }
+    }
+    out.family(
+        "lynx_autoscaler_next_action_timestamp_seconds",
+        Type::Gauge,
+        "The earliest the next scale action in each direction can come, in Unix seconds; absent when none can.",
+    );
+    for (group, a) in &autoscaled {
+        for (direction, at) in [("up", &a.next_scale_up_at), ("down", &a.next_scale_down_at)] {
+            if let Some((seconds, nanos)) = at.as_deref().and_then(parse_timestamp) {
+                let labels = [("group", *group), ("direction", direction)];
+                let value = Decimal::signed(seconds, nanos);
+                out.sample(
+                    "lynx_autoscaler_next_action_timestamp_seconds",
+                    &labels,
+                    value,
+                );
+            }
         }
     }
 }
