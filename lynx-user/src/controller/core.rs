@@ -142,6 +142,16 @@ struct Group {
     last_containers: Vec<String>,
 }
 
+impl Group {
+    /// Members in `status`.
+    fn count(&self, status: InstanceStatus) -> u32 {
+        self.members
+            .values()
+            .filter(|m| m.state.status == status)
+            .count() as u32
+    }
+}
+
 /// The controller's state: groups, their members, what nginx serves.
 pub struct Core {
     groups: Vec<Group>,
@@ -328,24 +338,14 @@ impl Core {
         }
         let at = now.saturating_duration_since(self.origin);
         for group in &mut self.groups {
-            let Some(policy) = &mut group.policy else {
-                continue;
-            };
             // The policy counts on its last decision being carried out (or given up) first.
-            if !group.tasks.is_empty() {
+            if group.policy.is_none() || !group.tasks.is_empty() {
                 continue;
             }
-            let count = |status: InstanceStatus| {
-                group
-                    .members
-                    .values()
-                    .filter(|m| m.state.status == status)
-                    .count() as u32
-            };
             let (running, frozen, stopped) = (
-                count(InstanceStatus::Running),
-                count(InstanceStatus::Frozen),
-                count(InstanceStatus::Stopped),
+                group.count(InstanceStatus::Running),
+                group.count(InstanceStatus::Frozen),
+                group.count(InstanceStatus::Stopped),
             );
             let cpu: Vec<f64> = group
                 .members
@@ -379,6 +379,9 @@ impl Core {
                 stopped,
                 cpu_percent_avg,
                 requests_per_s_per_container: requests,
+            };
+            let Some(policy) = &mut group.policy else {
+                continue;
             };
             let decision = policy.observe(observation);
             let name = &group.config.name;
@@ -658,13 +661,6 @@ impl Core {
         self.groups
             .iter()
             .map(|group| {
-                let count = |status: InstanceStatus| {
-                    group
-                        .members
-                        .values()
-                        .filter(|m| m.state.status == status)
-                        .count() as u32
-                };
                 let autoscaler = group.policy.as_ref().map(|policy| {
                     let state = policy.state(at);
                     let config = policy.config();
@@ -713,9 +709,9 @@ impl Core {
                         .iter()
                         .map(ToString::to_string)
                         .collect(),
-                    running: count(InstanceStatus::Running),
-                    frozen: count(InstanceStatus::Frozen),
-                    stopped: count(InstanceStatus::Stopped),
+                    running: group.count(InstanceStatus::Running),
+                    frozen: group.count(InstanceStatus::Frozen),
+                    stopped: group.count(InstanceStatus::Stopped),
                     upstream_error: self.upstream_error.clone(),
                     autoscaler,
                 }
