@@ -59,22 +59,36 @@ pub fn find(pid_file: &Path, proc: &Path) -> Result<NginxProcesses, NginxFindErr
         })
         .ok_or(NginxFindError::NoCgroup { pid: master })?;
     let mut tgids = vec![master];
-    for entry in fs::read_dir(proc).into_iter().flatten().flatten() {
-        let name = entry.file_name();
-        let Some(pid) = name.to_str().and_then(|n| n.parse::<u32>().ok()) else {
-            continue;
-        };
-        let parent = stat(&pid.to_string()).and_then(|s| parse_stat(&s).map(|(_, ppid)| ppid));
-        if parent == Some(master) {
-            tgids.push(pid);
-        }
-    }
+    tgids.extend(children(proc, master, &stat));
     tgids.sort_unstable();
     Ok(NginxProcesses {
         master,
         tgids,
         cgroup,
     })
+}
+
+/// The children of `master`: from its `children` file (one read, where the kernel has
+/// `CONFIG_PROC_CHILDREN`; nginx's master forks from its only thread), else by the parent pid
+/// of every process, a read per process every interval.
+fn children(proc: &Path, master: u32, stat: &dyn Fn(&str) -> Option<String>) -> Vec<u32> {
+    let listed = proc.join(format!("{master}/task/{master}/children"));
+    if let Ok(text) = fs::read_to_string(listed) {
+        return text
+            .split_whitespace()
+            .filter_map(|p| p.parse().ok())
+            .collect();
+    }
+    fs::read_dir(proc)
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter_map(|entry| entry.file_name().to_str()?.parse::<u32>().ok())
+        .filter(|pid| {
+            stat(&pid.to_string()).and_then(|s| parse_stat(&s).map(|(_, ppid)| ppid))
+                == Some(master)
+        })
+        .collect()
 }
 
 /// The command name and parent pid of `/proc/PID/stat` text; the name is in parentheses
@@ -133,6 +147,26 @@ mod tests {
         assert_eq!(found.master, 100);
         assert_eq!(found.tgids, vec![100, 101, 102, 201]);
         assert_eq!(found.cgroup, "/system.slice/nginx.service");
+    }
+
+    #[test]
+    fn the_masters_children_file_is_read_where_the_kernel_has_one() {
+        let proc = fake_proc(
+            "children-file",
+            &[
+                (100, "nginx", 1, "/nginx"),
+                (101, "nginx", 100, "/nginx"),
+                (102, "nginx", 100, "/nginx"),
+            ],
+        );
+        let task = proc.path().join("100/task/100");
+        fs::create_dir_all(&task).unwrap();
+        // Only what the file lists: the parent pids are not read then.
+        fs::write(task.join("children"), "102 ").unwrap();
+        let pid_file = proc.path().join("nginx.pid");
+        fs::write(&pid_file, "100\n").unwrap();
+        let found = find(&pid_file, proc.path()).expect("nginx found");
+        assert_eq!(found.tgids, vec![100, 102]);
     }
 
     #[test]
