@@ -99,6 +99,11 @@ struct Rig {
     now: Instant,
 }
 
+/// What LXD reports of a member: its status and address.
+fn reported(status: InstanceStatus, ipv4: Option<Ipv4Addr>) -> Option<MemberState> {
+    Some(MemberState { status, ipv4 })
+}
+
 fn ip(n: u8) -> Ipv4Addr {
     Ipv4Addr::new(10, 0, 0, n)
 }
@@ -291,13 +296,7 @@ fn a_member_joins_only_once_running_and_answering() {
     assert_eq!(rig.serving(), ["10.0.0.2:80", "10.0.0.3:80"]);
     assert!(!rig.core.busy());
     // Stopped and frozen members leave at once.
-    rig.core.set_member(
-        "web-1",
-        Some(MemberState {
-            status: Frozen,
-            ipv4: Some(ip(2)),
-        }),
-    );
+    rig.core.set_member("web-1", reported(Frozen, Some(ip(2))));
     rig.core.set_member("web-2", None);
     rig.step();
     assert_eq!(rig.serving(), Vec::<String>::new(), "empty: 503 fallback");
@@ -555,20 +554,8 @@ fn a_member_lxd_begins_to_stop_leaves_at_once_and_returns_only_after() {
         "out before it stops answering"
     );
     // LXD shows a container it shuts down running for a moment: it stays out.
-    rig.core.set_member(
-        "web-2",
-        Some(MemberState {
-            status: Running,
-            ipv4: None,
-        }),
-    );
-    rig.core.set_member(
-        "web-2",
-        Some(MemberState {
-            status: Running,
-            ipv4: Some(ip(3)),
-        }),
-    );
+    rig.core.set_member("web-2", reported(Running, None));
+    rig.core.set_member("web-2", reported(Running, Some(ip(3))));
     rig.step();
     assert_eq!(rig.serving(), ["10.0.0.2:80"]);
     // The stop failed: the operation ended and it still runs and answers, so it returns.
@@ -598,20 +585,8 @@ fn a_member_that_never_answers_or_never_gets_an_address_is_not_polled_for_ever()
         ipv4: None,
     };
     rig.core.set_member("web-1", Some(no_address.clone()));
-    rig.core.set_member(
-        "web-2",
-        Some(MemberState {
-            status: Stopped,
-            ipv4: None,
-        }),
-    );
-    rig.core.set_member(
-        "web-2",
-        Some(MemberState {
-            status: Running,
-            ipv4: Some(ip(3)),
-        }),
-    );
+    rig.core.set_member("web-2", reported(Stopped, None));
+    rig.core.set_member("web-2", reported(Running, Some(ip(3))));
     assert!(rig.core.busy());
     assert_eq!(rig.core.awaiting_address().collect::<Vec<_>>(), ["web-1"]);
     for _ in 0..700 {
@@ -622,13 +597,7 @@ fn a_member_that_never_answers_or_never_gets_an_address_is_not_polled_for_ever()
     assert_eq!(rig.core.awaiting_address().count(), 0);
     // A change makes it worth looking at again.
     rig.backends.0.borrow_mut().insert(ip(2));
-    rig.core.set_member(
-        "web-1",
-        Some(MemberState {
-            status: Running,
-            ipv4: Some(ip(2)),
-        }),
-    );
+    rig.core.set_member("web-1", reported(Running, Some(ip(2))));
     rig.step();
     assert_eq!(rig.serving(), ["10.0.0.2:80"]);
 }
