@@ -30,11 +30,38 @@ fn counting_daemon(name: &str, nginx: &Nginx) -> DaemonUnderTest {
     daemon
 }
 
-/// nginx's counters, then Lynx's from a snapshot taken wholly after them. Each includes the
-/// `stub_status` request itself, so differences of two such pairs compare exactly.
+/// nginx's counters at a quiet moment, then Lynx's from a snapshot taken wholly after them.
+/// Each includes the `stub_status` request itself, so differences of two such pairs compare
+/// exactly. Quiet: no connection on nginx's port in CLOSE_WAIT, which its client closed and
+/// nginx still counts active until a worker reads the end.
 fn settled(daemon: &DaemonUnderTest, nginx: &Nginx) -> (StubStatus, NginxSnapshot) {
+    for _ in 0..50 {
+        if closing_on_port(nginx.port) == 0 {
+            break;
+        }
+        sleep(Duration::from_millis(100));
+    }
     let status = nginx.stub_status();
     (status, daemon.next_snapshot().nginx)
+}
+
+/// Sockets on local `port` in CLOSE_WAIT, from `/proc/net/tcp` (IPv4: the tests' nginx listens
+/// on loopback).
+fn closing_on_port(port: u16) -> usize {
+    const CLOSE_WAIT: &str = "08";
+    let table = std::fs::read_to_string("/proc/net/tcp").expect("read /proc/net/tcp");
+    table
+        .lines()
+        .skip(1)
+        .filter(|line| {
+            let fields: Vec<&str> = line.split_whitespace().collect();
+            let local_port = fields
+                .get(1)
+                .and_then(|local| local.rsplit(':').next())
+                .and_then(|hex| u16::from_str_radix(hex, 16).ok());
+            local_port == Some(port) && fields.get(3) == Some(&CLOSE_WAIT)
+        })
+        .count()
 }
 
 /// The client side of the port nginx listens on.
