@@ -87,6 +87,23 @@ fn every_split_point_gives_the_same_counts() {
     assert_eq!(counts_split(&stream, &every_byte), whole);
 }
 
+/// Header lines that only look like the three that frame a message (by name or by value)
+/// change nothing, whole or cut anywhere: the parser passes over them as over any other line.
+#[test]
+fn look_alike_headers_do_not_frame() {
+    let mut stream = b"POST /a HTTP/1.1\r\nContent-Type: chunked\r\nTE: chunked\r\n\
+        Cookie: close\r\nX-Note: Content-Length: 99\r\nConnections: close\r\n\
+        Transfer-Encodings: chunked\r\ncontent-length: 4\r\n\r\nbody"
+        .to_vec();
+    stream.extend(get("/next"));
+    let (found, flow) = counts(&stream);
+    assert_eq!(found, tally(2, 0));
+    assert_eq!(flow.state, IDLE);
+    for cut in 0..=stream.len() {
+        assert_eq!(counts_split(&stream, &[cut]), found, "cut at {cut}");
+    }
+}
+
 /// The table of docs/design/nginx-counting.md §5: what nginx counts for each malformed input.
 #[test]
 fn malformed_input_counts_as_nginx_does() {
@@ -223,6 +240,41 @@ proptest! {
         let found = counts_split(&stream, &cuts);
         prop_assert_eq!(found, tally(requests.len() as u64, 0));
     }
+
+    /// Taking runs eight bytes at a time leaves the machine exactly where taking them one by
+    /// one does, on requests with long header lines and on arbitrary bytes.
+    #[test]
+    fn words_and_bytes_agree(
+        requests in proptest::collection::vec(request(), 1..6),
+        cookie in "[ -~\t\x0b\x0c\u{80}-\u{ff}]{0,80}",
+        soup in proptest::collection::vec(any::<u8>(), 0..200),
+    ) {
+        let mut stream = format!("GET /long/{cookie} HTTP/1.1\r\nCookie: {cookie}\r\n\r\n")
+            .into_bytes();
+        stream.extend(requests.concat());
+        for bytes in [stream, soup] {
+            let (mut flow, mut tally) = (client(), Tally::default());
+            feed(&mut flow, &bytes, &mut tally);
+            let (bytewise_flow, bytewise_tally) = bytewise(&bytes);
+            prop_assert_eq!(flow, bytewise_flow);
+            prop_assert_eq!(tally, bytewise_tally);
+        }
+    }
+}
+
+/// The machine driven one byte at a time, never by [`run_word`].
+fn bytewise(mut bytes: &[u8]) -> (HttpFlow, Tally) {
+    let (mut flow, mut tally) = (client(), Tally::default());
+    while !bytes.is_empty() && !is_closed(&flow) {
+        let n = if wants_bytes(&flow) {
+            byte(&mut flow, bytes[0], &mut tally);
+            1
+        } else {
+            skip(&mut flow, bytes.len() as u64) as usize
+        };
+        bytes = &bytes[n..];
+    }
+    (flow, tally)
 }
 
 #[test]
