@@ -302,6 +302,21 @@ pub struct WrkTotals {
 /// 60 s) with `connections` connections; `keep_alive: false` closes each connection after one
 /// request.
 pub fn wrk(url: &str, connections: u32, duration: Duration, keep_alive: bool) -> WrkTotals {
+    let close: &[&str] = if keep_alive {
+        &[]
+    } else {
+        &["Connection: close"]
+    };
+    wrk_with_headers(url, connections, duration, close)
+}
+
+/// As [`wrk`], with `headers` added to every request.
+pub fn wrk_with_headers(
+    url: &str,
+    connections: u32,
+    duration: Duration,
+    headers: &[&str],
+) -> WrkTotals {
     assert!(
         url.starts_with("http://127.") || url.starts_with("http://10.177.42."),
         "{url}"
@@ -318,8 +333,8 @@ pub fn wrk(url: &str, connections: u32, duration: Duration, keep_alive: bool) ->
         "--timeout",
         "5s",
     ]);
-    if !keep_alive {
-        command.args(["-H", "Connection: close"]);
+    for header in headers {
+        command.args(["-H", header]);
     }
     let output = command.arg(url).output().expect("run wrk");
     let text = String::from_utf8_lossy(&output.stdout);

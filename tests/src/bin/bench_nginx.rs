@@ -1,7 +1,8 @@
 //! nginx-counting benchmarks, run by `cargo xtask bench` (as root):
 //! - wrk's throughput through nginx with Lynx's programs attached (a daemon counting that
-//!   nginx) over the same without, in alternating pairs in one run, with and without
-//!   keep-alive;
+//!   nginx) over the same without, in alternating pairs in one run: keep-alive, a
+//!   connection per request, and keep-alive with browser-sized requests (where the parser's
+//!   share is largest);
 //! - the kernel cost of each of Lynx's programs from BPF run-time statistics: per run (every
 //!   system call of the host runs `lynx_http_exit` up to its checks) and per request, and the
 //!   ratio that cost predicts against the host's CPU time per request.
@@ -22,7 +23,7 @@ use lynx_tests::{
     TestCgroup,
     daemon::DaemonUnderTest,
     http_client::CountingBackend,
-    nginx::{Nginx, wrk},
+    nginx::{Nginx, wrk, wrk_with_headers},
 };
 use serde_json::json;
 
@@ -46,10 +47,11 @@ fn mean(values: &[f64]) -> f64 {
     values.iter().sum::<f64>() / values.len() as f64
 }
 
-fn median(values: &[f64]) -> f64 {
+/// The value a fraction `q` of the way through `values` in order (0.5: the median).
+fn quantile(values: &[f64], q: f64) -> f64 {
     let mut sorted = values.to_vec();
     sorted.sort_by(f64::total_cmp);
-    sorted[sorted.len() / 2]
+    sorted[((sorted.len() - 1) as f64 * q).round() as usize]
 }
 
 /// Every program of Lynx's.
@@ -76,9 +78,44 @@ fn counting_daemon(nginx: &Nginx) -> DaemonUnderTest {
     daemon
 }
 
+/// The request loads, each measured on its own.
+#[derive(Clone, Copy)]
+struct Load {
+    name: &'static str,
+    /// Headers wrk adds to each request (its own are Host only).
+    headers: &'static [&'static str],
+}
+
+const KEEP_ALIVE: Load = Load {
+    name: "keep-alive",
+    headers: &[],
+};
+const CLOSE: Load = Load {
+    name: "Connection: close",
+    headers: &["Connection: close"],
+};
+/// Requests of the size a browser sends (about 600 bytes), which nginx passes on upstream:
+/// what the parser costs when most bytes are headers.
+const BROWSER: Load = Load {
+    name: "keep-alive, browser-sized headers",
+    headers: &[
+        "User-Agent: Mozilla/5.0 (X11; Linux x86_64) AppleWebKit/537.36 (KHTML, like Gecko) \
+         Chrome/131.0.0.0 Safari/537.36",
+        "Accept: text/html,application/xhtml+xml,application/xml;q=0.9,image/avif,\
+         image/webp,image/apng,*/*;q=0.8",
+        "Accept-Language: en-GB,en;q=0.9,de;q=0.8",
+        "Accept-Encoding: gzip, deflate, br, zstd",
+        "Cookie: session=7f3a9c1e5b2d8f4a6c0e9b3d7f1a5c8e; theme=dark; \
+         consent=analytics%3Dfalse%26ads%3Dfalse; last_seen=2026-11-22T09%3A30%3A00Z; \
+         cart=a81f3c2e-9d4b-4e1a-8c7f-2b6d0e9a4f13",
+        "Cache-Control: max-age=0",
+        "Upgrade-Insecure-Requests: 1",
+    ],
+};
+
 /// Requests of one wrk run, which must see no errors.
-fn load(nginx: &Nginx, keep_alive: bool) -> u64 {
-    let totals = wrk(&nginx.url("/"), CONNECTIONS, RUN, keep_alive);
+fn load(nginx: &Nginx, load: Load) -> u64 {
+    let totals = wrk_with_headers(&nginx.url("/"), CONNECTIONS, RUN, load.headers);
     assert_eq!(
         (totals.non_2xx, totals.socket_errors),
         (0, 0),
@@ -90,7 +127,7 @@ fn load(nginx: &Nginx, keep_alive: bool) -> u64 {
 /// Alternating pairs without and with Lynx counting, BPF statistics off (they cost time of
 /// their own); returns the result object. Each pair's two runs are adjacent, so the median of
 /// the per-pair ratios cancels the drift of a shared machine better than ratios of totals.
-fn throughput(nginx: &Nginx, keep_alive: bool) -> serde_json::Value {
+fn throughput(nginx: &Nginx, kind: Load) -> serde_json::Value {
     let (mut off, mut on, mut ratios) = (Vec::new(), Vec::new(), Vec::new());
     let mut cpu_ns_per_request = Vec::new();
     for pair in 0..PAIRS {
@@ -103,7 +140,7 @@ fn throughput(nginx: &Nginx, keep_alive: bool) -> serde_json::Value {
         for counted in order {
             let daemon = counted.then(|| counting_daemon(nginx));
             let busy_before = busy_ns();
-            let requests = load(nginx, keep_alive);
+            let requests = load(nginx, kind);
             if !counted {
                 cpu_ns_per_request.push((busy_ns() - busy_before) as f64 / requests as f64);
             }
@@ -114,12 +151,8 @@ fn throughput(nginx: &Nginx, keep_alive: bool) -> serde_json::Value {
         on.push(rates[1]);
         ratios.push(rates[1] / rates[0]);
     }
-    let ratio = median(&ratios);
-    let name = if keep_alive {
-        "keep-alive"
-    } else {
-        "Connection: close"
-    };
+    let ratio = quantile(&ratios, 0.5);
+    let name = kind.name;
     println!(
         "bench nginx throughput ({name}, wrk -c{CONNECTIONS}, {PAIRS} pairs of {RUN:?}): \
          without {:.0} req/s, with {:.0} req/s (means); median of pair ratios {ratio:.3} \
@@ -129,9 +162,14 @@ fn throughput(nginx: &Nginx, keep_alive: bool) -> serde_json::Value {
         if ratio >= 0.97 { "met" } else { "NOT met" },
         mean(&on) / mean(&off),
     );
-    println!("bench nginx runs without {off:.0?} with {on:.0?}");
-    let cpu_ns = median(&cpu_ns_per_request);
-    let (programs, bpf_ns) = costs(nginx, keep_alive);
+    // The spread says how far one run's median can be trusted on this machine.
+    let quartiles = [quantile(&ratios, 0.25), quantile(&ratios, 0.75)];
+    println!(
+        "bench nginx runs without {off:.0?} with {on:.0?}; pair ratios {ratios:.3?}, \
+         quartiles {quartiles:.3?}"
+    );
+    let cpu_ns = quantile(&cpu_ns_per_request, 0.5);
+    let (programs, bpf_ns) = costs(nginx, kind);
     // What the programs' own run time predicts for a CPU-bound run (an upper bound: the run
     // time includes the statistics' own clock reads).
     let predicted = cpu_ns / (cpu_ns + bpf_ns);
@@ -143,6 +181,7 @@ fn throughput(nginx: &Nginx, keep_alive: bool) -> serde_json::Value {
         "without_requests_per_s": off,
         "with_requests_per_s": on,
         "median_pair_ratio": ratio,
+        "pair_ratio_quartiles": quartiles,
         "ratio_of_means": mean(&on) / mean(&off),
         "target_ratio_at_least": 0.97,
         "host_cpu_ns_per_request_without": cpu_ns,
@@ -171,12 +210,12 @@ fn busy_ns() -> u64 {
 
 /// One run with Lynx counting and BPF run-time statistics on: each program's cost per run
 /// and per request through nginx.
-fn costs(nginx: &Nginx, keep_alive: bool) -> (serde_json::Value, f64) {
+fn costs(nginx: &Nginx, kind: Load) -> (serde_json::Value, f64) {
     // Restored when this descriptor closes, even if the bench fails.
     let _stats = enable_stats(Stats::RunTime).expect("enable BPF run-time statistics");
     let daemon = counting_daemon(nginx);
     let before = PROGRAMS.map(program_stats);
-    let requests = load(nginx, keep_alive);
+    let requests = load(nginx, kind);
     let after = PROGRAMS.map(program_stats);
     drop(daemon);
     let mut programs = serde_json::Map::new();
@@ -189,7 +228,7 @@ fn costs(nginx: &Nginx, keep_alive: bool) -> (serde_json::Value, f64) {
         println!(
             "bench nginx program {name} ({}): {runs} runs, {per_run:.1} ns/run, \
              {per_request:.0} ns per request through nginx ({requests} requests)",
-            if keep_alive { "keep-alive" } else { "close" }
+            kind.name
         );
         programs.insert(
             (*name).into(),
@@ -209,13 +248,15 @@ fn main() {
     let nginx = Nginx::start_in("bench", &addresses, &cgroup);
     // Warm up nginx, the backends and the page cache.
     wrk(&nginx.url("/"), CONNECTIONS, Duration::from_secs(1), true);
-    let keep_alive = throughput(&nginx, true);
-    let close = throughput(&nginx, false);
+    let keep_alive = throughput(&nginx, KEEP_ALIVE);
+    let close = throughput(&nginx, CLOSE);
+    let browser = throughput(&nginx, BROWSER);
     let result = json!({
         "nginx_throughput": {
             "load": format!("wrk -t2 -c{CONNECTIONS} -d{}s through nginx (2 workers, a cgroup of its own) to two loopback backends, {PAIRS} alternating pairs", RUN.as_secs()),
             "keep_alive": keep_alive,
             "close": close,
+            "browser_headers": browser,
         }
     });
     println!("bench-result: {result}");
