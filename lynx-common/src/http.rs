@@ -208,7 +208,7 @@ const F_TRANSFER_ENCODING: u8 = 64;
 /// The rest of this line decides nothing but where it ends: the request line after its first
 /// byte (only its last 8 bytes, kept in `tail`, are looked at), a header line whose name is
 /// none of the three that frame a message, a trailer line. Most bytes of most requests are
-/// such (the target, Host, User-Agent, Cookie...): [`run_word`] takes them eight at a time,
+/// such (the target, Host, User-Agent, Cookie...): [`take_run_words`] takes them by words,
 /// and [`byte`] one at a time in its first branch, without the per-state dispatch.
 const F_RUN: u8 = 128;
 
@@ -300,28 +300,30 @@ pub fn lose(flow: &mut HttpFlow) {
     flow.state = CLOSED;
 }
 
-/// Whether the next bytes may go through [`run_word`].
+/// Whether the next bytes may be taken by words ([`is_run_word`], [`take_run_words`]).
 #[inline(always)]
 pub fn in_run(flow: &HttpFlow) -> bool {
     flow.flags & F_RUN != 0
 }
 
-/// Eight bytes of a run at once, `word` being their little-endian load: what eight calls of
-/// [`byte`] would do, when none of them is CR, LF or below (those end a run or need the full
-/// path); returns false, changing nothing, when one is.
+/// Whether a run can take these eight bytes (`word` is their little-endian load) at once:
+/// none of them is CR, LF or below, which end a run or need [`byte`]'s full path.
 #[inline(always)]
-pub fn run_word(flow: &mut HttpFlow, word: u64) -> bool {
+pub fn is_run_word(word: u64) -> bool {
     const ONES: u64 = u64::from_le_bytes([1; 8]);
     const HIGH: u64 = u64::from_le_bytes([0x80; 8]);
-    // Whether some byte is below CR + 1 (exact for a bound up to 128: the borrow of a byte
+    // Whether no byte is below CR + 1 (exact for a bound up to 128: the borrow of a byte
     // that is not below never reaches a lower byte's high bit and sets none of its own).
-    if word.wrapping_sub(ONES * u64::from(CR + 1)) & !word & HIGH != 0 {
-        return false;
-    }
-    // The last eight bytes, newest lowest: the first byte loaded is the oldest.
-    flow.tail = word.swap_bytes();
-    flow.line_len = flow.line_len.saturating_add(8);
-    true
+    word.wrapping_sub(ONES * u64::from(CR + 1)) & !word & HIGH == 0
+}
+
+/// What [`byte`] would have done with `words` run words ([`is_run_word`]), the last of which
+/// is `last`: a run keeps only the line's last eight bytes and its length.
+#[inline(always)]
+pub fn take_run_words(flow: &mut HttpFlow, last: u64, words: u16) {
+    // Newest byte lowest: the first byte loaded is the oldest.
+    flow.tail = last.swap_bytes();
+    flow.line_len = flow.line_len.saturating_add(words.saturating_mul(8));
 }
 
 /// One byte of request line, headers or chunk framing.
@@ -547,10 +549,15 @@ fn chunk_size_byte(flow: &mut HttpFlow, byte: u8, tally: &mut Tally) {
 /// driver for tests.
 pub fn feed(flow: &mut HttpFlow, mut bytes: &[u8], tally: &mut Tally) {
     while !bytes.is_empty() && !is_closed(flow) {
-        if let Some(word) = bytes.first_chunk::<8>().filter(|_| in_run(flow))
-            && run_word(flow, u64::from_le_bytes(*word))
-        {
-            bytes = &bytes[8..];
+        let (words, last) = bytes
+            .chunks_exact(8)
+            .map(|w| u64::from_le_bytes(w.try_into().unwrap_or_default()))
+            .take_while(|&w| in_run(flow) && is_run_word(w))
+            .take(usize::from(u16::MAX / 8))
+            .fold((0, 0), |(n, _), w| (n + 1, w));
+        if words > 0 {
+            take_run_words(flow, last, words as u16);
+            bytes = &bytes[8 * words..];
         } else if wants_bytes(flow) {
             byte(flow, bytes[0], tally);
             bytes = &bytes[1..];

@@ -55,12 +55,22 @@ pub struct Scratch {
     iov_count: u64,
     /// Bytes of the transfer not yet consumed.
     total_left: u64,
-    /// The byte window: user address and length of `bytes`.
+    /// The byte window: user address and length of its bytes.
     start: u64,
     len: u64,
-    /// The window, and a word of slack: a word read at any offset below `WINDOW` stays
-    /// inside, which the verifier can check from the offset's mask alone.
-    bytes: [u8; WINDOW + 8],
+    /// The window's bytes, in aligned words (see [`run_words`]), and a word of slack: the
+    /// word after any window word is inside, which the verifier can check from a mask alone.
+    words: [u64; WINDOW_WORDS + 1],
+}
+
+const WINDOW_WORDS: usize = WINDOW / 8;
+
+/// The window's byte `at`, which the caller knows is in the window; the mask bounds it for
+/// the verifier.
+#[inline(always)]
+fn window_byte(s: &Scratch, at: usize) -> u8 {
+    // SAFETY: `at & (WINDOW - 1)` is inside `words`, read as bytes.
+    unsafe { *s.words.as_ptr().cast::<u8>().add(at & (WINDOW - 1)) }
 }
 
 #[map]
@@ -148,7 +158,7 @@ extern "C" fn step(_index: u64, _ctx: *mut c_void) -> i64 {
         if taken == want || !framing::wants_bytes(&s.flow) {
             break;
         }
-        let byte = s.bytes[offset & (WINDOW - 1)];
+        let byte = window_byte(s, offset);
         offset += 1;
         taken += 1;
         let was_in_run = framing::in_run(&s.flow);
@@ -185,20 +195,33 @@ fn run_words(s: &mut Scratch) -> bool {
     }
     let available = window_left(s).min(s.seg_left);
     let offset = (s.base - s.start) as usize;
+    // A run's words straddle the window's aligned ones by the same shift throughout (the run
+    // advances by whole words): each is the high part of one aligned word and the low part
+    // of the next, which the following run word starts from. Two shifts stand for one by
+    // `64 - shift`, which would overflow at a shift of 0.
+    let shift = (offset % 8) as u32 * 8;
+    let mut index = offset / 8;
+    let mut low = s.words[index & (WINDOW_WORDS - 1)];
+    let mut last = 0;
     let mut taken = 0u64;
-    for _ in 0..WINDOW / 8 {
+    for _ in 0..WINDOW_WORDS {
         if taken + 8 > available {
             break;
         }
-        // The mask is a no-op (the word is in the window); it bounds the address for the
-        // verifier.
-        let at = (offset + taken as usize) & (WINDOW - 1);
-        // SAFETY: `at + 8 <= WINDOW + 8`, inside `bytes`.
-        let word = unsafe { core::ptr::read_unaligned(s.bytes.as_ptr().add(at).cast()) };
-        if !framing::run_word(&mut s.flow, word) {
+        // The mask is a no-op (the run word is in the window, so the aligned word after its
+        // first byte's is at most the slack word); it bounds the index for the verifier.
+        let high = s.words[(index & (WINDOW_WORDS - 1)) + 1];
+        let word = (low >> shift) | ((high << 1) << (63 - shift));
+        if !framing::is_run_word(word) {
             break;
         }
+        last = word;
+        low = high;
+        index += 1;
         taken += 8;
+    }
+    if taken > 0 {
+        framing::take_run_words(&mut s.flow, last, (taken / 8) as u16);
     }
     s.base += taken;
     s.seg_left -= taken;
@@ -236,7 +259,7 @@ fn refill(s: &mut Scratch) -> bool {
     // SAFETY: the helper checks the user address and fails rather than fault.
     let ret = unsafe {
         generated::bpf_probe_read_user(
-            s.bytes.as_mut_ptr().cast(),
+            s.words.as_mut_ptr().cast(),
             n as u32,
             s.base as *const c_void,
         )

@@ -262,7 +262,7 @@ proptest! {
     }
 }
 
-/// The machine driven one byte at a time, never by [`run_word`].
+/// The machine driven one byte at a time, never by words.
 fn bytewise(mut bytes: &[u8]) -> (HttpFlow, Tally) {
     let (mut flow, mut tally) = (client(), Tally::default());
     while !bytes.is_empty() && !is_closed(&flow) {
