@@ -206,9 +206,11 @@ fn containers_agree_with_the_kernel_and_lxd() {
     let (_, client_received_before) = client_veth.l3_bytes();
     let (server_sent_before, _) = server_veth.l3_bytes();
 
-    // A memory hog (page cache it keeps), then a CPU loop for 3 s.
+    // A memory hog (page cache it keeps), then a CPU loop for 6 s, bounded inside the
+    // container: it has ended when `lxc exec` returns, where killing the client leaves the
+    // loop spinning until LXD notices, which can overlap the quiet end's readings.
     busy.exec_ok(&["dd", "if=/dev/zero", "of=/hog", "bs=1M", "count=64"]);
-    let mut spin = busy.spawn_exec(&["sh", "-c", "while :; do :; done"]);
+    let mut spin = busy.spawn_exec(&["timeout", "6", "sh", "-c", "while :; do :; done"]);
     // 64 MiB of direct writes.
     disk.exec_ok(&[
         "dd",
@@ -221,8 +223,6 @@ fn containers_agree_with_the_kernel_and_lxd() {
     // 48 MiB from one container to the other over HTTP.
     let url = format!("http://{}:8080/big", server.ipv4());
     client.exec_ok(&["wget", "-q", "-O", "/dev/null", &url]);
-    sleep(Duration::from_secs(3));
-    let _ = spin.kill();
     let _ = spin.wait();
     // Quiet end: both sides settle before the second readings.
     sleep(Duration::from_millis(500));
