@@ -142,14 +142,13 @@ struct Group {
     last_containers: Vec<String>,
 }
 
-impl Group {
-    /// Members in `status`.
-    fn count(&self, status: InstanceStatus) -> u32 {
-        self.members
-            .values()
-            .filter(|m| m.state.status == status)
-            .count() as u32
-    }
+/// Members in `status`. Of the members map rather than the group, so that it borrows
+/// nothing the group's policy needs.
+fn count(members: &BTreeMap<String, Member>, status: InstanceStatus) -> u32 {
+    members
+        .values()
+        .filter(|m| m.state.status == status)
+        .count() as u32
 }
 
 /// The controller's state: groups, their members, what nginx serves.
@@ -338,14 +337,17 @@ impl Core {
         }
         let at = now.saturating_duration_since(self.origin);
         for group in &mut self.groups {
+            let Some(policy) = &mut group.policy else {
+                continue;
+            };
             // The policy counts on its last decision being carried out (or given up) first.
-            if group.policy.is_none() || !group.tasks.is_empty() {
+            if !group.tasks.is_empty() {
                 continue;
             }
             let (running, frozen, stopped) = (
-                group.count(InstanceStatus::Running),
-                group.count(InstanceStatus::Frozen),
-                group.count(InstanceStatus::Stopped),
+                count(&group.members, InstanceStatus::Running),
+                count(&group.members, InstanceStatus::Frozen),
+                count(&group.members, InstanceStatus::Stopped),
             );
             let cpu: Vec<f64> = group
                 .members
@@ -379,9 +381,6 @@ impl Core {
                 stopped,
                 cpu_percent_avg,
                 requests_per_s_per_container: requests,
-            };
-            let Some(policy) = &mut group.policy else {
-                continue;
             };
             let decision = policy.observe(observation);
             let name = &group.config.name;
@@ -709,9 +708,9 @@ impl Core {
                         .iter()
                         .map(ToString::to_string)
                         .collect(),
-                    running: group.count(InstanceStatus::Running),
-                    frozen: group.count(InstanceStatus::Frozen),
-                    stopped: group.count(InstanceStatus::Stopped),
+                    running: count(&group.members, InstanceStatus::Running),
+                    frozen: count(&group.members, InstanceStatus::Frozen),
+                    stopped: count(&group.members, InstanceStatus::Stopped),
                     upstream_error: self.upstream_error.clone(),
                     autoscaler,
                 }
