@@ -332,8 +332,7 @@ pub fn byte(flow: &mut HttpFlow, byte: u8, tally: &mut Tally) {
     // A run byte: neither CR nor LF (the bytes below them take the full path, which treats
     // them alike).
     if byte > CR && flow.flags & F_RUN != 0 {
-        flow.tail = (flow.tail << 8) | u64::from(byte);
-        flow.line_len = flow.line_len.saturating_add(1);
+        extend_line(flow, byte);
         return;
     }
     if flow.state == IDLE {
@@ -413,11 +412,17 @@ fn line_byte(flow: &mut HttpFlow, byte: u8, tally: &mut Tally) {
             }
         }
         _ => {
-            flow.tail = (flow.tail << 8) | u64::from(byte);
-            flow.line_len = flow.line_len.saturating_add(1);
+            extend_line(flow, byte);
             flow.flags |= F_RUN;
         }
     }
+}
+
+/// A byte that only lengthens the line: the line keeps its last eight bytes and its length.
+#[inline(always)]
+fn extend_line(flow: &mut HttpFlow, byte: u8) {
+    flow.tail = (flow.tail << 8) | u64::from(byte);
+    flow.line_len = flow.line_len.saturating_add(1);
 }
 
 #[inline(always)]
