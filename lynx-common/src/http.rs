@@ -49,6 +49,7 @@ pub const PORT_TLS: u32 = 2;
 pub const SK_NUM_OFFSET_GLOBAL: &str = "SK_NUM_OFFSET";
 pub const SK_DPORT_OFFSET_GLOBAL: &str = "SK_DPORT_OFFSET";
 pub const SK_DADDR_OFFSET_GLOBAL: &str = "SK_DADDR_OFFSET";
+pub const SK_V6_DADDR_OFFSET_GLOBAL: &str = "SK_V6_DADDR_OFFSET";
 pub const SK_FAMILY_OFFSET_GLOBAL: &str = "SK_FAMILY_OFFSET";
 pub const SK_TYPE_OFFSET_GLOBAL: &str = "SK_TYPE_OFFSET";
 pub const TASK_FILES_OFFSET_GLOBAL: &str = "TASK_FILES_OFFSET";
@@ -98,10 +99,9 @@ pub struct HttpFlow {
     pub port: u16,
     /// Bytes of the current line so far (saturating).
     pub line_len: u16,
-    /// Upstream: the peer's IPv4 address (network order); client: 0.
-    pub addr: u32,
     /// FNV-1a hash of the current header name (lowercase).
     pub name_hash: u32,
+    pub _pad2: u32,
     /// Body bytes (Content-Length or current chunk) still to skip, or the number being parsed.
     pub left: u64,
     /// The last 8 bytes of the current line (or header value), newest lowest: to recognise
@@ -119,16 +119,53 @@ pub struct HttpFlowEntry {
     pub _pad: u32,
 }
 
-/// Where nginx's connections go: its local port (client side, `addr` 0) or an upstream's
-/// IPv4 address (network order) and port.
+/// Where nginx's connections go: its local port (client side, `addr` all zero) or an
+/// upstream's address and port.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
 pub struct Endpoint {
     /// `FLOW_CLIENT` or `FLOW_UPSTREAM`.
     pub kind: u32,
     pub port: u32,
-    pub addr: u32,
-    pub _pad: u32,
+    /// The upstream's address as the bytes of a `struct in6_addr` (network order), IPv4 as
+    /// IPv4-mapped (`::ffff:a.b.c.d`): one key shape for both families.
+    pub addr: [u32; 4],
+}
+
+/// [`Endpoint::addr`]'s third word for an IPv4-mapped address, the `ffff` bytes in memory order.
+pub const IPV4_MAPPED_WORD: u32 = u32::from_ne_bytes([0, 0, 0xff, 0xff]);
+
+impl Endpoint {
+    /// `addr` of an IPv4 address given as its 4 bytes in network order, read as one word.
+    #[inline(always)]
+    pub const fn ipv4_mapped(addr: u32) -> [u32; 4] {
+        [0, 0, IPV4_MAPPED_WORD, addr]
+    }
+
+    /// The upstream's address: IPv4 for an IPv4-mapped one.
+    pub fn address(&self) -> core::net::IpAddr {
+        let mut bytes = [0u8; 16];
+        for (chunk, word) in bytes.chunks_exact_mut(4).zip(self.addr) {
+            chunk.copy_from_slice(&word.to_ne_bytes());
+        }
+        core::net::Ipv6Addr::from(bytes).to_canonical()
+    }
+
+    /// [`Self::addr`] of `address`, the inverse of [`Self::address`].
+    pub fn addr_of(address: core::net::IpAddr) -> [u32; 4] {
+        let bytes = match address {
+            core::net::IpAddr::V4(v4) => v4.to_ipv6_mapped().octets(),
+            core::net::IpAddr::V6(v6) => v6.octets(),
+        };
+        core::array::from_fn(|i| {
+            u32::from_ne_bytes([
+                bytes[4 * i],
+                bytes[4 * i + 1],
+                bytes[4 * i + 2],
+                bytes[4 * i + 3],
+            ])
+        })
+    }
 }
 
 /// Counters of one endpoint on one CPU.
@@ -251,12 +288,11 @@ pub struct Tally {
 
 /// A new flow: client side follows requests unless its port speaks TLS.
 #[inline(always)]
-pub fn new_flow(kind: u8, port: u16, addr: u32, parse: bool) -> HttpFlow {
+pub fn new_flow(kind: u8, port: u16, parse: bool) -> HttpFlow {
     HttpFlow {
         kind,
         state: if parse { IDLE } else { CLOSED },
         port,
-        addr,
         ..HttpFlow::default()
     }
 }

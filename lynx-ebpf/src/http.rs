@@ -44,6 +44,8 @@ static SK_DPORT_OFFSET: u64 = 0;
 #[unsafe(no_mangle)]
 static SK_DADDR_OFFSET: u64 = 0;
 #[unsafe(no_mangle)]
+static SK_V6_DADDR_OFFSET: u64 = 0;
+#[unsafe(no_mangle)]
 static SK_FAMILY_OFFSET: u64 = 0;
 #[unsafe(no_mangle)]
 static SK_TYPE_OFFSET: u64 = 0;
@@ -164,30 +166,33 @@ pub fn accepted(fd: u64, sk: *const u8) -> Option<()> {
     let port: u16 = read(sk, global(&SK_NUM_OFFSET))?;
     // SAFETY: a map value, read once.
     let mode = unsafe { *HTTP_PORTS.get(&u32::from(port))? };
-    opened(fd, new_flow(FLOW_CLIENT, port, 0, mode != PORT_TLS))
+    opened(fd, new_flow(FLOW_CLIENT, port, mode != PORT_TLS), [0; 4])
 }
 
-/// An upstream flow for the TCP/IPv4 socket nginx is connecting (not its resolver's UDP
-/// sockets, not unix sockets).
+/// An upstream flow for the TCP socket nginx is connecting, IPv4 or IPv6 (not its
+/// resolver's UDP sockets, not unix sockets).
 #[inline(always)]
 pub fn connecting(fd: u64, sk: *const u8) -> Option<()> {
     let family: u16 = read(sk, global(&SK_FAMILY_OFFSET))?;
     let sock_type: u16 = read(sk, global(&SK_TYPE_OFFSET))?;
-    if family != AF_INET || sock_type != SOCK_STREAM {
+    if sock_type != SOCK_STREAM {
         return None;
     }
+    let addr = match family {
+        AF_INET => Endpoint::ipv4_mapped(read(sk, global(&SK_DADDR_OFFSET))?),
+        AF_INET6 => read(sk, global(&SK_V6_DADDR_OFFSET))?,
+        _ => return None,
+    };
     let port: u16 = read(sk, global(&SK_DPORT_OFFSET))?;
-    let addr: u32 = read(sk, global(&SK_DADDR_OFFSET))?;
-    opened(fd, new_flow(FLOW_UPSTREAM, u16::from_be(port), addr, true))
+    opened(fd, new_flow(FLOW_UPSTREAM, u16::from_be(port), true), addr)
 }
 
 #[inline(always)]
-fn opened(fd: u64, flow: HttpFlow) -> Option<()> {
+fn opened(fd: u64, flow: HttpFlow, addr: [u32; 4]) -> Option<()> {
     let endpoint = Endpoint {
         kind: u32::from(flow.kind),
         port: u32::from(flow.port),
-        addr: flow.addr,
-        _pad: 0,
+        addr,
     };
     let Some(slot) = slot_of(&endpoint) else {
         count_drop(DROP_HTTP_ENDPOINTS_FULL);
@@ -212,7 +217,8 @@ fn slot_of(endpoint: &Endpoint) -> Option<u32> {
         // SAFETY: a map value.
         return Some(unsafe { *slot });
     }
-    let hash = (endpoint.addr ^ endpoint.port.wrapping_mul(0x9e37_79b9) ^ endpoint.kind)
+    let [a, b, c, d] = endpoint.addr;
+    let hash = (a ^ b ^ c ^ d ^ endpoint.port.wrapping_mul(0x9e37_79b9) ^ endpoint.kind)
         .wrapping_mul(0x85eb_ca6b);
     for i in 0..8u32 {
         let slot = (hash.wrapping_add(i)) % HTTP_ENDPOINT_ENTRIES;

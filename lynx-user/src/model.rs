@@ -1,6 +1,6 @@
 //! The snapshot document: what lynx publishes each interval. Built from two [`Sample`]s by
 //! plain functions; serialised by the sinks. `docs/snapshot.md` documents every field.
-use std::{collections::BTreeMap, net::Ipv4Addr, time::SystemTime};
+use std::{collections::BTreeMap, net::IpAddr, time::SystemTime};
 
 use lynx_common::{
     Accumulate, IoCounters, NetCounters,
@@ -111,7 +111,7 @@ pub struct Nginx {
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct NginxEndpoint {
-    /// Upstream: the peer's IPv4 address; listening port: `None`.
+    /// Upstream: the peer's IPv4 or IPv6 address; listening port: `None`.
     pub address: Option<String>,
     pub port: u16,
     /// Upstream: the container that has the address, when one does.
@@ -425,17 +425,24 @@ fn nginx(previous: &Sample, current: &Sample, containers: &[Container]) -> Nginx
         .taken
         .saturating_duration_since(earlier_at)
         .as_secs_f64();
-    let container_of = |address: &str| {
+    // Compared as addresses, not strings: an IPv6 address has more than one spelling.
+    let container_of = |address: IpAddr| {
         containers
             .iter()
-            .find(|c| c.kind != "host" && c.ipv4.iter().any(|a| a == address))
+            .find(|c| {
+                c.kind != "host"
+                    && c.ipv4
+                        .iter()
+                        .chain(&c.ipv6)
+                        .any(|a| a.parse::<IpAddr>() == Ok(address))
+            })
             .map(|c| c.name.clone())
     };
     let (mut listen, mut upstreams) = (Vec::new(), Vec::new());
     for (endpoint, counts) in &now.endpoints {
         let port = endpoint.port as u16;
         let client = endpoint.kind == u32::from(FLOW_CLIENT);
-        let address = (!client).then(|| Ipv4Addr::from(u32::from_be(endpoint.addr)).to_string());
+        let address = (!client).then(|| endpoint.address());
         let rate = |base: &[(Endpoint, u64)], seconds| {
             round2(per_second(
                 counts.requests.saturating_sub(requests_at(base, endpoint)),
@@ -443,8 +450,8 @@ fn nginx(previous: &Sample, current: &Sample, containers: &[Container]) -> Nginx
             ))
         };
         let entry = NginxEndpoint {
-            container: address.as_deref().and_then(container_of),
-            address,
+            container: address.and_then(container_of),
+            address: address.map(|a| a.to_string()),
             port,
             tls: client && now.tls_ports.contains(&port),
             connections: counts.opened,
@@ -688,6 +695,7 @@ mod tests {
             status: status.into(),
             pid: Some(4242),
             ipv4: vec!["10.0.0.2".into()],
+            ipv6: vec!["fd42:0:0:0:0:0:0:2".into()],
             ..InstanceInfo::default()
         }
     }
@@ -729,12 +737,11 @@ mod tests {
         assert!(!doc.host.lxd_available);
     }
 
-    fn endpoint(kind: u8, addr: [u8; 4], port: u32) -> Endpoint {
+    fn endpoint(kind: u8, addr: &str, port: u32) -> Endpoint {
         Endpoint {
             kind: u32::from(kind),
             port,
-            addr: u32::from_ne_bytes(addr),
-            _pad: 0,
+            addr: Endpoint::addr_of(addr.parse().expect("an address")),
         }
     }
 
@@ -750,10 +757,12 @@ mod tests {
     #[test]
     fn nginx_endpoints_get_rates_and_upstreams_their_container() {
         let start = Instant::now();
-        let port_80 = endpoint(FLOW_CLIENT, [0; 4], 80);
-        let port_443 = endpoint(FLOW_CLIENT, [0; 4], 443);
-        let web1 = endpoint(FLOW_UPSTREAM, [10, 0, 0, 2], 8080);
-        let elsewhere = endpoint(FLOW_UPSTREAM, [192, 0, 2, 9], 80);
+        let port_80 = endpoint(FLOW_CLIENT, "::", 80);
+        let port_443 = endpoint(FLOW_CLIENT, "::", 443);
+        let web1 = endpoint(FLOW_UPSTREAM, "10.0.0.2", 8080);
+        // LXD spells it in full; the kernel's bytes are the same address.
+        let web1_v6 = endpoint(FLOW_UPSTREAM, "fd42::2", 8080);
+        let elsewhere = endpoint(FLOW_UPSTREAM, "192.0.2.9", 80);
         let mut before = sample(start + Duration::from_secs(9), 1, vec![], None);
         before.nginx.endpoints = vec![(port_80, counts(10, 8, 100)), (web1, counts(5, 5, 50))];
         let mut after = sample(
@@ -769,6 +778,7 @@ mod tests {
                 (port_443, counts(4, 1, 0)),
                 (port_80, counts(30, 27, 200)),
                 (elsewhere, counts(1, 0, 1)),
+                (web1_v6, counts(2, 2, 3)),
             ],
             tls_ports: vec![443],
             earlier: Some((start, vec![(port_80, 0), (web1, 0)])),
@@ -806,6 +816,7 @@ mod tests {
             vec![
                 r#"None Some("192.0.2.9"):80 active 1 1/s 0.1/s"#,
                 r#"Some("web1") Some("10.0.0.2"):8080 active 2 100/s 15/s"#,
+                r#"Some("web1") Some("fd42::2"):8080 active 0 3/s 0.3/s"#,
             ]
         );
     }

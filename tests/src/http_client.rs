@@ -4,7 +4,7 @@
 //! loopback or the rig's bridge; every loop is bounded.
 use std::{
     io::{Read, Write},
-    net::{Ipv4Addr, SocketAddrV4, TcpListener, TcpStream},
+    net::{IpAddr, Ipv4Addr, SocketAddr, TcpListener, TcpStream},
     sync::{
         Arc,
         atomic::{AtomicBool, AtomicU64, Ordering},
@@ -16,18 +16,21 @@ use std::{
 /// An HTTP/1.1 keep-alive backend on loopback that counts the requests it answered. It stops
 /// accepting when dropped.
 pub struct CountingBackend {
-    pub addr: SocketAddrV4,
+    pub addr: SocketAddr,
     served: Arc<AtomicU64>,
     stop: Arc<AtomicBool>,
 }
 
 impl CountingBackend {
+    /// A backend on IPv4 loopback.
     pub fn start() -> Self {
-        let listener = TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).expect("bind a backend");
-        let addr = match listener.local_addr().expect("backend address") {
-            std::net::SocketAddr::V4(addr) => addr,
-            other => panic!("IPv4 loopback gave {other}"),
-        };
+        Self::start_on(Ipv4Addr::LOCALHOST.into())
+    }
+
+    /// A backend on a free port of `ip`, a loopback address.
+    pub fn start_on(ip: IpAddr) -> Self {
+        let listener = TcpListener::bind((ip, 0)).expect("bind a backend");
+        let addr = listener.local_addr().expect("backend address");
         listener.set_nonblocking(true).expect("non-blocking accept");
         let served = Arc::new(AtomicU64::new(0));
         let stop = Arc::new(AtomicBool::new(false));

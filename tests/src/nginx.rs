@@ -5,7 +5,7 @@
 use std::{
     fs,
     io::{Read, Write},
-    net::{Ipv4Addr, SocketAddrV4, TcpListener, TcpStream},
+    net::{Ipv4Addr, SocketAddr, TcpListener, TcpStream},
     path::{Path, PathBuf},
     process::{Command, Stdio},
     thread::sleep,
@@ -31,7 +31,7 @@ pub struct Nginx {
 /// Where nginx's upstream comes from.
 pub enum Upstreams<'a> {
     /// An `upstream` block of these backends, in nginx.conf.
-    Inline(&'a [SocketAddrV4]),
+    Inline(&'a [SocketAddr]),
     /// A file nginx.conf `include`s (Lynx's), which defines the upstream `name`.
     Include { file: &'a Path, name: &'a str },
 }
@@ -39,7 +39,7 @@ pub enum Upstreams<'a> {
 impl Nginx {
     /// Starts nginx on a free loopback port, balancing `/` over `backends`, and waits until it
     /// answers.
-    pub fn start(name: &str, backends: &[SocketAddrV4]) -> Self {
+    pub fn start(name: &str, backends: &[SocketAddr]) -> Self {
         Self::start_with(name, Upstreams::Inline(backends))
     }
 
@@ -49,13 +49,13 @@ impl Nginx {
     }
 
     /// As [`Self::start`], also listening with TLS on [`Self::tls_port`].
-    pub fn start_with_tls(name: &str, backends: &[SocketAddrV4]) -> Self {
+    pub fn start_with_tls(name: &str, backends: &[SocketAddr]) -> Self {
         Self::start_full(name, Upstreams::Inline(backends), true, None)
     }
 
     /// As [`Self::start`], with nginx in `cgroup` (as a service manager runs it), so that
     /// it shares its cgroup with no other process. Drop the nginx before the cgroup.
-    pub fn start_in(name: &str, backends: &[SocketAddrV4], cgroup: &TestCgroup) -> Self {
+    pub fn start_in(name: &str, backends: &[SocketAddr], cgroup: &TestCgroup) -> Self {
         Self::start_full(name, Upstreams::Inline(backends), false, Some(cgroup))
     }
 

@@ -2,7 +2,7 @@
 //! daemon's snapshot, against nginx's own `stub_status`, against what each backend served, and
 //! for malformed input against the table in docs/snapshot.md.
 use std::{
-    net::{Ipv4Addr, SocketAddrV4},
+    net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr},
     thread::sleep,
     time::Duration,
 };
@@ -75,16 +75,15 @@ fn listening(snapshot: &NginxSnapshot, port: u16) -> NginxEndpoint {
 }
 
 /// Requests nginx sent to `backend` (0 before the first connection).
-fn upstream_requests(snapshot: &NginxSnapshot, backend: SocketAddrV4) -> u64 {
+fn upstream_requests(snapshot: &NginxSnapshot, backend: SocketAddr) -> u64 {
     upstream(snapshot, backend).map_or(0, |e| e.requests)
 }
 
-fn upstream(snapshot: &NginxSnapshot, backend: SocketAddrV4) -> Option<&NginxEndpoint> {
-    let address = backend.ip().to_string();
-    snapshot
-        .upstreams
-        .iter()
-        .find(|e| e.address.as_deref() == Some(&address) && e.port == backend.port())
+fn upstream(snapshot: &NginxSnapshot, backend: SocketAddr) -> Option<&NginxEndpoint> {
+    snapshot.upstreams.iter().find(|e| {
+        e.address.as_deref().map(str::parse::<IpAddr>) == Some(Ok(backend.ip()))
+            && e.port == backend.port()
+    })
 }
 
 /// Asserts that Lynx's client-side changes equal nginx's: requests and accepts exactly, and
@@ -119,8 +118,13 @@ fn requests_accepts_and_active_connections_match_stub_status_and_the_backends() 
     if !privileged("requests_accepts_and_active_connections_match_stub_status_and_the_backends") {
         return;
     }
-    let backends = [CountingBackend::start(), CountingBackend::start()];
-    let addresses: Vec<SocketAddrV4> = backends.iter().map(|b| b.addr).collect();
+    // One upstream of each family: the kernel reads the peer from `skc_daddr` or
+    // `skc_v6_daddr`.
+    let backends = [
+        CountingBackend::start(),
+        CountingBackend::start_on(Ipv6Addr::LOCALHOST.into()),
+    ];
+    let addresses: Vec<SocketAddr> = backends.iter().map(|b| b.addr).collect();
     let nginx = Nginx::start("counting", &addresses);
     let daemon = counting_daemon("nginx-counting", &nginx);
 
@@ -226,11 +230,11 @@ fn requests_per_upstream_container_match_what_each_served() {
         return;
     }
     let containers = [TestContainer::launch("upst"), TestContainer::launch("upst")];
-    let backends: Vec<SocketAddrV4> = containers
+    let backends: Vec<SocketAddr> = containers
         .iter()
         .map(|c| {
             c.serve_http(80);
-            SocketAddrV4::new(c.ipv4(), 80)
+            SocketAddr::from((c.ipv4(), 80))
         })
         .collect();
     let nginx = Nginx::start("upstreams", &backends);

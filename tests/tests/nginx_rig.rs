@@ -1,6 +1,6 @@
 //! The nginx rig itself: nginx balances over two LXD containers serving HTTP, and its
 //! `stub_status` counts exactly the requests wrk made (the oracle later tests lean on).
-use std::{net::SocketAddrV4, thread, time::Duration};
+use std::{net::SocketAddr, thread, time::Duration};
 
 use lynx_tests::{
     lxd::{TestContainer, http_get, lxd},
@@ -24,9 +24,9 @@ fn nginx_balances_over_containers_and_stub_status_counts_every_request() {
             .collect()
     });
     let pages: Vec<String> = backends.iter().map(|b| b.serve_http(8080)).collect();
-    let addresses: Vec<SocketAddrV4> = backends
+    let addresses: Vec<SocketAddr> = backends
         .iter()
-        .map(|b| SocketAddrV4::new(b.ipv4(), 8080))
+        .map(|b| SocketAddr::from((b.ipv4(), 8080)))
         .collect();
     let nginx = Nginx::start("rig", &addresses);
 

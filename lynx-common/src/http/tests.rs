@@ -6,7 +6,7 @@ use proptest::prelude::*;
 use super::*;
 
 fn client() -> HttpFlow {
-    new_flow(FLOW_CLIENT, 80, 0, true)
+    new_flow(FLOW_CLIENT, 80, true)
 }
 
 /// Counts of `stream` fed in one piece.
@@ -177,7 +177,7 @@ fn requests_after_a_close_are_not_counted() {
 
 #[test]
 fn tls_flows_count_nothing() {
-    let mut flow = new_flow(FLOW_CLIENT, 443, 0, false);
+    let mut flow = new_flow(FLOW_CLIENT, 443, false);
     let mut found = Tally::default();
     feed(&mut flow, &get("/"), &mut found);
     assert_eq!(found, Tally::default());
@@ -292,4 +292,24 @@ fn names_fit_the_kernel() {
     ] {
         assert!(name.len() <= 15, "{name} is longer than the kernel keeps");
     }
+}
+
+#[test]
+fn endpoint_addresses_round_trip_through_one_key_shape() {
+    use core::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+    let v4 = IpAddr::V4(Ipv4Addr::new(10, 20, 30, 40));
+    let v6 = IpAddr::V6(Ipv6Addr::new(
+        0xfd42, 0xabcd, 0, 0, 0x216, 0x3eff, 0xfe12, 0x3456,
+    ));
+    for address in [v4, v6] {
+        let endpoint = Endpoint {
+            kind: u32::from(FLOW_UPSTREAM),
+            port: 80,
+            addr: Endpoint::addr_of(address),
+        };
+        assert_eq!(endpoint.address(), address);
+    }
+    // What the kernel builds from `skc_daddr` (its bytes in network order, read as one word).
+    let raw = u32::from_ne_bytes([10, 20, 30, 40]);
+    assert_eq!(Endpoint::ipv4_mapped(raw), Endpoint::addr_of(v4));
 }

@@ -29,8 +29,8 @@ use lynx_common::{
         HTTP_SYS_EXIT_TRACEPOINT, HTTP_TARGET_MAP, HttpTarget, INODE_MODE_OFFSET_GLOBAL,
         NGINX_FORK_PROGRAM, NGINX_FORK_TRACEPOINT, NGINX_TGIDS_MAP, PORT_PLAIN, PORT_TLS,
         SK_DADDR_OFFSET_GLOBAL, SK_DPORT_OFFSET_GLOBAL, SK_FAMILY_OFFSET_GLOBAL,
-        SK_NUM_OFFSET_GLOBAL, SK_TYPE_OFFSET_GLOBAL, SOCKET_SK_OFFSET_GLOBAL,
-        TASK_FILES_OFFSET_GLOBAL, TASK_TGID_OFFSET_GLOBAL,
+        SK_NUM_OFFSET_GLOBAL, SK_TYPE_OFFSET_GLOBAL, SK_V6_DADDR_OFFSET_GLOBAL,
+        SOCKET_SK_OFFSET_GLOBAL, TASK_FILES_OFFSET_GLOBAL, TASK_TGID_OFFSET_GLOBAL,
     },
 };
 
@@ -135,13 +135,17 @@ impl KernelCounters {
         let bio_opf = u64::from(btf.member_offset("bio", &["bi_opf"])?);
         let bio_size = u64::from(btf.member_offset("bio", &["bi_iter", "bi_size"])?);
         let at = |root: &str, path: &[&str]| btf.member_offset(root, path).map(u64::from);
-        let globals: [(&str, u64); 17] = [
+        let globals: [(&str, u64); 18] = [
             (TASK_RUNTIME_OFFSET_GLOBAL, task_runtime),
             (BIO_OPF_OFFSET_GLOBAL, bio_opf),
             (BIO_SIZE_OFFSET_GLOBAL, bio_size),
             (SK_NUM_OFFSET_GLOBAL, at("sock_common", &["skc_num"])?),
             (SK_DPORT_OFFSET_GLOBAL, at("sock_common", &["skc_dport"])?),
             (SK_DADDR_OFFSET_GLOBAL, at("sock_common", &["skc_daddr"])?),
+            (
+                SK_V6_DADDR_OFFSET_GLOBAL,
+                at("sock_common", &["skc_v6_daddr"])?,
+            ),
             (SK_FAMILY_OFFSET_GLOBAL, at("sock_common", &["skc_family"])?),
             (SK_TYPE_OFFSET_GLOBAL, at("sock", &["sk_type"])?),
             (TASK_FILES_OFFSET_GLOBAL, at("task_struct", &["files"])?),

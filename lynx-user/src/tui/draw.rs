@@ -1,5 +1,5 @@
 //! Rendering: one function of the state, so the tests render into ratatui's `TestBackend`.
-use std::time::Duration;
+use std::{net::SocketAddr, time::Duration};
 
 use ratatui::{
     Frame,
@@ -181,10 +181,16 @@ fn nginx_lines(snapshot: &Snapshot) -> Vec<Line<'static>> {
     let upstreams = upstreams
         .iter()
         .map(|u| {
-            let name = u
-                .container
-                .clone()
-                .unwrap_or_else(|| format!("{}:{}", u.address.as_deref().unwrap_or("?"), u.port));
+            // An address without a container, as a socket address: `[fd42::2]:80` for IPv6.
+            let name = u.container.clone().unwrap_or_else(|| {
+                u.address
+                    .as_deref()
+                    .and_then(|a| a.parse().ok())
+                    .map_or_else(
+                        || format!("?:{}", u.port),
+                        |ip| SocketAddr::new(ip, u.port).to_string(),
+                    )
+            });
             format!("{name} {:.1}/s ({} active)", u.requests_per_s, u.active)
         })
         .collect::<Vec<_>>()
@@ -550,7 +556,7 @@ mod tests {
 
     use super::*;
     use crate::{
-        model::{Nginx, SNAPSHOT_VERSION, fixtures},
+        model::{Nginx, NginxEndpoint, SNAPSHOT_VERSION, fixtures},
         tui::{
             source::load_snapshot,
             tests::{fixture, scratch_file},
@@ -779,6 +785,27 @@ mod tests {
         assert!(text.contains(" host (host) "), "{text}");
         assert!(
             text.contains("Memory: not counted for the host entry; the host uses 760MiB"),
+            "{text}"
+        );
+    }
+
+    #[test]
+    fn upstreams_without_a_container_show_their_socket_address() {
+        let mut app = farm_app();
+        let mut snapshot = app.snapshot.clone().expect("a snapshot");
+        snapshot.nginx.upstreams = ["192.0.2.9", "fd42::9"]
+            .iter()
+            .zip([2.0, 1.0])
+            .map(|(address, rate)| NginxEndpoint {
+                container: None,
+                ..fixtures::upstream("", address, rate, 0)
+            })
+            .collect();
+        snapshot.host.timestamp = "2026-11-22T04:22:03Z".into();
+        assert!(app.update(snapshot));
+        let text = render(&app, 160, 30).join("\n");
+        assert!(
+            text.contains("Upstreams 192.0.2.9:80 2.0/s (0 active), [fd42::9]:80 1.0/s"),
             "{text}"
         );
     }
