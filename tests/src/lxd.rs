@@ -354,6 +354,24 @@ impl Drop for TestContainer {
             ),
             Err(e) => eprintln!("lxd rig: cannot delete {}: {e}", self.name),
         }
+        remove_leftover_cgroups(&self.name);
+    }
+}
+
+/// Removes the empty LXC cgroups of container `name` that outlived it: a monitor that died
+/// with LXD (the outage test kills it) leaves `lxc.monitor.NAME` in every hierarchy.
+/// `rmdir` only removes empty cgroups, so a live container's are never touched.
+fn remove_leftover_cgroups(name: &str) {
+    let hierarchies = std::fs::read_dir("/sys/fs/cgroup")
+        .into_iter()
+        .flatten()
+        .flatten()
+        .map(|entry| entry.path())
+        .chain([std::path::PathBuf::from("/sys/fs/cgroup")]);
+    for hierarchy in hierarchies {
+        for kind in ["monitor", "payload"] {
+            let _ = std::fs::remove_dir(hierarchy.join(format!("lxc.{kind}.{name}")));
+        }
     }
 }
 
