@@ -99,13 +99,13 @@ pub fn is_nginx() -> bool {
 #[inline(always)]
 pub fn is_nginx_tgid(tgid: u32) -> bool {
     // SAFETY: only tested for presence.
-    unsafe { NGINX_TGIDS.get(&tgid) }.is_some()
+    unsafe { NGINX_TGIDS.get(tgid) }.is_some()
 }
 
 #[inline(always)]
 pub fn add_nginx_tgid(tgid: u32) {
     // Full: the process is not followed; user space sees the map full and says so.
-    let _ = NGINX_TGIDS.insert(&tgid, &1, 0);
+    let _ = NGINX_TGIDS.insert(tgid, 1, 0);
 }
 
 /// `task->tgid` of a BTF task pointer.
@@ -165,7 +165,7 @@ pub fn accepted(fd: u64, sk: *const u8) -> Option<()> {
     }
     let port: u16 = read(sk, global(&SK_NUM_OFFSET))?;
     // SAFETY: a map value, read once.
-    let mode = unsafe { *HTTP_PORTS.get(&u32::from(port))? };
+    let mode = unsafe { *HTTP_PORTS.get(u32::from(port))? };
     opened(fd, new_flow(FLOW_CLIENT, port, mode != PORT_TLS), [0; 4])
 }
 
@@ -203,7 +203,7 @@ fn opened(fd: u64, flow: HttpFlow, addr: [u32; 4]) -> Option<()> {
         slot,
         _pad: 0,
     };
-    let _ = HTTP_FLOWS.insert(&flow_key(fd), &entry, 0);
+    let _ = HTTP_FLOWS.insert(flow_key(fd), entry, 0);
     counters(slot)?.opened += 1;
     Some(())
 }
@@ -223,18 +223,18 @@ fn slot_of(endpoint: &Endpoint) -> Option<u32> {
     for i in 0..8u32 {
         let slot = (hash.wrapping_add(i)) % HTTP_ENDPOINT_ENTRIES;
         if HTTP_SLOT_OWNER
-            .insert(&slot, endpoint, BPF_NOEXIST as u64)
+            .insert(slot, endpoint, BPF_NOEXIST as u64)
             .is_err()
         {
             continue;
         }
         if HTTP_ENDPOINTS
-            .insert(endpoint, &slot, BPF_NOEXIST as u64)
+            .insert(endpoint, slot, BPF_NOEXIST as u64)
             .is_ok()
         {
             return Some(slot);
         }
-        let _ = HTTP_SLOT_OWNER.remove(&slot);
+        let _ = HTTP_SLOT_OWNER.remove(slot);
         // SAFETY: a map value.
         return HTTP_ENDPOINTS.get_ptr(endpoint).map(|s| unsafe { *s });
     }
@@ -252,7 +252,7 @@ fn counters(slot: u32) -> Option<&'static mut EndpointCounters> {
 #[inline(always)]
 pub fn closing(fd: u64) {
     let key = flow_key(fd);
-    let Some(entry) = HTTP_FLOWS.get_ptr(&key) else {
+    let Some(entry) = HTTP_FLOWS.get_ptr(key) else {
         return;
     };
     // SAFETY: a map value.
@@ -260,7 +260,7 @@ pub fn closing(fd: u64) {
     if let Some(c) = counters(slot) {
         c.closed += 1;
     }
-    let _ = HTTP_FLOWS.remove(&key);
+    let _ = HTTP_FLOWS.remove(key);
 }
 
 /// Which way bytes went through the socket.
@@ -274,7 +274,7 @@ pub enum Way {
 /// that carries requests, parses them.
 #[inline(always)]
 pub fn transferred(fd: u64, buffer: Buffer, bytes: u64, way: Way) {
-    let Some(entry) = HTTP_FLOWS.get_ptr_mut(&flow_key(fd)) else {
+    let Some(entry) = HTTP_FLOWS.get_ptr_mut(flow_key(fd)) else {
         return;
     };
     // SAFETY: a map value; nginx's calls on one socket do not interleave (one worker owns it).
@@ -286,11 +286,11 @@ pub fn transferred(fd: u64, buffer: Buffer, bytes: u64, way: Way) {
         Way::Received => c.bytes_in += bytes,
         Way::Sent => c.bytes_out += bytes,
     }
-    if (entry.flow.kind == FLOW_CLIENT) == (way == Way::Received) {
-        if let Some(found) = scan(&mut entry.flow, buffer, bytes) {
-            c.requests += found.tally.requests;
-            c.bad_requests += found.tally.bad_requests;
-            c.unparsed += found.lost;
-        }
+    if (entry.flow.kind == FLOW_CLIENT) == (way == Way::Received)
+        && let Some(found) = scan(&mut entry.flow, buffer, bytes)
+    {
+        c.requests += found.tally.requests;
+        c.bad_requests += found.tally.bad_requests;
+        c.unparsed += found.lost;
     }
 }

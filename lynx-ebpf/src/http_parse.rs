@@ -154,6 +154,10 @@ extern "C" fn step(_index: u64, _ctx: *mut c_void) -> i64 {
     }
     let mut offset = (s.base - s.start) as usize;
     let mut taken = 0u64;
+    #[expect(
+        clippy::explicit_counter_loop,
+        reason = "a constant trip count is what lets the verifier bound the loop"
+    )]
     for _ in 0..BYTES_PER_STEP {
         if taken == want || !framing::wants_bytes(&s.flow) {
             break;
@@ -204,6 +208,10 @@ fn run_words(s: &mut Scratch) -> bool {
     let mut low = s.words[index & (WINDOW_WORDS - 1)];
     let mut last = 0;
     let mut taken = 0u64;
+    #[expect(
+        clippy::explicit_counter_loop,
+        reason = "a constant trip count is what lets the verifier bound the loop"
+    )]
     for _ in 0..WINDOW_WORDS {
         if taken + 8 > available {
             break;

@@ -65,7 +65,7 @@ pub fn update_cgroup<V: Copy + Default>(
     drop_kind: u32,
     update: impl Fn(&mut V),
 ) {
-    if let Some(counters) = map.get_ptr_mut(&cgroup_id) {
+    if let Some(counters) = map.get_ptr_mut(cgroup_id) {
         // SAFETY: a per-CPU value, written only from this CPU by programs that do not
         // interleave (see each hook's comment).
         update(unsafe { &mut *counters });
@@ -75,7 +75,7 @@ pub fn update_cgroup<V: Copy + Default>(
     update(&mut first);
     // BPF_NOEXIST: if a program on another path inserted it meanwhile, counting this event
     // there matters less than never overwriting counts.
-    if map.insert(&cgroup_id, &first, BPF_NOEXIST as u64).is_err() {
+    if map.insert(cgroup_id, first, BPF_NOEXIST as u64).is_err() {
         count_drop(drop_kind);
     }
 }

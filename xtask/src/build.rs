@@ -131,6 +131,23 @@ pub fn test_all(toolchain: &Toolchain, test_args: &[String]) -> Result<()> {
             .env("LYNX_EBPF_OBJECT", &object),
     )
     .context("clippy found problems")?;
+    // The kernel programs are linted for the host: clippy's lints do not depend on the
+    // target, and the host needs no `build-std`. `panic = "abort"` because the crate is
+    // `no_std` and the host's `core` would otherwise ask for unwinding; its own target
+    // directory keeps that profile from rebuilding the rest of the workspace.
+    run_checked(cargo().args([
+        "clippy",
+        "--package",
+        "lynx-ebpf",
+        "--config",
+        "profile.dev.panic=\"abort\"",
+        "--target-dir",
+        "target/clippy-ebpf",
+        "--",
+        "-D",
+        "warnings",
+    ]))
+    .context("clippy found problems in lynx-ebpf")?;
     let mut test = cargo();
     test.args([
         "test",
