@@ -1,14 +1,17 @@
-//! nginx-counting benchmarks, run by `cargo xtask bench` (as root):
+//! nginx-counting benchmarks, run by `cargo xtask bench` (as root, with the LXD rig):
 //! - wrk's throughput through nginx with Lynx's programs attached (a daemon counting that
-//!   nginx) over the same without, in alternating pairs in one run: keep-alive, a
-//!   connection per request, and keep-alive with browser-sized requests (where the parser's
-//!   share is largest);
+//!   nginx) over the same without, in alternating pairs in one run, for four loads. Three
+//!   proxy to two in-process loopback backends, the harshest case (nginx's bare proxy cost is
+//!   all there is to compare with): keep-alive, a connection per request, and keep-alive with
+//!   browser-sized requests (where the parser's share is largest). The fourth is keep-alive
+//!   to busybox httpd in two LXD containers on the rig's bridge, the deployment Lynx is for
+//!   (nginx connects upstream per request, with the host's TIME_WAIT ports reused);
 //! - the kernel cost of each of Lynx's programs from BPF run-time statistics: per run (every
 //!   system call of the host runs `lynx_http_exit` up to its checks) and per request, and the
 //!   ratio that cost predicts against the host's CPU time per request.
 //!
 //! Prints one `bench-result: {json}` line that xtask merges into `target/bench/results.json`.
-use std::time::Duration;
+use std::{net::SocketAddr, time::Duration};
 
 use aya::{
     programs::loaded_programs,
@@ -23,6 +26,7 @@ use lynx_tests::{
     TestCgroup,
     daemon::DaemonUnderTest,
     http_client::CountingBackend,
+    lxd::TestContainer,
     nginx::{Nginx, wrk, wrk_with_headers},
 };
 use serde_json::json;
@@ -111,6 +115,13 @@ const BROWSER: Load = Load {
         "Cache-Control: max-age=0",
         "Upgrade-Insecure-Requests: 1",
     ],
+};
+
+/// Keep-alive from wrk to nginx, which proxies to busybox httpd in LXD containers. httpd
+/// closes each connection, so nginx connects upstream for every request.
+const LXD_BUSYBOX: Load = Load {
+    name: "keep-alive, busybox httpd in LXD containers",
+    headers: &[],
 };
 
 /// Requests of one wrk run, which must see no errors.
@@ -238,6 +249,42 @@ fn costs(nginx: &Nginx, kind: Load) -> (serde_json::Value, f64) {
     (programs.into(), total_per_request)
 }
 
+/// A sysctl set while this lives, restored on drop (also when the bench panics).
+struct Sysctl {
+    path: &'static str,
+    old: String,
+}
+
+impl Sysctl {
+    fn set(path: &'static str, value: &str) -> Self {
+        let old = std::fs::read_to_string(path).unwrap_or_else(|e| panic!("read {path}: {e}"));
+        std::fs::write(path, value).unwrap_or_else(|e| panic!("write {path}: {e}"));
+        Self { path, old }
+    }
+}
+
+impl Drop for Sysctl {
+    fn drop(&mut self) {
+        if let Err(e) = std::fs::write(self.path, &self.old) {
+            eprintln!("cannot restore {} to {}: {e}", self.path, self.old.trim());
+        }
+    }
+}
+
+/// Each of `kinds` through an nginx of its own in `cgroup` balancing over `backends`. The nginx
+/// stops before this returns, so the cgroup holds one nginx at a time.
+fn throughputs<const N: usize>(
+    name: &str,
+    backends: &[SocketAddr],
+    cgroup: &TestCgroup,
+    kinds: [Load; N],
+) -> [serde_json::Value; N] {
+    let nginx = Nginx::start_in(name, backends, cgroup);
+    // Warm up nginx, the backends and the page cache.
+    wrk(&nginx.url("/"), CONNECTIONS, Duration::from_secs(1), true);
+    kinds.map(|kind| throughput(&nginx, kind))
+}
+
 fn main() {
     // SAFETY: geteuid has no preconditions.
     assert_eq!(unsafe { libc::geteuid() }, 0, "the bench needs root");
@@ -245,18 +292,33 @@ fn main() {
     let addresses: Vec<_> = backends.iter().map(|b| b.addr).collect();
     // nginx in a cgroup of its own, as a service manager runs it.
     let cgroup = TestCgroup::create("bench-nginx");
-    let nginx = Nginx::start_in("bench", &addresses, &cgroup);
-    // Warm up nginx, the backends and the page cache.
-    wrk(&nginx.url("/"), CONNECTIONS, Duration::from_secs(1), true);
-    let keep_alive = throughput(&nginx, KEEP_ALIVE);
-    let close = throughput(&nginx, CLOSE);
-    let browser = throughput(&nginx, BROWSER);
+    let [keep_alive, close, browser] =
+        throughputs("bench", &addresses, &cgroup, [KEEP_ALIVE, CLOSE, BROWSER]);
+    // Launched only now, so that the loopback loads run on a host without them.
+    let containers = [
+        TestContainer::launch("bench"),
+        TestContainer::launch("bench"),
+    ];
+    let upstreams: Vec<_> = containers
+        .iter()
+        .map(|c| {
+            c.serve_http(80);
+            SocketAddr::from((c.ipv4(), 80))
+        })
+        .collect();
+    // nginx closes about a fifth of its upstream connections before httpd does, and each of
+    // those leaves a port in TIME_WAIT on the host: at this load connect()'s ~14,000 ports per
+    // upstream run out within about 20 s, and throughput collapses to the rate at which they
+    // expire. Hosts that proxy to backends without keep-alive reuse them, as here.
+    let _reuse = Sysctl::set("/proc/sys/net/ipv4/tcp_tw_reuse", "1");
+    let [lxd_busybox] = throughputs("bench-lxd", &upstreams, &cgroup, [LXD_BUSYBOX]);
     let result = json!({
         "nginx_throughput": {
-            "load": format!("wrk -t2 -c{CONNECTIONS} -d{}s through nginx (2 workers, a cgroup of its own) to two loopback backends, {PAIRS} alternating pairs", RUN.as_secs()),
+            "load": format!("wrk -t2 -c{CONNECTIONS} -d{}s through nginx (2 workers, a cgroup of its own), {PAIRS} alternating pairs; keep_alive, close and browser_headers to two in-process loopback backends, lxd_busybox_backends to busybox httpd in two LXD containers on the LXD bridge (a connection per request upstream; net.ipv4.tcp_tw_reuse = 1 for it)", RUN.as_secs()),
             "keep_alive": keep_alive,
             "close": close,
             "browser_headers": browser,
+            "lxd_busybox_backends": lxd_busybox,
         }
     });
     println!("bench-result: {result}");
