@@ -31,7 +31,8 @@ use lynx_tests::{
 };
 use serde_json::json;
 
-/// Off/on pairs per load; the order alternates so that drift hits both sides alike.
+/// Off/on pairs of the loopback loads; the order alternates so that drift hits both sides
+/// alike.
 const PAIRS: usize = 8;
 const RUN: Duration = Duration::from_secs(3);
 const CONNECTIONS: u32 = 32;
@@ -88,15 +89,19 @@ struct Load {
     name: &'static str,
     /// Headers wrk adds to each request (its own are Host only).
     headers: &'static [&'static str],
+    /// Off/on pairs measured.
+    pairs: usize,
 }
 
 const KEEP_ALIVE: Load = Load {
     name: "keep-alive",
     headers: &[],
+    pairs: PAIRS,
 };
 const CLOSE: Load = Load {
     name: "Connection: close",
     headers: &["Connection: close"],
+    pairs: PAIRS,
 };
 /// Requests of the size a browser sends (about 600 bytes), which nginx passes on upstream:
 /// what the parser costs when most bytes are headers.
@@ -115,13 +120,16 @@ const BROWSER: Load = Load {
         "Cache-Control: max-age=0",
         "Upgrade-Insecure-Requests: 1",
     ],
+    pairs: PAIRS,
 };
 
 /// Keep-alive from wrk to nginx, which proxies to busybox httpd in LXD containers. httpd
-/// closes each connection, so nginx connects upstream for every request.
+/// closes each connection, so nginx connects upstream for every request. Twice the pairs:
+/// Lynx's share is small here, and single pairs spread over several points.
 const LXD_BUSYBOX: Load = Load {
     name: "keep-alive, busybox httpd in LXD containers",
     headers: &[],
+    pairs: 2 * PAIRS,
 };
 
 /// Requests of one wrk run, which must see no errors.
@@ -141,7 +149,7 @@ fn load(nginx: &Nginx, load: Load) -> u64 {
 fn throughput(nginx: &Nginx, kind: Load) -> serde_json::Value {
     let (mut off, mut on, mut ratios) = (Vec::new(), Vec::new(), Vec::new());
     let mut cpu_ns_per_request = Vec::new();
-    for pair in 0..PAIRS {
+    for pair in 0..kind.pairs {
         let order = if pair % 2 == 0 {
             [false, true]
         } else {
@@ -163,9 +171,9 @@ fn throughput(nginx: &Nginx, kind: Load) -> serde_json::Value {
         ratios.push(rates[1] / rates[0]);
     }
     let ratio = quantile(&ratios, 0.5);
-    let name = kind.name;
+    let Load { name, pairs, .. } = kind;
     println!(
-        "bench nginx throughput ({name}, wrk -c{CONNECTIONS}, {PAIRS} pairs of {RUN:?}): \
+        "bench nginx throughput ({name}, wrk -c{CONNECTIONS}, {pairs} pairs of {RUN:?}): \
          without {:.0} req/s, with {:.0} req/s (means); median of pair ratios {ratio:.3} \
          (target >= 0.97: {}), ratio of means {:.3}",
         mean(&off),
@@ -191,6 +199,7 @@ fn throughput(nginx: &Nginx, kind: Load) -> serde_json::Value {
     json!({
         "without_requests_per_s": off,
         "with_requests_per_s": on,
+        "pairs": pairs,
         "median_pair_ratio": ratio,
         "pair_ratio_quartiles": quartiles,
         "ratio_of_means": mean(&on) / mean(&off),
@@ -314,7 +323,7 @@ fn main() {
     let [lxd_busybox] = throughputs("bench-lxd", &upstreams, &cgroup, [LXD_BUSYBOX]);
     let result = json!({
         "nginx_throughput": {
-            "load": format!("wrk -t2 -c{CONNECTIONS} -d{}s through nginx (2 workers, a cgroup of its own), {PAIRS} alternating pairs; keep_alive, close and browser_headers to two in-process loopback backends, lxd_busybox_backends to busybox httpd in two LXD containers on the LXD bridge (a connection per request upstream; net.ipv4.tcp_tw_reuse = 1 for it)", RUN.as_secs()),
+            "load": format!("wrk -t2 -c{CONNECTIONS} -d{}s through nginx (2 workers, a cgroup of its own), alternating pairs without and with Lynx; keep_alive, close and browser_headers to two in-process loopback backends, lxd_busybox_backends to busybox httpd in two LXD containers on the LXD bridge (a connection per request upstream; net.ipv4.tcp_tw_reuse = 1 for it)", RUN.as_secs()),
             "keep_alive": keep_alive,
             "close": close,
             "browser_headers": browser,
