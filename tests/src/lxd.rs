@@ -266,6 +266,12 @@ impl TestContainer {
         }
     }
 
+    /// As [`serve_http`](Self::serve_http); returns the address a proxy on the host reaches it at.
+    pub fn http_backend(&self, port: u16) -> SocketAddr {
+        self.serve_http(port);
+        SocketAddr::from((self.ipv4(), port))
+    }
+
     /// As [`serve_http`](Self::serve_http), and again at every start: the container's init
     /// starts httpd before it settles, so a restarted container serves without the test's
     /// help.

@@ -230,13 +230,7 @@ fn requests_per_upstream_container_match_what_each_served() {
         return;
     }
     let containers = [TestContainer::launch("upst"), TestContainer::launch("upst")];
-    let backends: Vec<SocketAddr> = containers
-        .iter()
-        .map(|c| {
-            c.serve_http(80);
-            SocketAddr::from((c.ipv4(), 80))
-        })
-        .collect();
+    let backends: Vec<SocketAddr> = containers.iter().map(|c| c.http_backend(80)).collect();
     let nginx = Nginx::start("upstreams", &backends);
     let daemon = counting_daemon("nginx-upstreams", &nginx);
     // The containers are known to the daemon (by LXD) before the run.

@@ -308,13 +308,7 @@ fn main() {
         TestContainer::launch("bench"),
         TestContainer::launch("bench"),
     ];
-    let upstreams: Vec<_> = containers
-        .iter()
-        .map(|c| {
-            c.serve_http(80);
-            SocketAddr::from((c.ipv4(), 80))
-        })
-        .collect();
+    let upstreams: Vec<_> = containers.iter().map(|c| c.http_backend(80)).collect();
     // nginx closes about a fifth of its upstream connections before httpd does, and each of
     // those leaves a port in TIME_WAIT on the host: at this load connect()'s ~14,000 ports per
     // upstream run out within about 20 s, and throughput collapses to the rate at which they
