@@ -1,5 +1,6 @@
 //! The daemon over time: readers never see a partial snapshot, counters of removed containers
-//! leave the kernel maps, and a daemon killed with SIGKILL and started again goes on counting.
+//! leave the kernel maps, and a daemon killed with SIGKILL and started again goes on counting
+//! (and unpins the maps of other layout versions).
 use std::{
     collections::{BTreeSet, HashSet},
     fs,
@@ -10,7 +11,8 @@ use std::{
 
 use lynx::{collector::cgroupfs::CgroupLayout, model::Snapshot};
 use lynx_common::{
-    CGROUP_CPU_MAP, CGROUP_IO_MAP, CGROUP_NET_MAP, CpuTime, IoCounters, NetCounters,
+    CGROUP_CPU_MAP, CGROUP_IO_MAP, CGROUP_NET_MAP, CpuTime, IoCounters, MAPS_LAYOUT_VERSION,
+    NetCounters,
 };
 use lynx_tests::{
     daemon::DaemonUnderTest,
@@ -178,8 +180,12 @@ fn a_daemon_killed_and_restarted_continues_the_counts() {
         }),
     );
 
+    // Pins an older daemon left: the restarted one cannot reuse them and unpins them.
+    let older_layout = daemon.pin_dir.join(format!("v{}", MAPS_LAYOUT_VERSION - 1));
+    fs::create_dir(&older_layout).expect("mkdir in bpffs");
     daemon.kill_and_restart();
     let after = counters(&daemon.next_snapshot());
+    assert!(!older_layout.exists(), "{} is left", older_layout.display());
     let _ = spinner.kill();
     let _ = talker.kill();
     let _ = (spinner.wait(), talker.wait());

@@ -448,10 +448,36 @@ fn pin_paths(dir: &Path) -> Result<Vec<(&'static str, PathBuf)>, KernelError> {
     };
     preflight::ensure_bpffs(dir).map_err(error)?;
     fs::create_dir_all(&versioned).map_err(error)?;
+    for removed in remove_other_layouts(dir) {
+        tracing::info!(path = %removed.display(), "removed maps pinned by another layout version");
+    }
     Ok(PINNED_MAPS
         .iter()
         .map(|&name| (name, versioned.join(name)))
         .collect())
+}
+
+/// Removes the pins of other layout versions under `dir` (`v1`, `v2`...) and returns them.
+/// This daemon can never reuse them, and a pinned map keeps its kernel memory until it is
+/// unpinned, so every upgrade would leave its maps behind. Called only under the daemon lock
+/// of `dir`, so no other daemon is counting into them.
+fn remove_other_layouts(dir: &Path) -> Vec<PathBuf> {
+    let current = format!("v{MAPS_LAYOUT_VERSION}");
+    let is_other_layout = |name: &str| {
+        name != current
+            && name
+                .strip_prefix('v')
+                .is_some_and(|n| !n.is_empty() && n.bytes().all(|b| b.is_ascii_digit()))
+    };
+    let Ok(entries) = fs::read_dir(dir) else {
+        return Vec::new();
+    };
+    entries
+        .flatten()
+        .filter(|entry| entry.file_name().to_str().is_some_and(is_other_layout))
+        .map(|entry| entry.path())
+        .filter(|path| fs::remove_dir_all(path).is_ok())
+        .collect()
 }
 
 fn program_error(name: &'static str) -> impl Fn(ProgramError) -> KernelError {
@@ -470,4 +496,31 @@ where
         })?
         .try_into()
         .map_err(program_error(name))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::test_support::TempDir;
+
+    #[test]
+    fn pins_of_other_layout_versions_are_removed_and_nothing_else() {
+        let dir = TempDir::new("pin-layouts");
+        let current = format!("v{MAPS_LAYOUT_VERSION}");
+        for sub in ["v1", "v2", current.as_str(), "vx", "v", "maps.debug"] {
+            fs::create_dir(dir.path().join(sub)).expect("mkdir");
+        }
+        fs::write(dir.path().join("v1").join(CGROUP_CPU_MAP), b"pin").expect("a pin");
+        fs::write(dir.path().join("v9"), b"a file, not a layout").expect("a file");
+
+        let mut removed = remove_other_layouts(dir.path());
+        removed.sort();
+        assert_eq!(removed, vec![dir.path().join("v1"), dir.path().join("v2")]);
+        let mut left: Vec<String> = fs::read_dir(dir.path())
+            .expect("read dir")
+            .map(|e| e.expect("entry").file_name().to_string_lossy().into_owned())
+            .collect();
+        left.sort();
+        assert_eq!(left, ["maps.debug", "v", current.as_str(), "v9", "vx"]);
+    }
 }
