@@ -136,11 +136,7 @@ extern "C" fn step(_index: u64, _ctx: *mut c_void) -> i64 {
     if !framing::wants_bytes(&s.flow) {
         let available = s.seg_left.min(s.total_left);
         let n = framing::skip(&mut s.flow, available);
-        s.seg_left -= n;
-        s.total_left -= n;
-        if s.base != 0 {
-            s.base += n;
-        }
+        consume(s, n);
         return 0;
     }
     if framing::in_run(&s.flow) && run_words(s) {
@@ -172,10 +168,19 @@ extern "C" fn step(_index: u64, _ctx: *mut c_void) -> i64 {
             break;
         }
     }
-    s.base += taken;
-    s.seg_left -= taken;
-    s.total_left -= taken;
+    consume(s, taken);
     0
+}
+
+/// `n` bytes of the current segment are consumed. An unreadable segment (`base` 0, only body
+/// skips consume it) stays unreadable.
+#[inline(always)]
+fn consume(s: &mut Scratch, n: u64) {
+    s.seg_left -= n;
+    s.total_left -= n;
+    if s.base != 0 {
+        s.base += n;
+    }
 }
 
 /// Bytes of the current segment already in the window, from `s.base` on.
@@ -231,9 +236,7 @@ fn run_words(s: &mut Scratch) -> bool {
     if taken > 0 {
         framing::take_run_words(&mut s.flow, last, (taken / 8) as u16);
     }
-    s.base += taken;
-    s.seg_left -= taken;
-    s.total_left -= taken;
+    consume(s, taken);
     taken > 0
 }
 
