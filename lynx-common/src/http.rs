@@ -367,7 +367,7 @@ pub fn take_run_words(flow: &mut HttpFlow, last: u64, words: u16) {
 pub fn byte(flow: &mut HttpFlow, byte: u8, tally: &mut Tally) {
     // A run byte: neither CR nor LF (the bytes below them take the full path, which treats
     // them alike).
-    if byte > CR && flow.flags & F_RUN != 0 {
+    if byte > CR && in_run(flow) {
         extend_line(flow, byte);
         return;
     }
@@ -492,7 +492,7 @@ fn header_byte(flow: &mut HttpFlow, byte: u8, tally: &mut Tally) {
         _ => {}
     }
     flow.line_len = flow.line_len.saturating_add(1);
-    if flow.flags & F_RUN != 0 {
+    if in_run(flow) {
         return;
     }
     let lower = byte.to_ascii_lowercase();
