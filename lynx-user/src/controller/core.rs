@@ -142,13 +142,20 @@ struct Group {
     last_containers: Vec<String>,
 }
 
-/// Members in `status`. Of the members map rather than the group, so that it borrows
-/// nothing the group's policy needs.
-fn count(members: &BTreeMap<String, Member>, status: InstanceStatus) -> u32 {
-    members
-        .values()
-        .filter(|m| m.state.status == status)
-        .count() as u32
+/// Members running, frozen and stopped. Of the members map rather than the group, so that it
+/// borrows nothing the group's policy needs.
+fn counts(members: &BTreeMap<String, Member>) -> (u32, u32, u32) {
+    let count = |status| {
+        members
+            .values()
+            .filter(|m| m.state.status == status)
+            .count() as u32
+    };
+    (
+        count(InstanceStatus::Running),
+        count(InstanceStatus::Frozen),
+        count(InstanceStatus::Stopped),
+    )
 }
 
 /// The controller's state: groups, their members, what nginx serves.
@@ -344,11 +351,7 @@ impl Core {
             if !group.tasks.is_empty() {
                 continue;
             }
-            let (running, frozen, stopped) = (
-                count(&group.members, InstanceStatus::Running),
-                count(&group.members, InstanceStatus::Frozen),
-                count(&group.members, InstanceStatus::Stopped),
-            );
+            let (running, frozen, stopped) = counts(&group.members);
             let cpu: Vec<f64> = group
                 .members
                 .iter()
@@ -700,6 +703,7 @@ impl Core {
                         reason: state.reason,
                     }
                 });
+                let (running, frozen, stopped) = counts(&group.members);
                 model::Group {
                     name: group.config.name.clone(),
                     upstream: group.config.upstream_name().to_owned(),
@@ -708,9 +712,9 @@ impl Core {
                         .iter()
                         .map(ToString::to_string)
                         .collect(),
-                    running: count(&group.members, InstanceStatus::Running),
-                    frozen: count(&group.members, InstanceStatus::Frozen),
-                    stopped: count(&group.members, InstanceStatus::Stopped),
+                    running,
+                    frozen,
+                    stopped,
                     upstream_error: self.upstream_error.clone(),
                     autoscaler,
                 }
