@@ -225,6 +225,7 @@ pub fn run(cli: Cli) -> Result<(), CliError> {
                 interval: args.interval.unwrap_or(config.daemon.interval),
                 snapshot_path: args.output.unwrap_or(config.daemon.snapshot_path),
                 pin_dir: config.daemon.pin_dir,
+                count_host_network: config.daemon.count_host_network,
                 lxd_sockets: config.lxd.sockets,
                 history: config.history,
                 prometheus_listen: config.prometheus.listen,
@@ -272,6 +273,7 @@ pub fn run(cli: Cli) -> Result<(), CliError> {
                     config.lxd.sockets,
                     args.interval,
                 ))),
+                count_host_network: config.daemon.count_host_network,
             })?;
             let first = collector.sample()?;
             let never = AtomicBool::new(false);

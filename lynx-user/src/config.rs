@@ -200,6 +200,10 @@ pub struct DaemonConfig {
     /// bpffs directory where the kernel maps are pinned, so that a restarted daemon goes on
     /// counting from where the last one stopped.
     pub pin_dir: PathBuf,
+    /// Count the network traffic of the host's own sockets and of systemd services too, not
+    /// only containers'. Costs a program run on every packet of the host, nginx's clients'
+    /// included.
+    pub count_host_network: bool,
 }
 
 /// `[lxd]`: where LXD's API is.
@@ -219,6 +223,7 @@ impl Default for DaemonConfig {
             interval: Duration::from_secs(1),
             snapshot_path: "/run/lynx/snapshot.json".into(),
             pin_dir: "/sys/fs/bpf/lynx".into(),
+            count_host_network: false,
         }
     }
 }

@@ -32,6 +32,8 @@ pub struct DaemonOptions {
     pub snapshot_path: PathBuf,
     /// bpffs directory for the pinned maps.
     pub pin_dir: PathBuf,
+    /// Count the network traffic of every socket on the host, not only containers'.
+    pub count_host_network: bool,
     /// LXD API sockets to try.
     pub lxd_sockets: Vec<PathBuf>,
     pub history: HistoryConfig,
@@ -129,6 +131,7 @@ pub fn run(options: &DaemonOptions, stop: &AtomicBool) -> Result<(), DaemonError
             options.lxd_sockets.clone(),
             options.interval,
         ))),
+        count_host_network: options.count_host_network,
     })?;
     let mut sinks: Vec<Box<dyn Sink>> = vec![
         Box::new(JsonFileSink {

@@ -11,7 +11,7 @@ use serde::{Deserialize, Serialize};
 use crate::collector::{ContainerFiles, InstanceInfo, Sample, containers::Owner};
 
 /// Schema version of [`Snapshot`]; raised whenever a field changes meaning or goes away.
-pub const SNAPSHOT_VERSION: u32 = 3;
+pub const SNAPSHOT_VERSION: u32 = 4;
 
 /// One /proc-like document.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -183,7 +183,9 @@ pub struct Container {
     pub cpu: Cpu,
     pub memory: Option<Memory>,
     pub block_io: BlockIo,
-    pub network: Network,
+    /// `None` where network traffic is not counted: the host and services, unless
+    /// `[daemon] count_host_network` is on.
+    pub network: Option<Network>,
 }
 
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
@@ -262,6 +264,10 @@ pub fn snapshot(previous: &Sample, current: &Sample) -> Snapshot {
     let host_memory_bytes = current.host.memory.total_kib * 1024;
     let (before, now) = (totals_by_owner(previous), totals_by_owner(current));
     let rate = |now: u64, before: u64| per_second(now.saturating_sub(before), seconds);
+    // Only containers' sockets pass the network programs unless the whole host's do.
+    let network_counted = |owner: &Owner| {
+        current.host_network_counted || matches!(owner, Owner::Lxc(_) | Owner::Docker(_))
+    };
 
     let container =
         |owner: &Owner, files: Option<&ContainerFiles>, instance: Option<&InstanceInfo>| {
@@ -311,14 +317,14 @@ pub fn snapshot(previous: &Sample, current: &Sample) -> Snapshot {
                     read_bytes_per_s: round2(rate(totals.io.read_bytes, prior.io.read_bytes)),
                     write_bytes_per_s: round2(rate(totals.io.write_bytes, prior.io.write_bytes)),
                 },
-                network: Network {
+                network: network_counted(owner).then(|| Network {
                     rx_bytes: totals.net.rx_bytes,
                     tx_bytes: totals.net.tx_bytes,
                     rx_packets: totals.net.rx_packets,
                     tx_packets: totals.net.tx_packets,
                     rx_bytes_per_s: round2(rate(totals.net.rx_bytes, prior.net.rx_bytes)),
                     tx_bytes_per_s: round2(rate(totals.net.tx_bytes, prior.net.tx_bytes)),
-                },
+                }),
             }
         };
 
@@ -538,7 +544,7 @@ pub(crate) mod fixtures {
             cpu: Cpu::default(),
             memory: None,
             block_io: BlockIo::default(),
-            network: Network::default(),
+            network: Some(Network::default()),
         }
     }
 
@@ -685,6 +691,7 @@ mod tests {
             instances,
             nginx: NginxSample::default(),
             drops: Drops::default(),
+            host_network_counted: false,
             duration: Duration::from_micros(1500),
         }
     }
@@ -728,13 +735,69 @@ mod tests {
         assert_eq!(web1.kind, "lxc", "no LXD: recognised by cgroup");
         assert_eq!(web1.cpu.ns, 3_000_000_000);
         assert_eq!(web1.cpu.percent, 150.0);
-        assert_eq!(web1.network.rx_bytes, 2000);
-        assert_eq!(web1.network.tx_bytes_per_s, 2000.0);
+        let network = web1
+            .network
+            .as_ref()
+            .expect("a container's traffic is counted");
+        assert_eq!(network.rx_bytes, 2000);
+        assert_eq!(network.tx_bytes_per_s, 2000.0);
         assert_eq!(web1.block_io.read_bytes_per_s, 1000.0);
         assert_eq!(web1.memory.as_ref().expect("memory").percent_of_host, 6.25);
         assert_eq!(web1.processes, Some(3));
         assert_eq!(doc.containers.last().expect("host entry").name, "host");
         assert!(!doc.host.lxd_available);
+    }
+
+    #[test]
+    fn network_is_shown_only_where_it_is_counted() {
+        let start = Instant::now();
+        let cgroups = vec![
+            cgroup(7, "/lxc.payload.web1", 0, 100),
+            cgroup(9, "/system.slice/docker-0123456789abcdef.scope", 0, 100),
+            cgroup(5, "/system.slice/nginx.service", 0, 100),
+            cgroup(1, "/", 0, 100),
+        ];
+        let network_of = |host_network_counted: bool| {
+            let [before, after] = [start, start + Duration::from_secs(1)].map(|at| {
+                let mut sample = sample(at, 1, cgroups.clone(), None);
+                sample.host_network_counted = host_network_counted;
+                for (owner, top) in [
+                    (
+                        Owner::Docker("0123456789ab".into()),
+                        "/system.slice/docker-0123.scope",
+                    ),
+                    (
+                        Owner::Service("nginx".into()),
+                        "/system.slice/nginx.service",
+                    ),
+                ] {
+                    let mut files = files("any", false);
+                    (files.owner, files.top) = (owner, top.into());
+                    sample.containers.push(files);
+                }
+                sample
+            });
+            let doc = snapshot(&before, &after);
+            ["web1", "0123456789ab", "nginx", "host"].map(|name| {
+                doc.containers
+                    .iter()
+                    .find(|c| c.name == name)
+                    .unwrap_or_else(|| panic!("{name} listed"))
+                    .network
+                    .as_ref()
+                    .map(|n| n.rx_bytes)
+            })
+        };
+        assert_eq!(
+            network_of(false),
+            [Some(100), Some(100), None, None],
+            "containers only: the host and services are not counted, so not shown as zero"
+        );
+        assert_eq!(
+            network_of(true),
+            [Some(100), Some(100), Some(100), Some(100)],
+            "count_host_network: everyone's"
+        );
     }
 
     fn endpoint(kind: u8, addr: &str, port: u32) -> Endpoint {
@@ -921,9 +984,8 @@ mod tests {
         );
         assert_eq!(doc.host.cpu_percent, 0.0);
         assert!(
-            doc.containers
-                .iter()
-                .all(|c| c.cpu.percent == 0.0 && c.network.rx_bytes_per_s == 0.0)
+            doc.containers.iter().all(|c| c.cpu.percent == 0.0
+                && c.network.as_ref().is_none_or(|n| n.rx_bytes_per_s == 0.0))
         );
     }
 }

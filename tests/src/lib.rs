@@ -43,6 +43,7 @@ pub fn private_kernel_counters() -> KernelCounters {
     KernelCounters::load(&LoadOptions {
         cgroup_root: layout.unified,
         pin_dir: None,
+        count_host_network: false,
     })
     .expect("load and attach lynx's programs")
 }

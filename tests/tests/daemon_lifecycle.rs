@@ -170,13 +170,17 @@ fn a_daemon_killed_and_restarted_continues_the_counts() {
             .iter()
             .find(|c| c.name == name)
             .expect("container listed");
-        (entry.cpu.ns, entry.network.tx_bytes, entry.network.rx_bytes)
+        let network = entry
+            .network
+            .as_ref()
+            .expect("a container's traffic is counted");
+        (entry.cpu.ns, network.tx_bytes, network.rx_bytes)
     };
     let before = counters(
         &daemon.wait_for("traffic counted", Duration::from_secs(20), |s| {
-            s.containers
-                .iter()
-                .any(|c| c.name == name && c.network.tx_bytes > 0 && c.cpu.ns > 0)
+            s.containers.iter().any(|c| {
+                c.name == name && c.network.as_ref().is_some_and(|n| n.tx_bytes > 0) && c.cpu.ns > 0
+            })
         }),
     );
 

@@ -1,7 +1,8 @@
 //! The kernel side: loads the embedded eBPF object, attaches its programs and reads its maps.
 use std::{
-    collections::HashMap,
+    collections::{BTreeMap, HashMap},
     fs, io,
+    os::unix::fs::MetadataExt,
     path::{Path, PathBuf},
 };
 
@@ -11,6 +12,7 @@ use aya::{
     programs::{
         BtfTracePoint, CgroupAttachMode, CgroupSkb, CgroupSkbAttachType, PerfEvent, Program,
         ProgramError,
+        cgroup_skb::CgroupSkbLinkId,
         perf_event::{PerfEventConfig, PerfEventScope, SamplePolicy, SoftwareEvent},
     },
     util::online_cpus,
@@ -109,12 +111,22 @@ pub struct NginxTarget {
 /// How to load the programs.
 #[derive(Clone, Debug)]
 pub struct LoadOptions {
-    /// The cgroup v2 hierarchy's mount point: the socket hooks attach to its root.
+    /// The cgroup v2 hierarchy's mount point.
     pub cgroup_root: PathBuf,
     /// bpffs directory to pin the maps in (reusing maps already pinned there), or `None` for
     /// maps private to this process.
     pub pin_dir: Option<PathBuf>,
+    /// Whether the network programs count every socket of the host (attached to the
+    /// hierarchy's root) rather than only the containers handed to
+    /// [`KernelCounters::count_network_of`].
+    pub count_host_network: bool,
 }
+
+/// The network programs, each with the way of the packets it counts.
+const NETWORK_PROGRAMS: [(&str, CgroupSkbAttachType); 2] = [
+    (NET_INGRESS_PROGRAM, CgroupSkbAttachType::Ingress),
+    (NET_EGRESS_PROGRAM, CgroupSkbAttachType::Egress),
+];
 
 /// Lynx's programs, loaded and attached; detached when dropped.
 pub struct KernelCounters {
@@ -122,6 +134,8 @@ pub struct KernelCounters {
     /// The last CPU totals handed out, which later reads never go below (see
     /// [`Self::cgroup_cpu_ns`]).
     cpu_floor: HashMap<u64, u64>,
+    /// The network programs' links, per cgroup v2 id they are attached to.
+    network_links: BTreeMap<u64, Vec<(&'static str, CgroupSkbLinkId)>>,
 }
 
 impl KernelCounters {
@@ -208,29 +222,91 @@ impl KernelCounters {
                 .map_err(program_error(CPU_CLOCK_PROGRAM))?;
         }
 
-        let root = fs::File::open(&options.cgroup_root).map_err(|source| KernelError::Cgroup {
-            path: options.cgroup_root.clone(),
-            source,
-        })?;
-        for (name, direction) in [
-            (NET_INGRESS_PROGRAM, CgroupSkbAttachType::Ingress),
-            (NET_EGRESS_PROGRAM, CgroupSkbAttachType::Egress),
-        ] {
+        for (name, _) in NETWORK_PROGRAMS {
             let program: &mut CgroupSkb = program(&mut ebpf, name)?;
             program.load().map_err(program_error(name))?;
-            // Single makes a BPF link, which coexists with other programs on the cgroup;
-            // AllowMultiple is refused for links (see shared/TOOLCHAIN.md).
-            program
-                .attach(&root, direction, CgroupAttachMode::Single)
-                .map_err(program_error(name))?;
         }
         if !pin_paths.is_empty() {
             tracing::info!(dir = ?options.pin_dir, "kernel maps pinned");
         }
-        Ok(Self {
+        let mut counters = Self {
             ebpf,
             cpu_floor: HashMap::new(),
-        })
+            network_links: BTreeMap::new(),
+        };
+        if options.count_host_network {
+            counters.attach_network(&options.cgroup_root)?;
+        }
+        Ok(counters)
+    }
+
+    /// Has the network programs count the packets of exactly the cgroup subtrees `dirs` (the
+    /// containers' top cgroups): attaches to new ones and detaches from the others. Returns
+    /// the cgroups it could not attach to, and why; they are tried again at the next call.
+    /// A cgroup found again at the same path with a new id (a container restarted in between)
+    /// is attached anew.
+    pub fn count_network_of(&mut self, dirs: &[PathBuf]) -> Vec<(PathBuf, KernelError)> {
+        let wanted: BTreeMap<u64, &PathBuf> = dirs
+            .iter()
+            .filter_map(|dir| Some((fs::metadata(dir).ok()?.ino(), dir)))
+            .collect();
+        let gone: Vec<u64> = self
+            .network_links
+            .keys()
+            .filter(|id| !wanted.contains_key(id))
+            .copied()
+            .collect();
+        for id in gone {
+            self.detach_network(id);
+        }
+        let new: Vec<&PathBuf> = wanted
+            .into_iter()
+            .filter(|(id, _)| !self.network_links.contains_key(id))
+            .map(|(_, dir)| dir)
+            .collect();
+        new.into_iter()
+            .filter_map(|dir| Some((dir.clone(), self.attach_network(dir).err()?)))
+            .collect()
+    }
+
+    /// Attaches both network programs to the cgroup at `dir`, or neither.
+    fn attach_network(&mut self, dir: &Path) -> Result<(), KernelError> {
+        let cgroup_error = |source| KernelError::Cgroup {
+            path: dir.to_owned(),
+            source,
+        };
+        let cgroup = fs::File::open(dir).map_err(cgroup_error)?;
+        let id = cgroup.metadata().map_err(cgroup_error)?.ino();
+        let mut links = Vec::with_capacity(NETWORK_PROGRAMS.len());
+        for (name, direction) in NETWORK_PROGRAMS {
+            let program: &mut CgroupSkb = program(&mut self.ebpf, name)?;
+            // Single makes a BPF link, which coexists with other programs on the cgroup and
+            // its descendants; AllowMultiple is refused for links (see shared/TOOLCHAIN.md).
+            match program.attach(&cgroup, direction, CgroupAttachMode::Single) {
+                Ok(link) => links.push((name, link)),
+                Err(error) => {
+                    self.detach_links(links);
+                    return Err(program_error(name)(error));
+                }
+            }
+        }
+        self.network_links.insert(id, links);
+        Ok(())
+    }
+
+    /// Detaches the network programs from cgroup `id`.
+    fn detach_network(&mut self, id: u64) {
+        let links = self.network_links.remove(&id).unwrap_or_default();
+        self.detach_links(links);
+    }
+
+    /// A removed cgroup has already let go of its programs, so failures are of no consequence.
+    fn detach_links(&mut self, links: Vec<(&'static str, CgroupSkbLinkId)>) {
+        for (name, link) in links {
+            if let Ok(program) = program::<CgroupSkb>(&mut self.ebpf, name) {
+                let _ = program.detach(link);
+            }
+        }
     }
 
     /// Reads every per-cgroup counter.

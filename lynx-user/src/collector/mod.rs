@@ -11,7 +11,7 @@ pub mod nginx;
 pub mod preflight;
 
 use std::{
-    collections::{BTreeMap, HashSet, VecDeque},
+    collections::{BTreeMap, BTreeSet, HashSet, VecDeque},
     fs,
     os::unix::fs::MetadataExt,
     path::PathBuf,
@@ -117,6 +117,9 @@ pub struct Sample {
     pub instances: Option<Vec<InstanceInfo>>,
     pub nginx: NginxSample,
     pub drops: Drops,
+    /// Whether the traffic of cgroups outside containers (the host's own sockets, systemd
+    /// services) was counted, or only containers'.
+    pub host_network_counted: bool,
     /// How long reading everything took.
     pub duration: Duration,
 }
@@ -154,6 +157,8 @@ pub struct CollectorOptions {
     pub pin_dir: Option<PathBuf>,
     /// LXD, or `None` to recognise containers by cgroup only.
     pub instances: Option<Box<dyn InstanceSource>>,
+    /// Count the network traffic of every socket on the host, not only containers'.
+    pub count_host_network: bool,
 }
 
 /// Reads the kernel counters, cgroupfs, the host and LXD.
@@ -170,6 +175,9 @@ pub struct Collector {
     nginx_missing: Option<String>,
     /// Recent request counts per endpoint, oldest first, covering [`REQUEST_RATE_SPAN`].
     nginx_requests: VecDeque<(Instant, Vec<(Endpoint, u64)>)>,
+    count_host_network: bool,
+    /// Container cgroups the network programs could not attach to (logged once each).
+    network_failed: BTreeSet<PathBuf>,
 }
 
 impl Collector {
@@ -179,11 +187,13 @@ impl Collector {
         let mut kernel = KernelCounters::load(&LoadOptions {
             cgroup_root: layout.unified.clone(),
             pin_dir: options.pin_dir,
+            count_host_network: options.count_host_network,
         })?;
         kernel.set_nginx_ports(&options.nginx.ports, &options.nginx.tls_ports)?;
         tracing::info!(
             unified = %layout.unified.display(),
             hybrid = layout.is_hybrid(),
+            network = if options.count_host_network { "every socket" } else { "containers only" },
             "kernel programs attached"
         );
         Ok(Self {
@@ -196,6 +206,8 @@ impl Collector {
             nginx_target: NginxTarget::default(),
             nginx_missing: None,
             nginx_requests: VecDeque::new(),
+            count_host_network: options.count_host_network,
+            network_failed: BTreeSet::new(),
         })
     }
 
@@ -204,6 +216,8 @@ impl Collector {
     pub fn sample(&mut self) -> Result<Sample, CollectError> {
         let started = Instant::now();
         let master = self.follow_nginx()?;
+        let tops = containers::discover(&self.layout);
+        self.count_network_of(&tops);
         let mut kernel = self.kernel.sample()?;
         let ids: HashSet<u64> = kernel
             .cpu_ns
@@ -239,7 +253,7 @@ impl Collector {
         cgroups.sort_by(|a, b| a.path.cmp(&b.path));
 
         let instances = self.read_instances();
-        let containers = self.container_files(&cgroups, instances.as_deref());
+        let containers = self.container_files(tops, &cgroups, instances.as_deref());
         let taken = Instant::now();
         let earlier = self.remember_requests(taken, &kernel.nginx);
         Ok(Sample {
@@ -256,6 +270,7 @@ impl Collector {
                 earlier,
             },
             drops: kernel.drops,
+            host_network_counted: self.count_host_network,
             duration: started.elapsed(),
         })
     }
@@ -324,6 +339,26 @@ impl Collector {
         Ok(master)
     }
 
+    /// Keeps the network programs attached to exactly the containers (LXC and Docker) among
+    /// `tops`, unless they count the whole host.
+    fn count_network_of(&mut self, tops: &[(Owner, String)]) {
+        if self.count_host_network {
+            return;
+        }
+        let dirs: Vec<PathBuf> = tops
+            .iter()
+            .filter(|(owner, _)| matches!(owner, Owner::Lxc(_) | Owner::Docker(_)))
+            .map(|(_, top)| self.layout.unified.join(top.trim_start_matches('/')))
+            .collect();
+        let failed = self.kernel.count_network_of(&dirs);
+        for (dir, error) in &failed {
+            if !self.network_failed.contains(dir) {
+                tracing::warn!(%error, "a container's network traffic is not counted until this is fixed");
+            }
+        }
+        self.network_failed = failed.into_iter().map(|(dir, _)| dir).collect();
+    }
+
     fn read_instances(&mut self) -> Option<Vec<InstanceInfo>> {
         let source = self.instances.as_mut()?;
         let result = source.instances();
@@ -344,11 +379,11 @@ impl Collector {
     /// cgroupfs figures for every container that has a cgroup.
     fn container_files(
         &self,
+        discovered: Vec<(Owner, String)>,
         cgroups: &[CgroupSample],
         instances: Option<&[InstanceInfo]>,
     ) -> Vec<ContainerFiles> {
-        let mut tops: BTreeMap<Owner, String> =
-            containers::discover(&self.layout).into_iter().collect();
+        let mut tops: BTreeMap<Owner, String> = discovered.into_iter().collect();
         for cgroup in cgroups.iter().filter(|c| c.owner != Owner::Host) {
             if !tops.contains_key(&cgroup.owner) {
                 tops.insert(cgroup.owner.clone(), Owner::of(&cgroup.path).1);

@@ -298,8 +298,9 @@ impl Counters {
         Self {
             block_read_bytes: container.block_io.read_bytes,
             block_write_bytes: container.block_io.write_bytes,
-            network_rx_bytes: container.network.rx_bytes,
-            network_tx_bytes: container.network.tx_bytes,
+            // Where traffic is not counted (the host, services), none is kept.
+            network_rx_bytes: container.network.as_ref().map_or(0, |n| n.rx_bytes),
+            network_tx_bytes: container.network.as_ref().map_or(0, |n| n.tx_bytes),
         }
     }
 
@@ -1013,11 +1014,11 @@ mod tests {
                 write_bytes: 2 * bytes,
                 ..BlockIo::default()
             },
-            network: Network {
+            network: Some(Network {
                 rx_bytes: 3 * bytes,
                 tx_bytes: 4 * bytes,
                 ..Network::default()
-            },
+            }),
             ..fixtures::container(name, "lxd", status)
         }
     }

@@ -447,53 +447,56 @@ pub fn render(snapshot: &Snapshot) -> String {
             }
         }
     }
-    type Counter = fn(&Container) -> u64;
+    // `None`: not counted for this container (network outside containers).
+    type Counter = fn(&Container) -> Option<u64>;
     let counters: [(&str, &str, Counter); 8] = [
         (
             "lynx_container_block_read_bytes_total",
             "Bytes of block I/O reads the container's tasks submitted, counted in the kernel.",
-            |c| c.block_io.read_bytes,
+            |c| Some(c.block_io.read_bytes),
         ),
         (
             "lynx_container_block_write_bytes_total",
             "Bytes of block I/O writes the container's tasks submitted (writeback is the host's).",
-            |c| c.block_io.write_bytes,
+            |c| Some(c.block_io.write_bytes),
         ),
         (
             "lynx_container_block_read_ops_total",
             "Block I/O reads the container's tasks submitted.",
-            |c| c.block_io.read_ops,
+            |c| Some(c.block_io.read_ops),
         ),
         (
             "lynx_container_block_write_ops_total",
             "Block I/O writes the container's tasks submitted.",
-            |c| c.block_io.write_ops,
+            |c| Some(c.block_io.write_ops),
         ),
         (
             "lynx_container_network_receive_bytes_total",
             "Bytes delivered to the container's sockets, from the network header on.",
-            |c| c.network.rx_bytes,
+            |c| c.network.as_ref().map(|n| n.rx_bytes),
         ),
         (
             "lynx_container_network_transmit_bytes_total",
             "Bytes sent from the container's sockets, from the network header on.",
-            |c| c.network.tx_bytes,
+            |c| c.network.as_ref().map(|n| n.tx_bytes),
         ),
         (
             "lynx_container_network_receive_packets_total",
             "Packets delivered to the container's sockets.",
-            |c| c.network.rx_packets,
+            |c| c.network.as_ref().map(|n| n.rx_packets),
         ),
         (
             "lynx_container_network_transmit_packets_total",
             "Packets sent from the container's sockets.",
-            |c| c.network.tx_packets,
+            |c| c.network.as_ref().map(|n| n.tx_packets),
         ),
     ];
     for (name, help, value) in counters {
         out.family(name, Type::Counter, help);
         for c in containers {
-            out.sample(name, &labels(c), value(c));
+            if let Some(value) = value(c) {
+                out.sample(name, &labels(c), value);
+            }
         }
     }
 
@@ -873,13 +876,13 @@ mod tests {
                 write_ops: 2,
                 ..BlockIo::default()
             },
-            network: Network {
+            network: Some(Network {
                 rx_bytes: 1500,
                 tx_bytes: 3000,
                 rx_packets: 10,
                 tx_packets: 20,
                 ..Network::default()
-            },
+            }),
             ..fixtures::container("web1", "lxd", "Running")
         };
         let host = Container {

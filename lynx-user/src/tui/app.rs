@@ -131,11 +131,23 @@ impl Column {
             Self::Memory => memory_used(container).map_or_else(|| "-".to_owned(), format::bytes),
             Self::DiskRead => format::rate(container.block_io.read_bytes_per_s),
             Self::DiskWrite => format::rate(container.block_io.write_bytes_per_s),
-            Self::NetRx => format::rate(container.network.rx_bytes_per_s),
-            Self::NetTx => format::rate(container.network.tx_bytes_per_s),
+            Self::NetRx | Self::NetTx => self
+                .network_rate(container)
+                .map_or_else(|| "-".to_owned(), format::rate),
             Self::Processes => container
                 .processes
                 .map_or_else(|| "-".to_owned(), |n| n.to_string()),
+        }
+    }
+
+    /// The network column's rate, `None` where traffic is not counted or this is no network
+    /// column.
+    fn network_rate(self, container: &Container) -> Option<f64> {
+        let network = container.network.as_ref()?;
+        match self {
+            Self::NetRx => Some(network.rx_bytes_per_s),
+            Self::NetTx => Some(network.tx_bytes_per_s),
+            _ => None,
         }
     }
 
@@ -155,14 +167,11 @@ impl Column {
                 .block_io
                 .write_bytes_per_s
                 .total_cmp(&b.block_io.write_bytes_per_s),
-            Self::NetRx => a
-                .network
-                .rx_bytes_per_s
-                .total_cmp(&b.network.rx_bytes_per_s),
-            Self::NetTx => a
-                .network
-                .tx_bytes_per_s
-                .total_cmp(&b.network.tx_bytes_per_s),
+            // Not counted sorts below any rate.
+            Self::NetRx | Self::NetTx => {
+                let rate = |c| self.network_rate(c).unwrap_or(-1.0);
+                rate(a).total_cmp(&rate(b))
+            }
             Self::Processes => a.processes.cmp(&b.processes),
         }
     }

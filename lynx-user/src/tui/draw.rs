@@ -406,7 +406,21 @@ fn info_lines(c: &Container) -> Vec<Line<'_>> {
 }
 
 fn io_lines(c: &Container) -> Vec<Line<'_>> {
-    let (disk, net) = (&c.block_io, &c.network);
+    let disk = &c.block_io;
+    let net = c.network.as_ref().map_or_else(
+        || " not counted (outside containers; see count_host_network)".to_owned(),
+        |net| {
+            format!(
+                " rx {} ({}, {} packets in all)   tx {} ({}, {} packets in all)",
+                format::rate(net.rx_bytes_per_s),
+                format::bytes(net.rx_bytes),
+                net.rx_packets,
+                format::rate(net.tx_bytes_per_s),
+                format::bytes(net.tx_bytes),
+                net.tx_packets
+            )
+        },
+    );
     vec![
         Line::from(vec![
             label("disk "),
@@ -421,19 +435,7 @@ fn io_lines(c: &Container) -> Vec<Line<'_>> {
             )
             .into(),
         ]),
-        Line::from(vec![
-            label("net  "),
-            format!(
-                " rx {} ({}, {} packets in all)   tx {} ({}, {} packets in all)",
-                format::rate(net.rx_bytes_per_s),
-                format::bytes(net.rx_bytes),
-                net.rx_packets,
-                format::rate(net.tx_bytes_per_s),
-                format::bytes(net.tx_bytes),
-                net.tx_packets
-            )
-            .into(),
-        ]),
+        Line::from(vec![label("net  "), net.into()]),
     ]
 }
 
@@ -595,7 +597,11 @@ mod tests {
                 ("web3", 41.0, 2 << 30),
             ],
         );
-        snapshot.containers[1].network.rx_bytes_per_s = 2.5 * 1024.0 * 1024.0;
+        snapshot.containers[1]
+            .network
+            .as_mut()
+            .expect("a container's traffic")
+            .rx_bytes_per_s = 2.5 * 1024.0 * 1024.0;
         snapshot.containers[2].block_io.write_bytes_per_s = 64.0 * 1024.0;
         snapshot.nginx = Nginx {
             master_pid: Some(900),
