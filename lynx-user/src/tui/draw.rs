@@ -407,36 +407,45 @@ fn info_lines(c: &Container) -> Vec<Line<'_>> {
 
 fn io_lines(c: &Container) -> Vec<Line<'_>> {
     let disk = &c.block_io;
+    let disk = both_ways(
+        ["read", "write"],
+        "ops",
+        [
+            (disk.read_bytes_per_s, disk.read_bytes, disk.read_ops),
+            (disk.write_bytes_per_s, disk.write_bytes, disk.write_ops),
+        ],
+    );
     let net = c.network.as_ref().map_or_else(
         || " not counted (outside containers; see count_host_network)".to_owned(),
         |net| {
-            format!(
-                " rx {} ({}, {} packets in all)   tx {} ({}, {} packets in all)",
-                format::rate(net.rx_bytes_per_s),
-                format::bytes(net.rx_bytes),
-                net.rx_packets,
-                format::rate(net.tx_bytes_per_s),
-                format::bytes(net.tx_bytes),
-                net.tx_packets
+            both_ways(
+                ["rx", "tx"],
+                "packets",
+                [
+                    (net.rx_bytes_per_s, net.rx_bytes, net.rx_packets),
+                    (net.tx_bytes_per_s, net.tx_bytes, net.tx_packets),
+                ],
             )
         },
     );
     vec![
-        Line::from(vec![
-            label("disk "),
-            format!(
-                " read {} ({}, {} ops in all)   write {} ({}, {} ops in all)",
-                format::rate(disk.read_bytes_per_s),
-                format::bytes(disk.read_bytes),
-                disk.read_ops,
-                format::rate(disk.write_bytes_per_s),
-                format::bytes(disk.write_bytes),
-                disk.write_ops
-            )
-            .into(),
-        ]),
+        Line::from(vec![label("disk "), disk.into()]),
         Line::from(vec![label("net  "), net.into()]),
     ]
+}
+
+/// Two directions of traffic, each as (bytes per second, bytes in all, `unit`s in all).
+fn both_ways(names: [&str; 2], unit: &str, ways: [(f64, u64, u64); 2]) -> String {
+    let [(a_rate, a_bytes, a_count), (b_rate, b_bytes, b_count)] = ways;
+    format!(
+        " {} {} ({}, {a_count} {unit} in all)   {} {} ({}, {b_count} {unit} in all)",
+        names[0],
+        format::rate(a_rate),
+        format::bytes(a_bytes),
+        names[1],
+        format::rate(b_rate),
+        format::bytes(b_bytes),
+    )
 }
 
 /// The newest samples that fit in `width` columns: a sparkline draws from its first value.
@@ -791,6 +800,10 @@ mod tests {
         assert!(text.contains(" host (host) "), "{text}");
         assert!(
             text.contains("Memory: not counted for the host entry; the host uses 760MiB"),
+            "{text}"
+        );
+        assert!(
+            text.contains("net   not counted (outside containers; see count_host_network)"),
             "{text}"
         );
     }

@@ -231,6 +231,8 @@ pub(crate) mod tests {
                 ns: 28_416_451,
                 percent: 2.36,
             },
+            // By default the host's traffic is not counted.
+            network: None,
             ..fixtures::container("host", "host", "Running")
         });
         let mut snapshot = fixtures::snapshot(timestamp, list);

@@ -67,7 +67,7 @@ mod tests {
 NAME  STATUS   IPV4                     CPU%      MEM  READ/S    WRITE/S  RX/S  TX/S  PROCS
 web1  Running  10.177.42.10            76.7%  1.02MiB    0B/s       0B/s  0B/s  0B/s      4
 web2  Running  10.177.42.184,10.0.0.9   0.0%   848KiB    0B/s       0B/s  0B/s  0B/s      4
-host  Running  -                        2.4%        -    0B/s  63.9KiB/s  0B/s  0B/s      -
+host  Running  -                        2.4%        -    0B/s  63.9KiB/s     -     -      -
 ";
         assert_eq!(text, expected, "got:\n{text}");
         for line in text.lines().skip(1) {
