@@ -9,7 +9,7 @@
 //! and headers; and skips `Content-Length` and chunked bodies arithmetically, so body bytes are
 //! never taken for requests.
 
-/// LRU hash: (nginx process id << 32 | file descriptor) (`u64`) -> [`HttpFlowEntry`], the
+/// LRU hash: socket cookie (`u64`, the kernel's `sock_gen_cookie`) -> [`HttpFlowEntry`], the
 /// sockets of nginx being followed.
 pub const HTTP_FLOWS_MAP: &str = "HTTP_FLOWS";
 /// Hash: [`Endpoint`] -> slot (`u32`) in [`HTTP_COUNTERS_MAP`], assigned by the kernel the
@@ -44,27 +44,17 @@ pub const PORT_PLAIN: u32 = 1;
 /// [`HTTP_PORTS_MAP`] value: TLS, connections and bytes only.
 pub const PORT_TLS: u32 = 2;
 
-/// Read-only globals set by the loader from BTF: the walk from the current task to the
-/// `struct sock` of a file descriptor, and the fields read there.
-pub const SK_NUM_OFFSET_GLOBAL: &str = "SK_NUM_OFFSET";
-pub const SK_DPORT_OFFSET_GLOBAL: &str = "SK_DPORT_OFFSET";
-pub const SK_DADDR_OFFSET_GLOBAL: &str = "SK_DADDR_OFFSET";
-pub const SK_V6_DADDR_OFFSET_GLOBAL: &str = "SK_V6_DADDR_OFFSET";
-pub const SK_FAMILY_OFFSET_GLOBAL: &str = "SK_FAMILY_OFFSET";
-pub const SK_TYPE_OFFSET_GLOBAL: &str = "SK_TYPE_OFFSET";
-pub const TASK_FILES_OFFSET_GLOBAL: &str = "TASK_FILES_OFFSET";
+/// Read-only global set by the loader from BTF: `task_struct.tgid`.
 pub const TASK_TGID_OFFSET_GLOBAL: &str = "TASK_TGID_OFFSET";
-pub const FILES_FDT_OFFSET_GLOBAL: &str = "FILES_FDT_OFFSET";
-pub const FDT_FD_OFFSET_GLOBAL: &str = "FDT_FD_OFFSET";
-pub const FDT_MAX_FDS_OFFSET_GLOBAL: &str = "FDT_MAX_FDS_OFFSET";
-pub const FILE_PRIVATE_OFFSET_GLOBAL: &str = "FILE_PRIVATE_OFFSET";
-pub const FILE_INODE_OFFSET_GLOBAL: &str = "FILE_INODE_OFFSET";
-pub const INODE_MODE_OFFSET_GLOBAL: &str = "INODE_MODE_OFFSET";
-pub const SOCKET_SK_OFFSET_GLOBAL: &str = "SOCKET_SK_OFFSET";
 
-/// BTF tracepoint program on `sys_exit`: nginx's socket system calls.
-pub const HTTP_SYS_EXIT_PROGRAM: &str = "lynx_http_exit";
-pub const HTTP_SYS_EXIT_TRACEPOINT: &str = "sys_exit";
+/// BTF tracepoint program on `sock_recv_length`: what nginx's sockets received.
+pub const HTTP_RECV_PROGRAM: &str = "lynx_http_recv";
+pub const HTTP_RECV_TRACEPOINT: &str = "sock_recv_length";
+/// BTF tracepoint program on `sock_send_length`: what nginx's sockets sent.
+pub const HTTP_SEND_PROGRAM: &str = "lynx_http_send";
+pub const HTTP_SEND_TRACEPOINT: &str = "sock_send_length";
+/// `sock_ops` program on nginx's cgroup: its TCP connections' start and end.
+pub const HTTP_SOCK_OPS_PROGRAM: &str = "lynx_http_conn";
 /// BTF tracepoint program on `sched_process_fork`: new nginx processes.
 pub const NGINX_FORK_PROGRAM: &str = "lynx_nginx_fork";
 pub const NGINX_FORK_TRACEPOINT: &str = "sched_process_fork";
@@ -78,9 +68,12 @@ pub const FLOW_UPSTREAM: u8 = 2;
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct HttpTarget {
-    /// The cgroup v2 id nginx's master runs in: a cheap first filter for every system call
-    /// of the host, before the process lookup. 0: nginx is not running, nothing is followed.
+    /// The cgroup v2 id nginx's master runs in: a cheap first filter for every socket call of
+    /// the host. 0: nginx is not running, nothing is followed.
     pub cgroup_id: u64,
+    /// The cookie of nginx's network namespace: a connection to a followed port is nginx's
+    /// only there (a container in a cgroup below nginx's has its own namespace).
+    pub netns_cookie: u64,
 }
 
 /// One followed socket. The framing state describes the direction that carries requests:

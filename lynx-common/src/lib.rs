@@ -60,7 +60,7 @@ pub const PINNED_MAPS: [&str; 9] = [
 ];
 /// Raised whenever a pinned map's key, value or size changes, so that a new daemon never
 /// reuses a pinned map of another layout: pins live in a directory named after it.
-pub const MAPS_LAYOUT_VERSION: u32 = 4;
+pub const MAPS_LAYOUT_VERSION: u32 = 5;
 
 /// Program on the `sched_switch` BTF tracepoint.
 pub const SCHED_SWITCH_PROGRAM: &str = "lynx_sched_switch";

@@ -32,7 +32,8 @@ fn pinned_layouts_are_those_of_their_version() {
         Endpoint { kind, port, addr }
         EndpointCounters { opened, closed, requests, bad_requests, bytes_in, bytes_out, unparsed }
     };
-    // On a change: raise MAPS_LAYOUT_VERSION, then paste the new layout here.
+    // On a change: raise MAPS_LAYOUT_VERSION, then paste the new layout here. (Version 5 kept
+    // version 4's layout: flows became keyed by socket cookie instead of process and fd.)
     let expected = "\
 CpuTime 8: on_cpu_ns@0
 CpuSlice 48: task@0 task_runtime_ns@8 cgroup_id@16 pending_ns@24 running_cgroup_id@32 running_ns@40
@@ -45,7 +46,7 @@ EndpointCounters 56: opened@0 closed@8 requests@16 bad_requests@24 bytes_in@32 b
 ";
     assert_eq!(
         (MAPS_LAYOUT_VERSION, layout.as_str()),
-        (4, expected),
+        (5, expected),
         "a pinned map's layout changed: raise MAPS_LAYOUT_VERSION"
     );
 }

@@ -1,23 +1,20 @@
-//! nginx's HTTP traffic: the bookkeeping shared by [`crate::http_exit`] and
-//! [`crate::nginx_fork`] (design: `docs/design/nginx-counting.md`).
+//! nginx's HTTP traffic: the bookkeeping shared by [`crate::http_sock_ops`],
+//! [`crate::http_recv`], [`crate::http_send`] and [`crate::nginx_fork`] (design:
+//! `docs/design/nginx-counting.md`).
 //!
-//! nginx is followed at the exit of its system calls, so the byte stream is the one nginx
-//! read or wrote, in order, without retransmissions, in nginx's own buffers. Flows are keyed
-//! by (process, file descriptor); the descriptor is resolved to its `struct sock` (through the
-//! task's file table) only at `accept`/`connect`, for the port, peer and socket type.
+//! nginx's sockets are followed where the socket layer hands bytes to nginx or takes them from
+//! it, so the byte stream is the one nginx read or wrote, in order, without retransmissions,
+//! in nginx's own buffers. Flows are keyed by socket cookie.
 //!
-//! - `accept`/`accept4` on a followed port: a client flow, counted by nginx's local port.
-//! - `connect` of a TCP/IPv4 socket: an upstream flow, counted by peer address and port.
-//! - `read`/`recvfrom`/`readv`/`recvmsg`: bytes in; on a client flow, requests are parsed.
-//! - `write`/`sendto`/`writev`/`sendmsg`/`sendfile`: bytes out; on an upstream flow,
-//!   requests are parsed.
-//! - `close`: the flow ends.
+//! - A TCP connection established on a followed port of a listening socket in nginx's cgroup
+//!   and network namespace: a client flow, counted by nginx's local port.
+//! - A TCP connection an nginx process starts: an upstream flow, by peer address and port.
+//! - Bytes received: counted; on a client flow, requests are parsed.
+//! - Bytes sent: counted; on an upstream flow, requests are parsed.
+//! - The socket's state reaching `TCP_CLOSE`: the flow ends.
 use aya_ebpf::{
     bindings::BPF_NOEXIST,
-    helpers::{
-        bpf_get_current_cgroup_id, bpf_get_current_pid_tgid, bpf_get_current_task,
-        bpf_probe_read_kernel,
-    },
+    helpers::{bpf_get_current_cgroup_id, bpf_get_current_pid_tgid, bpf_probe_read_kernel},
 };
 use lynx_common::{
     DROP_HTTP_ENDPOINTS_FULL,
@@ -36,64 +33,34 @@ use crate::{
     },
 };
 
-/// Offsets set by the loader from BTF (`lynx_common::http::*_OFFSET_GLOBAL`).
-#[unsafe(no_mangle)]
-static SK_NUM_OFFSET: u64 = 0;
-#[unsafe(no_mangle)]
-static SK_DPORT_OFFSET: u64 = 0;
-#[unsafe(no_mangle)]
-static SK_DADDR_OFFSET: u64 = 0;
-#[unsafe(no_mangle)]
-static SK_V6_DADDR_OFFSET: u64 = 0;
-#[unsafe(no_mangle)]
-static SK_FAMILY_OFFSET: u64 = 0;
-#[unsafe(no_mangle)]
-static SK_TYPE_OFFSET: u64 = 0;
-/// `task_struct.files`, `task_struct.tgid`, `files_struct.fdt`, `fdtable.fd`,
-/// `fdtable.max_fds`, `file.private_data`, `file.f_inode`, `inode.i_mode`, `socket.sk`.
-#[unsafe(no_mangle)]
-static TASK_FILES_OFFSET: u64 = 0;
+/// `task_struct.tgid`, set by the loader from BTF (`lynx_common::http::TASK_TGID_OFFSET_GLOBAL`).
 #[unsafe(no_mangle)]
 static TASK_TGID_OFFSET: u64 = 0;
-#[unsafe(no_mangle)]
-static FILES_FDT_OFFSET: u64 = 0;
-#[unsafe(no_mangle)]
-static FDT_FD_OFFSET: u64 = 0;
-#[unsafe(no_mangle)]
-static FDT_MAX_FDS_OFFSET: u64 = 0;
-#[unsafe(no_mangle)]
-static FILE_PRIVATE_OFFSET: u64 = 0;
-#[unsafe(no_mangle)]
-static FILE_INODE_OFFSET: u64 = 0;
-#[unsafe(no_mangle)]
-static INODE_MODE_OFFSET: u64 = 0;
-#[unsafe(no_mangle)]
-static SOCKET_SK_OFFSET: u64 = 0;
 
-const S_IFMT: u16 = 0o170000;
-const S_IFSOCK: u16 = 0o140000;
-const AF_INET: u16 = 2;
-const AF_INET6: u16 = 10;
-const SOCK_STREAM: u16 = 1;
-
+/// Whether the current task runs in nginx's cgroup: one helper call, which rejects most of the
+/// host when nginx has a cgroup of its own.
 #[inline(always)]
-fn global(value: &u64) -> u64 {
-    // SAFETY: a read-only global the loader set; volatile so the compiler does not fold it.
-    unsafe { core::ptr::read_volatile(value) }
-}
-
-/// Whether the current task is nginx: first its cgroup (one helper call, which rejects most
-/// of the host when nginx has a cgroup of its own), then its process.
-#[inline(always)]
-pub fn is_nginx() -> bool {
+pub fn in_nginx_cgroup() -> bool {
     let Some(target) = HTTP_TARGET.get(0) else {
         return false;
     };
     // SAFETY: no preconditions.
     let cgroup = unsafe { bpf_get_current_cgroup_id() };
-    cgroup == target.cgroup_id
-        && target.cgroup_id != 0
-        && is_nginx_tgid((bpf_get_current_pid_tgid() >> 32) as u32)
+    cgroup == target.cgroup_id && target.cgroup_id != 0
+}
+
+/// Whether `netns_cookie` is nginx's network namespace.
+#[inline(always)]
+pub fn is_nginx_netns(netns_cookie: u64) -> bool {
+    HTTP_TARGET
+        .get(0)
+        .is_some_and(|target| target.netns_cookie == netns_cookie)
+}
+
+/// Whether the current task is one of nginx's processes.
+#[inline(always)]
+pub fn is_nginx_process() -> bool {
+    is_nginx_tgid((bpf_get_current_pid_tgid() >> 32) as u32)
 }
 
 #[inline(always)]
@@ -111,84 +78,34 @@ pub fn add_nginx_tgid(tgid: u32) {
 /// `task->tgid` of a BTF task pointer.
 #[inline(always)]
 pub fn task_tgid(task: *const u8) -> Option<u32> {
-    read(task, global(&TASK_TGID_OFFSET))
-}
-
-/// The key of a flow: nginx's process (tgid) and the socket's file descriptor in it. A worker
-/// owns the sockets it accepts and connects, so this names one socket for its lifetime,
-/// from `accept`/`connect` to `close`, and costs no walk of the file table per call.
-#[inline(always)]
-fn flow_key(fd: u64) -> u64 {
-    let tgid = bpf_get_current_pid_tgid() >> 32;
-    (tgid << 32) | (fd & 0xffff_ffff)
-}
-
-/// The `struct sock` behind file descriptor `fd` of the current task, if it is a socket.
-#[inline(always)]
-pub fn sock_of_fd(fd: u64) -> Option<*const u8> {
-    // SAFETY: no preconditions; the pointer is only read through bpf_probe_read_kernel.
-    let task = unsafe { bpf_get_current_task() } as *const u8;
-    let files: *const u8 = read(task, global(&TASK_FILES_OFFSET))?;
-    let fdt: *const u8 = read(files, global(&FILES_FDT_OFFSET))?;
-    let max_fds: u32 = read(fdt, global(&FDT_MAX_FDS_OFFSET))?;
-    if fd >= u64::from(max_fds) {
-        return None;
-    }
-    let fds: *const u8 = read(fdt, global(&FDT_FD_OFFSET))?;
-    let file: *const u8 = read(fds, fd * 8)?;
-    if file.is_null() {
-        return None;
-    }
-    let inode: *const u8 = read(file, global(&FILE_INODE_OFFSET))?;
-    let mode: u16 = read(inode, global(&INODE_MODE_OFFSET))?;
-    if mode & S_IFMT != S_IFSOCK {
-        return None;
-    }
-    let socket: *const u8 = read(file, global(&FILE_PRIVATE_OFFSET))?;
-    let sk: *const u8 = read(socket, global(&SOCKET_SK_OFFSET))?;
-    (!sk.is_null()).then_some(sk)
-}
-
-#[inline(always)]
-fn read<T>(base: *const u8, offset: u64) -> Option<T> {
+    // SAFETY: a read-only global the loader set; volatile so the compiler does not fold it.
+    let offset = unsafe { core::ptr::read_volatile(&TASK_TGID_OFFSET) } as usize;
     // SAFETY: the helper checks the kernel address and fails rather than fault.
-    unsafe { bpf_probe_read_kernel(base.add(offset as usize).cast::<T>()).ok() }
+    unsafe { bpf_probe_read_kernel(task.add(offset).cast::<u32>()).ok() }
 }
 
-/// A client flow for the socket nginx just accepted, if its port is followed, and one
-/// accept on that port.
+/// A client flow for socket `cookie`, established on nginx's local `port`, if that port is
+/// followed, and one accept on that port.
 #[inline(always)]
-pub fn accepted(fd: u64, sk: *const u8) -> Option<()> {
-    let family: u16 = read(sk, global(&SK_FAMILY_OFFSET))?;
-    if family != AF_INET && family != AF_INET6 {
-        return None;
-    }
-    let port: u16 = read(sk, global(&SK_NUM_OFFSET))?;
+pub fn accepted(cookie: u64, port: u16) -> Option<()> {
     // SAFETY: a map value, read once.
     let mode = unsafe { *HTTP_PORTS.get(u32::from(port))? };
-    opened(fd, new_flow(FLOW_CLIENT, port, mode != PORT_TLS), [0; 4])
+    opened(
+        cookie,
+        new_flow(FLOW_CLIENT, port, mode != PORT_TLS),
+        [0; 4],
+    )
 }
 
-/// An upstream flow for the TCP socket nginx is connecting, IPv4 or IPv6 (not its
-/// resolver's UDP sockets, not unix sockets).
+/// An upstream flow for socket `cookie`, which nginx is connecting to `addr` (IPv6 or
+/// IPv4-mapped words, as [`Endpoint::addr`]) and `port`.
 #[inline(always)]
-pub fn connecting(fd: u64, sk: *const u8) -> Option<()> {
-    let family: u16 = read(sk, global(&SK_FAMILY_OFFSET))?;
-    let sock_type: u16 = read(sk, global(&SK_TYPE_OFFSET))?;
-    if sock_type != SOCK_STREAM {
-        return None;
-    }
-    let addr = match family {
-        AF_INET => Endpoint::ipv4_mapped(read(sk, global(&SK_DADDR_OFFSET))?),
-        AF_INET6 => read(sk, global(&SK_V6_DADDR_OFFSET))?,
-        _ => return None,
-    };
-    let port: u16 = read(sk, global(&SK_DPORT_OFFSET))?;
-    opened(fd, new_flow(FLOW_UPSTREAM, u16::from_be(port), true), addr)
+pub fn connecting(cookie: u64, addr: [u32; 4], port: u16) -> Option<()> {
+    opened(cookie, new_flow(FLOW_UPSTREAM, port, true), addr)
 }
 
 #[inline(always)]
-fn opened(fd: u64, flow: HttpFlow, addr: [u32; 4]) -> Option<()> {
+fn opened(cookie: u64, flow: HttpFlow, addr: [u32; 4]) -> Option<()> {
     let endpoint = Endpoint {
         kind: u32::from(flow.kind),
         port: u32::from(flow.port),
@@ -203,7 +120,7 @@ fn opened(fd: u64, flow: HttpFlow, addr: [u32; 4]) -> Option<()> {
         slot,
         _pad: 0,
     };
-    let _ = HTTP_FLOWS.insert(flow_key(fd), entry, 0);
+    let _ = HTTP_FLOWS.insert(cookie, entry, 0);
     counters(slot)?.opened += 1;
     Some(())
 }
@@ -248,11 +165,10 @@ fn counters(slot: u32) -> Option<&'static mut EndpointCounters> {
     HTTP_COUNTERS.get_ptr_mut(slot).map(|c| unsafe { &mut *c })
 }
 
-/// The end of `fd`'s flow, if it is one.
+/// The end of socket `cookie`'s flow, if it is one.
 #[inline(always)]
-pub fn closing(fd: u64) {
-    let key = flow_key(fd);
-    let Some(entry) = HTTP_FLOWS.get_ptr(key) else {
+pub fn closing(cookie: u64) {
+    let Some(entry) = HTTP_FLOWS.get_ptr(cookie) else {
         return;
     };
     // SAFETY: a map value.
@@ -260,7 +176,7 @@ pub fn closing(fd: u64) {
     if let Some(c) = counters(slot) {
         c.closed += 1;
     }
-    let _ = HTTP_FLOWS.remove(key);
+    let _ = HTTP_FLOWS.remove(cookie);
 }
 
 /// Which way bytes went through the socket.
@@ -270,11 +186,11 @@ pub enum Way {
     Sent,
 }
 
-/// `bytes` went `way` through `fd`, from or to `buffer`: counts them and, in the direction
-/// that carries requests, parses them.
+/// `bytes` went `way` through socket `cookie`, from or to `buffer`: counts them and, in the
+/// direction that carries requests, parses them.
 #[inline(always)]
-pub fn transferred(fd: u64, buffer: Buffer, bytes: u64, way: Way) {
-    let Some(entry) = HTTP_FLOWS.get_ptr_mut(flow_key(fd)) else {
+pub fn transferred(cookie: u64, buffer: Buffer, bytes: u64, way: Way) {
+    let Some(entry) = HTTP_FLOWS.get_ptr_mut(cookie) else {
         return;
     };
     // SAFETY: a map value; nginx's calls on one socket do not interleave (one worker owns it).

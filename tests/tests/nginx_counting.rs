@@ -3,6 +3,7 @@
 //! for malformed input against the table in docs/snapshot.md.
 use std::{
     net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr},
+    process::Command,
     thread::sleep,
     time::Duration,
 };
@@ -410,4 +411,36 @@ fn counts_stay_exact_across_nginx_reloads_under_load() {
     let after = settled(&daemon, &nginx);
     eprintln!("wrk {} requests across 3 reloads", totals.requests);
     assert_client_side_exact("across reloads", &before, &after);
+}
+
+#[test]
+fn a_server_on_nginx_port_in_another_network_namespace_is_not_nginx() {
+    if !privileged("a_server_on_nginx_port_in_another_network_namespace_is_not_nginx") {
+        return;
+    }
+    const FETCHES: u32 = 20;
+    let backend = CountingBackend::start();
+    // nginx's cgroup also holds a process in a network namespace of its own (as a container
+    // below nginx's cgroup would be), serving on nginx's port there and fetched from there.
+    let cgroup = TestCgroup::create("nginx-netns");
+    let nginx = Nginx::start_in("netns", &[backend.addr], &cgroup);
+    let daemon = counting_daemon("nginx-netns", &nginx);
+    let before = settled(&daemon, &nginx);
+    let script = format!(
+        "ip link set lo up && busybox httpd -f -p 127.0.0.1:{port} -h /etc & sleep 0.5; \
+         for i in $(seq 1 {FETCHES}); do \
+         busybox wget -q -O /dev/null http://127.0.0.1:{port}/hostname || exit 1; done; kill $!",
+        port = nginx.port
+    );
+    let mut other = cgroup.spawn(Command::new("unshare").args(["-n", "sh", "-c", &script]));
+    let status = other
+        .0
+        .wait()
+        .expect("wait for the other namespace's server");
+    assert!(
+        status.success(),
+        "{FETCHES} fetches in the other namespace: {status}"
+    );
+    let after = settled(&daemon, &nginx);
+    assert_client_side_exact("beside another namespace's server", &before, &after);
 }

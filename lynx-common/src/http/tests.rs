@@ -287,7 +287,9 @@ fn names_fit_the_kernel() {
         HTTP_TARGET_MAP,
         NGINX_TGIDS_MAP,
         HTTP_PORTS_MAP,
-        HTTP_SYS_EXIT_PROGRAM,
+        HTTP_RECV_PROGRAM,
+        HTTP_SEND_PROGRAM,
+        HTTP_SOCK_OPS_PROGRAM,
         NGINX_FORK_PROGRAM,
     ] {
         assert!(name.len() <= 15, "{name} is longer than the kernel keeps");

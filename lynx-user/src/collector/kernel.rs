@@ -11,9 +11,10 @@ use aya::{
     maps::{Array, HashMap as BpfHashMap, MapError, PerCpuArray, PerCpuHashMap},
     programs::{
         BtfTracePoint, CgroupAttachMode, CgroupSkb, CgroupSkbAttachType, PerfEvent, Program,
-        ProgramError,
+        ProgramError, SockOps,
         cgroup_skb::CgroupSkbLinkId,
         perf_event::{PerfEventConfig, PerfEventScope, SamplePolicy, SoftwareEvent},
+        sock_ops::SockOpsLinkId,
     },
     util::online_cpus,
 };
@@ -25,14 +26,10 @@ use lynx_common::{
     NET_EGRESS_PROGRAM, NET_INGRESS_PROGRAM, NetCounters, PINNED_MAPS, SCHED_SWITCH_PROGRAM,
     SCHED_SWITCH_TRACEPOINT, TASK_RUNTIME_OFFSET_GLOBAL,
     http::{
-        Endpoint, EndpointCounters, FDT_FD_OFFSET_GLOBAL, FDT_MAX_FDS_OFFSET_GLOBAL,
-        FILE_INODE_OFFSET_GLOBAL, FILE_PRIVATE_OFFSET_GLOBAL, FILES_FDT_OFFSET_GLOBAL,
-        HTTP_COUNTERS_MAP, HTTP_ENDPOINTS_MAP, HTTP_PORTS_MAP, HTTP_SYS_EXIT_PROGRAM,
-        HTTP_SYS_EXIT_TRACEPOINT, HTTP_TARGET_MAP, HttpTarget, INODE_MODE_OFFSET_GLOBAL,
-        NGINX_FORK_PROGRAM, NGINX_FORK_TRACEPOINT, NGINX_TGIDS_MAP, PORT_PLAIN, PORT_TLS,
-        SK_DADDR_OFFSET_GLOBAL, SK_DPORT_OFFSET_GLOBAL, SK_FAMILY_OFFSET_GLOBAL,
-        SK_NUM_OFFSET_GLOBAL, SK_TYPE_OFFSET_GLOBAL, SK_V6_DADDR_OFFSET_GLOBAL,
-        SOCKET_SK_OFFSET_GLOBAL, TASK_FILES_OFFSET_GLOBAL, TASK_TGID_OFFSET_GLOBAL,
+        Endpoint, EndpointCounters, HTTP_COUNTERS_MAP, HTTP_ENDPOINTS_MAP, HTTP_PORTS_MAP,
+        HTTP_RECV_PROGRAM, HTTP_RECV_TRACEPOINT, HTTP_SEND_PROGRAM, HTTP_SEND_TRACEPOINT,
+        HTTP_SOCK_OPS_PROGRAM, HTTP_TARGET_MAP, HttpTarget, NGINX_FORK_PROGRAM,
+        NGINX_FORK_TRACEPOINT, NGINX_TGIDS_MAP, PORT_PLAIN, PORT_TLS, TASK_TGID_OFFSET_GLOBAL,
     },
 };
 
@@ -104,6 +101,10 @@ pub struct KernelSample {
 pub struct NginxTarget {
     /// cgroup v2 id of its master; 0 follows nothing.
     pub cgroup_id: u64,
+    /// That cgroup's directory, where the program that sees its connections attaches.
+    pub cgroup_dir: PathBuf,
+    /// The cookie of its network namespace.
+    pub netns_cookie: u64,
     /// Its processes (master and workers).
     pub tgids: Vec<u32>,
 }
@@ -136,6 +137,8 @@ pub struct KernelCounters {
     cpu_floor: HashMap<u64, u64>,
     /// The network programs' links, per cgroup v2 id they are attached to.
     network_links: BTreeMap<u64, Vec<(&'static str, CgroupSkbLinkId)>>,
+    /// The cgroup v2 id nginx's connections are followed in, and the link there.
+    nginx_sockets: Option<(u64, SockOpsLinkId)>,
 }
 
 impl KernelCounters {
@@ -148,29 +151,12 @@ impl KernelCounters {
             u64::from(btf.member_offset("task_struct", &["se", "sum_exec_runtime"])?);
         let bio_opf = u64::from(btf.member_offset("bio", &["bi_opf"])?);
         let bio_size = u64::from(btf.member_offset("bio", &["bi_iter", "bi_size"])?);
-        let at = |root: &str, path: &[&str]| btf.member_offset(root, path).map(u64::from);
-        let globals: [(&str, u64); 18] = [
+        let task_tgid = u64::from(btf.member_offset("task_struct", &["tgid"])?);
+        let globals: [(&str, u64); 4] = [
             (TASK_RUNTIME_OFFSET_GLOBAL, task_runtime),
             (BIO_OPF_OFFSET_GLOBAL, bio_opf),
             (BIO_SIZE_OFFSET_GLOBAL, bio_size),
-            (SK_NUM_OFFSET_GLOBAL, at("sock_common", &["skc_num"])?),
-            (SK_DPORT_OFFSET_GLOBAL, at("sock_common", &["skc_dport"])?),
-            (SK_DADDR_OFFSET_GLOBAL, at("sock_common", &["skc_daddr"])?),
-            (
-                SK_V6_DADDR_OFFSET_GLOBAL,
-                at("sock_common", &["skc_v6_daddr"])?,
-            ),
-            (SK_FAMILY_OFFSET_GLOBAL, at("sock_common", &["skc_family"])?),
-            (SK_TYPE_OFFSET_GLOBAL, at("sock", &["sk_type"])?),
-            (TASK_FILES_OFFSET_GLOBAL, at("task_struct", &["files"])?),
-            (TASK_TGID_OFFSET_GLOBAL, at("task_struct", &["tgid"])?),
-            (FILES_FDT_OFFSET_GLOBAL, at("files_struct", &["fdt"])?),
-            (FDT_FD_OFFSET_GLOBAL, at("fdtable", &["fd"])?),
-            (FDT_MAX_FDS_OFFSET_GLOBAL, at("fdtable", &["max_fds"])?),
-            (FILE_PRIVATE_OFFSET_GLOBAL, at("file", &["private_data"])?),
-            (FILE_INODE_OFFSET_GLOBAL, at("file", &["f_inode"])?),
-            (INODE_MODE_OFFSET_GLOBAL, at("inode", &["i_mode"])?),
-            (SOCKET_SK_OFFSET_GLOBAL, at("socket", &["sk"])?),
+            (TASK_TGID_OFFSET_GLOBAL, task_tgid),
         ];
 
         let mut loader = EbpfLoader::new();
@@ -190,7 +176,8 @@ impl KernelCounters {
         for (name, tracepoint) in [
             (SCHED_SWITCH_PROGRAM, SCHED_SWITCH_TRACEPOINT),
             (BIO_QUEUE_PROGRAM, BIO_QUEUE_TRACEPOINT),
-            (HTTP_SYS_EXIT_PROGRAM, HTTP_SYS_EXIT_TRACEPOINT),
+            (HTTP_RECV_PROGRAM, HTTP_RECV_TRACEPOINT),
+            (HTTP_SEND_PROGRAM, HTTP_SEND_TRACEPOINT),
             (NGINX_FORK_PROGRAM, NGINX_FORK_TRACEPOINT),
         ] {
             let program: &mut BtfTracePoint = program(&mut ebpf, name)?;
@@ -226,6 +213,10 @@ impl KernelCounters {
             let program: &mut CgroupSkb = program(&mut ebpf, name)?;
             program.load().map_err(program_error(name))?;
         }
+        let sock_ops: &mut SockOps = program(&mut ebpf, HTTP_SOCK_OPS_PROGRAM)?;
+        sock_ops
+            .load()
+            .map_err(program_error(HTTP_SOCK_OPS_PROGRAM))?;
         if !pin_paths.is_empty() {
             tracing::info!(dir = ?options.pin_dir, "kernel maps pinned");
         }
@@ -233,6 +224,7 @@ impl KernelCounters {
             ebpf,
             cpu_floor: HashMap::new(),
             network_links: BTreeMap::new(),
+            nginx_sockets: None,
         };
         if options.count_host_network {
             counters.attach_network(&options.cgroup_root)?;
@@ -363,8 +355,36 @@ impl KernelCounters {
         let mut array: Array<_, HttpTarget> = self.map_mut(name)?.try_into().map_err(map_error)?;
         let value = HttpTarget {
             cgroup_id: target.cgroup_id,
+            netns_cookie: target.netns_cookie,
         };
-        array.set(0, value, 0).map_err(map_error)
+        array.set(0, value, 0).map_err(map_error)?;
+        self.follow_nginx_sockets(target)
+    }
+
+    /// Keeps the connection program on `target`'s cgroup, and on no other.
+    fn follow_nginx_sockets(&mut self, target: &NginxTarget) -> Result<(), KernelError> {
+        if self.nginx_sockets.as_ref().map(|(id, _)| *id) == Some(target.cgroup_id) {
+            return Ok(());
+        }
+        let name = HTTP_SOCK_OPS_PROGRAM;
+        let program: &mut SockOps = program(&mut self.ebpf, name)?;
+        if let Some((_, link)) = self.nginx_sockets.take() {
+            // Its cgroup may be gone, and the link with it.
+            let _ = program.detach(link);
+        }
+        if target.cgroup_id == 0 {
+            return Ok(());
+        }
+        let cgroup = fs::File::open(&target.cgroup_dir).map_err(|source| KernelError::Cgroup {
+            path: target.cgroup_dir.clone(),
+            source,
+        })?;
+        // Single makes a BPF link, which coexists with other programs on the cgroup.
+        let link = program
+            .attach(&cgroup, CgroupAttachMode::Single)
+            .map_err(program_error(name))?;
+        self.nginx_sockets = Some((target.cgroup_id, link));
+        Ok(())
     }
 
     /// nginx's counters per endpoint, summed over CPUs.

@@ -305,10 +305,11 @@ impl Collector {
             let id = fs::metadata(&dir)
                 .map_err(|_| nginx::NginxFindError::NoCgroup { pid: found.master })?
                 .ino();
-            Ok((found, id))
+            let netns_cookie = nginx::netns_cookie(found.master)?;
+            Ok((found, id, dir, netns_cookie))
         });
         let (target, master) = match found {
-            Ok((found, cgroup_id)) => {
+            Ok((found, cgroup_id, cgroup_dir, netns_cookie)) => {
                 if self.nginx_missing.take().is_some() || self.nginx_target.cgroup_id == 0 {
                     tracing::info!(
                         master = found.master,
@@ -319,6 +320,8 @@ impl Collector {
                 }
                 let target = NginxTarget {
                     cgroup_id,
+                    cgroup_dir,
+                    netns_cookie,
                     tgids: found.tgids,
                 };
                 (target, Some(found.master))
@@ -333,8 +336,14 @@ impl Collector {
             }
         };
         if target != self.nginx_target {
-            self.kernel.follow_nginx(&target)?;
-            self.nginx_target = target;
+            match self.kernel.follow_nginx(&target) {
+                Ok(()) => self.nginx_target = target,
+                // nginx moved or stopped since it was found: the next interval tries again.
+                Err(error @ KernelError::Cgroup { .. }) => {
+                    tracing::warn!(%error, "nginx's connections are not followed yet");
+                }
+                Err(error) => return Err(error.into()),
+            }
         }
         Ok(master)
     }

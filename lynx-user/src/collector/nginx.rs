@@ -3,6 +3,7 @@
 //! forks in between (a reload's new workers) by itself.
 use std::{
     fs, io,
+    os::fd::{AsRawFd, FromRawFd, OwnedFd},
     path::{Path, PathBuf},
 };
 
@@ -17,6 +18,54 @@ pub enum NginxFindError {
     NotNginx { pid: u32, path: PathBuf },
     #[error("process {pid} has no cgroup v2 path in /proc/{pid}/cgroup")]
     NoCgroup { pid: u32 },
+    #[error("cannot tell process {pid}'s network namespace: {reason}")]
+    NoNetns { pid: u32, reason: String },
+}
+
+/// The cookie the kernel gives process `pid`'s network namespace (`SO_NETNS_COOKIE` of a
+/// socket made in it): how the kernel programs tell nginx's connections from those of
+/// containers below nginx's cgroup.
+pub fn netns_cookie(pid: u32) -> Result<u64, NginxFindError> {
+    let no_netns = |error: io::Error| NginxFindError::NoNetns {
+        pid,
+        reason: io_reason(&error),
+    };
+    let namespace = fs::File::open(format!("/proc/{pid}/ns/net")).map_err(no_netns)?;
+    // setns changes only the calling thread's namespace: a thread of its own enters, asks and
+    // ends, and the daemon's threads stay where they are.
+    std::thread::scope(|scope| {
+        scope
+            .spawn(|| {
+                // SAFETY: plain system calls on descriptors this thread owns; the socket is
+                // owned (and closed) by `OwnedFd`, and `cookie` outlives the call that fills it.
+                unsafe {
+                    if libc::setns(namespace.as_raw_fd(), libc::CLONE_NEWNET) != 0 {
+                        return Err(io::Error::last_os_error());
+                    }
+                    let fd = libc::socket(libc::AF_INET, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC, 0);
+                    if fd < 0 {
+                        return Err(io::Error::last_os_error());
+                    }
+                    let socket = OwnedFd::from_raw_fd(fd);
+                    let mut cookie = 0u64;
+                    let mut len = size_of::<u64>() as libc::socklen_t;
+                    let status = libc::getsockopt(
+                        socket.as_raw_fd(),
+                        libc::SOL_SOCKET,
+                        libc::SO_NETNS_COOKIE,
+                        (&raw mut cookie).cast(),
+                        &mut len,
+                    );
+                    if status != 0 {
+                        return Err(io::Error::last_os_error());
+                    }
+                    Ok(cookie)
+                }
+            })
+            .join()
+            .unwrap_or_else(|_| Err(io::Error::other("the namespace thread panicked")))
+    })
+    .map_err(no_netns)
 }
 
 /// nginx's processes at one moment.

@@ -7,8 +7,9 @@
 //!   to busybox httpd in two LXD containers on the rig's bridge, the deployment Lynx is for
 //!   (nginx connects upstream per request, with the host's TIME_WAIT ports reused);
 //! - the kernel cost of each of Lynx's programs from BPF run-time statistics: per run (every
-//!   system call of the host runs `lynx_http_exit` up to its checks) and per request, and the
-//!   ratio that cost predicts against the host's CPU time per request.
+//!   socket call of the host runs `lynx_http_recv` or `lynx_http_send` up to its cgroup check)
+//!   and per request, and the ratio that cost predicts against the host's CPU time per
+//!   request.
 //!
 //! Prints one `bench-result: {json}` line that xtask merges into `target/bench/results.json`.
 use std::{net::SocketAddr, time::Duration};
@@ -20,7 +21,7 @@ use aya::{
 use lynx_common::{
     BIO_QUEUE_PROGRAM, CPU_CLOCK_PROGRAM, NET_EGRESS_PROGRAM, NET_INGRESS_PROGRAM,
     SCHED_SWITCH_PROGRAM,
-    http::{HTTP_SYS_EXIT_PROGRAM, NGINX_FORK_PROGRAM},
+    http::{HTTP_RECV_PROGRAM, HTTP_SEND_PROGRAM, HTTP_SOCK_OPS_PROGRAM, NGINX_FORK_PROGRAM},
 };
 use lynx_tests::{
     TestCgroup,
@@ -60,8 +61,10 @@ fn quantile(values: &[f64], q: f64) -> f64 {
 }
 
 /// Every program of Lynx's.
-const PROGRAMS: [&str; 7] = [
-    HTTP_SYS_EXIT_PROGRAM,
+const PROGRAMS: [&str; 9] = [
+    HTTP_RECV_PROGRAM,
+    HTTP_SEND_PROGRAM,
+    HTTP_SOCK_OPS_PROGRAM,
     NGINX_FORK_PROGRAM,
     SCHED_SWITCH_PROGRAM,
     CPU_CLOCK_PROGRAM,
