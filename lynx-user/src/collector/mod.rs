@@ -173,6 +173,8 @@ pub struct Collector {
     /// What the kernel follows now, and why nginx was not found last time (logged once).
     nginx_target: NginxTarget,
     nginx_missing: Option<String>,
+    /// The master's pid and its network namespace's cookie, asked once per master.
+    nginx_netns: Option<(u32, u64)>,
     /// Recent request counts per endpoint, oldest first, covering [`REQUEST_RATE_SPAN`].
     nginx_requests: VecDeque<(Instant, Vec<(Endpoint, u64)>)>,
     count_host_network: bool,
@@ -205,6 +207,7 @@ impl Collector {
             nginx: options.nginx,
             nginx_target: NginxTarget::default(),
             nginx_missing: None,
+            nginx_netns: None,
             nginx_requests: VecDeque::new(),
             count_host_network: options.count_host_network,
             network_failed: BTreeSet::new(),
@@ -305,11 +308,15 @@ impl Collector {
             let id = fs::metadata(&dir)
                 .map_err(|_| nginx::NginxFindError::NoCgroup { pid: found.master })?
                 .ino();
-            let netns_cookie = nginx::netns_cookie(found.master)?;
+            let netns_cookie = match self.nginx_netns {
+                Some((master, cookie)) if master == found.master => cookie,
+                _ => nginx::netns_cookie(found.master)?,
+            };
             Ok((found, id, dir, netns_cookie))
         });
         let (target, master) = match found {
             Ok((found, cgroup_id, cgroup_dir, netns_cookie)) => {
+                self.nginx_netns = Some((found.master, netns_cookie));
                 if self.nginx_missing.take().is_some() || self.nginx_target.cgroup_id == 0 {
                     tracing::info!(
                         master = found.master,
