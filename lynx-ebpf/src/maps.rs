@@ -58,6 +58,7 @@ pub static DROPS: PerCpuArray<u64> = PerCpuArray::with_max_entries(DROP_KINDS, 0
 
 /// Applies `update` to `cgroup_id`'s counters on this CPU, creating them at zero first; when
 /// the map is full, counts a drop of `drop_kind` (a `lynx_common::DROP_*` index) instead.
+/// `update` may run twice on a zero value that was not kept, so it must only add.
 #[inline(always)]
 pub fn update_cgroup<V: Copy + Default>(
     map: &PerCpuHashMap<u64, V>,
@@ -73,10 +74,17 @@ pub fn update_cgroup<V: Copy + Default>(
     }
     let mut first = V::default();
     update(&mut first);
-    // BPF_NOEXIST: if a program on another path inserted it meanwhile, counting this event
-    // there matters less than never overwriting counts.
-    if map.insert(cgroup_id, first, BPF_NOEXIST as u64).is_err() {
-        count_drop(drop_kind);
+    // BPF_NOEXIST never overwrites counts. It fails when another CPU inserted the cgroup
+    // meanwhile (its insert zeroed this CPU's slot): then count here, in that entry. Dropping
+    // instead lost a whole first slice, hundreds of milliseconds for a task that had run
+    // unswitched since its cgroup appeared.
+    if map.insert(cgroup_id, first, BPF_NOEXIST as u64).is_ok() {
+        return;
+    }
+    match map.get_ptr_mut(cgroup_id) {
+        // SAFETY: as above.
+        Some(counters) => update(unsafe { &mut *counters }),
+        None => count_drop(drop_kind),
     }
 }
 

@@ -62,3 +62,61 @@ fn sleeping_cgroup_is_charged_under_one_percent_of_a_cpu() {
     // The kernel agrees the child barely ran, so lynx is not missing time either.
     assert!(cgroup.v2_usage_ns() < asleep_for.as_nanos() as u64 / 100);
 }
+
+/// Every CPU moves the time it holds for a cgroup into the map at its clock sample, and the
+/// samples of all CPUs fire together. The first such move for a new cgroup inserts its entry;
+/// the CPU that lost that race used to drop what it held. Fresh cgroups, each with a task on
+/// every CPU that computes and sleeps in turn (so that every CPU holds the cgroup's time when
+/// it goes idle), must be counted whole, with no drop.
+#[test]
+fn new_cgroups_busy_on_every_cpu_at_once_lose_no_time() {
+    if !privileged("new_cgroups_busy_on_every_cpu_at_once_lose_no_time") {
+        return;
+    }
+    const ROUNDS: usize = 12;
+    const WORK_THEN_SLEEP: &str = "for i in 1 2 3 4 5 6 7 8; do j=0; \
+        while [ $j -lt 3000 ]; do j=$((j+1)); done; sleep 0.02; done";
+    let mut kernel = private_kernel_counters();
+    let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let cgroups: Vec<TestCgroup> = (0..ROUNDS)
+        .map(|round| {
+            let cgroup = TestCgroup::create(&format!("fresh{round}"));
+            let mut tasks: Vec<_> = (0..cpus)
+                .map(|cpu| {
+                    let cpu = cpu.to_string();
+                    let mut command = Command::new("taskset");
+                    command.args(["-c", &cpu, "sh", "-c", WORK_THEN_SLEEP]);
+                    cgroup.spawn(&mut command)
+                })
+                .collect();
+            for task in &mut tasks {
+                assert!(task.0.wait().expect("the task ends").success());
+            }
+            cgroup
+        })
+        .collect();
+    sleep(Duration::from_millis(200));
+    let lynx = kernel.cgroup_cpu_ns().expect("read CPU map");
+    let (lynx_ns, kernel_ns) = cgroups.iter().fold((0, 0), |(l, k), cgroup| {
+        (
+            l + lynx.get(&cgroup.id()).copied().unwrap_or(0),
+            k + cgroup.v2_usage_ns(),
+        )
+    });
+    eprintln!("fresh cgroups: lynx {lynx_ns} ns, cpu.stat {kernel_ns} ns");
+    assert_eq!(
+        kernel
+            .sample()
+            .expect("read the maps")
+            .drops
+            .cgroup_cpu_map_full,
+        0,
+        "no CPU time dropped"
+    );
+    assert_close(
+        lynx_ns,
+        kernel_ns,
+        0.03,
+        "fresh cgroups' cpu.stat usage_usec",
+    );
+}
