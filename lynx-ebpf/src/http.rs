@@ -186,10 +186,11 @@ pub enum Way {
     Sent,
 }
 
-/// `bytes` went `way` through socket `cookie`, from or to `buffer`: counts them and, in the
-/// direction that carries requests, parses them.
+/// `bytes` went `way` through socket `cookie`, from or to the buffer `buffer` finds: counts
+/// them and, in the direction that carries requests, parses them. The buffer is looked for
+/// only then, not for every socket call of nginx's cgroup.
 #[inline(always)]
-pub fn transferred(cookie: u64, buffer: Buffer, bytes: u64, way: Way) {
+pub fn transferred(cookie: u64, buffer: impl FnOnce() -> Buffer, bytes: u64, way: Way) {
     let Some(entry) = HTTP_FLOWS.get_ptr_mut(cookie) else {
         return;
     };
@@ -203,7 +204,7 @@ pub fn transferred(cookie: u64, buffer: Buffer, bytes: u64, way: Way) {
         Way::Sent => c.bytes_out += bytes,
     }
     if (entry.flow.kind == FLOW_CLIENT) == (way == Way::Received)
-        && let Some(found) = scan(&mut entry.flow, buffer, bytes)
+        && let Some(found) = scan(&mut entry.flow, buffer(), bytes)
     {
         c.requests += found.tally.requests;
         c.bad_requests += found.tally.bad_requests;

@@ -54,7 +54,7 @@ pub fn transfer(ctx: &BtfTracePointContext, way: Way) {
     let sk: *mut core::ffi::c_void = ctx.arg(0);
     // SAFETY: `sk` is the tracepoint's BTF `struct sock *`.
     let cookie = unsafe { bpf_get_socket_cookie(sk) };
-    http::transferred(cookie, buffer(way), bytes as u64, way);
+    http::transferred(cookie, || buffer(way), bytes as u64, way);
 }
 
 /// Where the bytes of the current system call are in user memory, for the calls nginx makes;

@@ -26,13 +26,13 @@ const TCP_CLOSE: u32 = 7;
 
 #[sock_ops]
 pub fn lynx_http_conn(ctx: SockOpsContext) -> u32 {
-    try_http_sock_ops(&ctx);
+    try_http_conn(&ctx);
     // 1: the operation goes on as the kernel meant; this program only counts.
     1
 }
 
 #[inline(always)]
-fn try_http_sock_ops(ctx: &SockOpsContext) -> Option<()> {
+fn try_http_conn(ctx: &SockOpsContext) -> Option<()> {
     // SAFETY: the context is the helper's argument.
     let cookie = || unsafe { bpf_get_socket_cookie(ctx.ops.cast()) };
     match ctx.op() {
