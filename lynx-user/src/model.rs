@@ -265,9 +265,7 @@ pub fn snapshot(previous: &Sample, current: &Sample) -> Snapshot {
     let (before, now) = (totals_by_owner(previous), totals_by_owner(current));
     let rate = |now: u64, before: u64| per_second(now.saturating_sub(before), seconds);
     // Only containers' sockets pass the network programs unless the whole host's do.
-    let network_counted = |owner: &Owner| {
-        current.host_network_counted || matches!(owner, Owner::Lxc(_) | Owner::Docker(_))
-    };
+    let network_counted = |owner: &Owner| current.host_network_counted || owner.is_container();
 
     let container =
         |owner: &Owner, files: Option<&ContainerFiles>, instance: Option<&InstanceInfo>| {

@@ -55,6 +55,12 @@ impl Owner {
         }
     }
 
+    /// A container (LXC/LXD, Docker), as opposed to a systemd service or the host: what the
+    /// network programs count by default.
+    pub fn is_container(&self) -> bool {
+        matches!(self, Self::Lxc(_) | Self::Docker(_))
+    }
+
     /// The name shown for it.
     pub fn name(&self) -> &str {
         match self {

@@ -363,7 +363,7 @@ impl Collector {
         }
         let dirs: Vec<PathBuf> = tops
             .iter()
-            .filter(|(owner, _)| matches!(owner, Owner::Lxc(_) | Owner::Docker(_)))
+            .filter(|(owner, _)| owner.is_container())
             .map(|(_, top)| self.layout.unified.join(top.trim_start_matches('/')))
             .collect();
         let failed = self.kernel.count_network_of(&dirs);
