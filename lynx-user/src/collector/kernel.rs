@@ -263,12 +263,14 @@ impl KernelCounters {
 
     /// Attaches both network programs to the cgroup at `dir`, or neither.
     fn attach_network(&mut self, dir: &Path) -> Result<(), KernelError> {
-        let cgroup_error = |source| KernelError::Cgroup {
-            path: dir.to_owned(),
-            source,
-        };
-        let cgroup = fs::File::open(dir).map_err(cgroup_error)?;
-        let id = cgroup.metadata().map_err(cgroup_error)?.ino();
+        let cgroup = open_cgroup(dir)?;
+        let id = cgroup
+            .metadata()
+            .map_err(|source| KernelError::Cgroup {
+                path: dir.to_owned(),
+                source,
+            })?
+            .ino();
         let mut links = Vec::with_capacity(NETWORK_PROGRAMS.len());
         for (name, direction) in NETWORK_PROGRAMS {
             let program: &mut CgroupSkb = program(&mut self.ebpf, name)?;
@@ -375,10 +377,7 @@ impl KernelCounters {
         if target.cgroup_id == 0 {
             return Ok(());
         }
-        let cgroup = fs::File::open(&target.cgroup_dir).map_err(|source| KernelError::Cgroup {
-            path: target.cgroup_dir.clone(),
-            source,
-        })?;
+        let cgroup = open_cgroup(&target.cgroup_dir)?;
         // Single makes a BPF link, which coexists with other programs on the cgroup.
         let link = program
             .attach(&cgroup, CgroupAttachMode::Single)
@@ -574,6 +573,14 @@ fn remove_other_layouts(dir: &Path) -> Vec<PathBuf> {
         .map(|entry| entry.path())
         .filter(|path| fs::remove_dir_all(path).is_ok())
         .collect()
+}
+
+/// A cgroup directory, opened to attach programs to.
+fn open_cgroup(dir: &Path) -> Result<fs::File, KernelError> {
+    fs::File::open(dir).map_err(|source| KernelError::Cgroup {
+        path: dir.to_owned(),
+        source,
+    })
 }
 
 fn program_error(name: &'static str) -> impl Fn(ProgramError) -> KernelError {
