@@ -67,23 +67,6 @@ impl Drop for ManyCgroups {
     }
 }
 
-/// user + system CPU time of `pid` so far.
-fn cpu_time(pid: u32) -> Duration {
-    let stat = fs::read_to_string(format!("/proc/{pid}/stat")).expect("read daemon stat");
-    let fields: Vec<u64> = stat
-        .rsplit_once(')')
-        .expect("stat has a command name")
-        .1
-        .split_whitespace()
-        .skip(11)
-        .take(2)
-        .map(|f| f.parse().expect("utime/stime"))
-        .collect();
-    // SAFETY: sysconf has no preconditions.
-    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as u64;
-    Duration::from_millis((fields[0] + fields[1]) * 1000 / hz)
-}
-
 fn rss_mb(pid: u32) -> f64 {
     let status = fs::read_to_string(format!("/proc/{pid}/status")).expect("read daemon status");
     let kib: f64 = status
@@ -97,7 +80,7 @@ fn rss_mb(pid: u32) -> f64 {
 /// The daemon's CPU per tick over [`WINDOW`], its median `sample_ms`, and its RSS.
 fn measure_daemon(daemon: &DaemonUnderTest) -> (f64, f64, f64) {
     daemon.next_snapshot();
-    let (cpu_before, started) = (cpu_time(daemon.pid()), Instant::now());
+    let (cpu_before, started) = (daemon.cpu_time(), Instant::now());
     let mut samples = Vec::new();
     let mut last = String::new();
     while started.elapsed() < WINDOW {
@@ -109,7 +92,7 @@ fn measure_daemon(daemon: &DaemonUnderTest) -> (f64, f64, f64) {
         }
         sleep(Duration::from_millis(10));
     }
-    let cpu = cpu_time(daemon.pid()) - cpu_before;
+    let cpu = daemon.cpu_time() - cpu_before;
     let ticks = samples.len().max(1) as f64;
     samples.sort_by(f64::total_cmp);
     (

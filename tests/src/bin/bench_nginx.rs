@@ -8,8 +8,8 @@
 //!   (nginx connects upstream per request, with the host's TIME_WAIT ports reused);
 //! - the kernel cost of each of Lynx's programs from BPF run-time statistics: per run (every
 //!   socket call of the host runs `lynx_http_recv` or `lynx_http_send` up to its cgroup check)
-//!   and per request, and the ratio that cost predicts against the host's CPU time per
-//!   request.
+//!   and per request; the daemon's own CPU time per request; and the ratio those predict
+//!   against the host's CPU time per request.
 //!
 //! Prints one `bench-result: {json}` line that xtask merges into `target/bench/results.json`.
 use std::{net::SocketAddr, time::Duration};
@@ -151,7 +151,7 @@ fn load(nginx: &Nginx, load: Load) -> u64 {
 /// the per-pair ratios cancels the drift of a shared machine better than ratios of totals.
 fn throughput(nginx: &Nginx, kind: Load) -> serde_json::Value {
     let (mut off, mut on, mut ratios) = (Vec::new(), Vec::new(), Vec::new());
-    let mut cpu_ns_per_request = Vec::new();
+    let (mut cpu_ns_per_request, mut daemon_ns_per_request) = (Vec::new(), Vec::new());
     for pair in 0..kind.pairs {
         let order = if pair % 2 == 0 {
             [false, true]
@@ -162,9 +162,12 @@ fn throughput(nginx: &Nginx, kind: Load) -> serde_json::Value {
         for counted in order {
             let daemon = counted.then(|| counting_daemon(nginx));
             let busy_before = busy_ns();
+            let daemon_before = daemon.as_ref().map(DaemonUnderTest::cpu_time);
             let requests = load(nginx, kind);
-            if !counted {
-                cpu_ns_per_request.push((busy_ns() - busy_before) as f64 / requests as f64);
+            match (&daemon, daemon_before) {
+                (Some(daemon), Some(before)) => daemon_ns_per_request
+                    .push((daemon.cpu_time() - before).as_nanos() as f64 / requests as f64),
+                _ => cpu_ns_per_request.push((busy_ns() - busy_before) as f64 / requests as f64),
             }
             drop(daemon);
             rates[usize::from(counted)] = requests as f64 / RUN.as_secs_f64();
@@ -191,13 +194,15 @@ fn throughput(nginx: &Nginx, kind: Load) -> serde_json::Value {
          quartiles {quartiles:.3?}"
     );
     let cpu_ns = quantile(&cpu_ns_per_request, 0.5);
+    let daemon_ns = quantile(&daemon_ns_per_request, 0.5);
     let (programs, bpf_ns) = costs(nginx, kind);
-    // What the programs' own run time predicts for a CPU-bound run (an upper bound: the run
+    // What the programs' own run time and the daemon's predict for a CPU-bound run (the run
     // time includes the statistics' own clock reads).
-    let predicted = cpu_ns / (cpu_ns + bpf_ns);
+    let predicted = cpu_ns / (cpu_ns + bpf_ns + daemon_ns);
     println!(
-        "bench nginx {name}: host CPU {cpu_ns:.0} ns per request without Lynx, Lynx's programs \
-         {bpf_ns:.0} ns per request: predicted ratio {predicted:.3}"
+        "bench nginx {name}: host CPU {cpu_ns:.0} ns per request without Lynx; Lynx's programs \
+         {bpf_ns:.0} ns and its daemon {daemon_ns:.0} ns per request: predicted ratio \
+         {predicted:.3}"
     );
     json!({
         "without_requests_per_s": off,
@@ -209,6 +214,7 @@ fn throughput(nginx: &Nginx, kind: Load) -> serde_json::Value {
         "target_ratio_at_least": 0.97,
         "host_cpu_ns_per_request_without": cpu_ns,
         "lynx_programs_ns_per_request": bpf_ns,
+        "lynx_daemon_cpu_ns_per_request": daemon_ns,
         "predicted_ratio_from_cpu_cost": predicted,
         "programs": programs,
     })
