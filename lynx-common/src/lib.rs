@@ -22,7 +22,18 @@ pub const CPU_SLICE_MAP: &str = "CPU_SLICE";
 /// kernel's `struct task_struct`, read from its BTF (the layout differs between builds).
 pub const TASK_RUNTIME_OFFSET_GLOBAL: &str = "TASK_RUNTIME_OFFSET";
 
-/// Per-CPU hash: cgroup v2 id (`u64`) -> [`NetCounters`] of its sockets' traffic.
+/// Per-CPU cgroup storage: one [`NetCounters`] per cgroup [`NET_INGRESS_PROGRAM`] and
+/// [`NET_EGRESS_PROGRAM`] are attached to (a container's top cgroup) and direction, for the
+/// traffic of every socket in its subtree. Keyed by the cgroup v2 id and
+/// [`NET_INGRESS_ATTACH_TYPE`] or [`NET_EGRESS_ATTACH_TYPE`]. The kernel keeps each value
+/// as long as the map and the cgroup exist, across detaching and attaching again.
+pub const CONTAINER_NET_MAP: &str = "CONTAINER_NET";
+/// The kernel's `BPF_CGROUP_INET_INGRESS` and `BPF_CGROUP_INET_EGRESS`, the attach types in
+/// [`CONTAINER_NET_MAP`]'s keys.
+pub const NET_INGRESS_ATTACH_TYPE: u32 = 0;
+pub const NET_EGRESS_ATTACH_TYPE: u32 = 1;
+/// Per-CPU hash: cgroup v2 id (`u64`) -> [`NetCounters`] of its sockets' traffic, counted by
+/// [`HOST_NET_INGRESS_PROGRAM`] and [`HOST_NET_EGRESS_PROGRAM`] on the root cgroup.
 pub const CGROUP_NET_MAP: &str = "CGROUP_NET";
 /// Per-CPU hash: cgroup v2 id (`u64`) -> [`IoCounters`] of the block I/O its tasks submitted.
 pub const CGROUP_IO_MAP: &str = "CGROUP_IO";
@@ -34,7 +45,7 @@ pub const CGROUP_MAP_ENTRIES: u32 = 16384;
 pub const DROPS_MAP: &str = "DROPS";
 /// A cgroup's CPU time could not be recorded because [`CGROUP_CPU_MAP`] was full.
 pub const DROP_CGROUP_CPU_FULL: u32 = 0;
-/// A packet could not be counted because [`CGROUP_NET_MAP`] was full.
+/// A packet could not be counted because [`CGROUP_NET_MAP`] was full (host counting only).
 pub const DROP_CGROUP_NET_FULL: u32 = 1;
 /// A block I/O could not be counted because [`CGROUP_IO_MAP`] was full.
 pub const DROP_CGROUP_IO_FULL: u32 = 2;
@@ -47,9 +58,10 @@ pub const DROP_KINDS: u32 = 4;
 /// The maps a daemon pins under bpffs, so that its successor continues the counts.
 /// nginx's open connections and their counts are among them: a restarted daemon goes on
 /// following connections opened before it started.
-pub const PINNED_MAPS: [&str; 9] = [
+pub const PINNED_MAPS: [&str; 10] = [
     CGROUP_CPU_MAP,
     CPU_SLICE_MAP,
+    CONTAINER_NET_MAP,
     CGROUP_NET_MAP,
     CGROUP_IO_MAP,
     DROPS_MAP,
@@ -60,7 +72,7 @@ pub const PINNED_MAPS: [&str; 9] = [
 ];
 /// Raised whenever a pinned map's key, value or size changes, so that a new daemon never
 /// reuses a pinned map of another layout: pins live in a directory named after it.
-pub const MAPS_LAYOUT_VERSION: u32 = 5;
+pub const MAPS_LAYOUT_VERSION: u32 = 6;
 
 /// Program on the `sched_switch` BTF tracepoint.
 pub const SCHED_SWITCH_PROGRAM: &str = "lynx_sched_switch";
@@ -70,9 +82,14 @@ pub const SCHED_SWITCH_TRACEPOINT: &str = "sched_switch";
 /// Program on the software cpu-clock perf event of every CPU.
 pub const CPU_CLOCK_PROGRAM: &str = "lynx_cpu_clock";
 
-/// cgroup socket-buffer programs, on ingress and egress of the v2 root cgroup.
+/// cgroup socket-buffer programs on ingress and egress of each container's top cgroup,
+/// counting into [`CONTAINER_NET_MAP`].
 pub const NET_INGRESS_PROGRAM: &str = "lynx_net_in";
 pub const NET_EGRESS_PROGRAM: &str = "lynx_net_out";
+/// cgroup socket-buffer programs on ingress and egress of the v2 root cgroup, when the host's
+/// traffic is counted too: per socket cgroup, into [`CGROUP_NET_MAP`].
+pub const HOST_NET_INGRESS_PROGRAM: &str = "lynx_host_in";
+pub const HOST_NET_EGRESS_PROGRAM: &str = "lynx_host_out";
 
 /// Program on the `block_bio_queue` BTF tracepoint.
 pub const BIO_QUEUE_PROGRAM: &str = "lynx_bio_queue";

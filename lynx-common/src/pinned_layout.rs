@@ -33,7 +33,8 @@ fn pinned_layouts_are_those_of_their_version() {
         EndpointCounters { opened, closed, requests, bad_requests, bytes_in, bytes_out, unparsed }
     };
     // On a change: raise MAPS_LAYOUT_VERSION, then paste the new layout here. (Version 5 kept
-    // version 4's layout: flows became keyed by socket cookie instead of process and fd.)
+    // version 4's layout: flows became keyed by socket cookie instead of process and fd.
+    // Version 6 too: containers' traffic moved to a pinned map of its own, CONTAINER_NET.)
     let expected = "\
 CpuTime 8: on_cpu_ns@0
 CpuSlice 48: task@0 task_runtime_ns@8 cgroup_id@16 pending_ns@24 running_cgroup_id@32 running_ns@40
@@ -46,7 +47,7 @@ EndpointCounters 56: opened@0 closed@8 requests@16 bad_requests@24 bytes_in@32 b
 ";
     assert_eq!(
         (MAPS_LAYOUT_VERSION, layout.as_str()),
-        (5, expected),
+        (6, expected),
         "a pinned map's layout changed: raise MAPS_LAYOUT_VERSION"
     );
 }

@@ -6,6 +6,8 @@
 mod bio_queue;
 mod cpu_clock;
 mod cpu_time;
+mod host_net_egress;
+mod host_net_ingress;
 mod http;
 mod http_call;
 mod http_parse;

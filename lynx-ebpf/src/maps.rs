@@ -20,6 +20,15 @@ pub static CGROUP_CPU: PerCpuHashMap<u64, CpuTime> =
 #[map]
 pub static CPU_SLICE: PerCpuArray<CpuSlice> = PerCpuArray::with_max_entries(1, 0);
 
+#[expect(
+    deprecated,
+    reason = "the kernel's only per-CPU cgroup storage, and the only one kept per attachment \
+              point; aya points to BPF_MAP_TYPE_CGRP_STORAGE, which is neither"
+)]
+#[map]
+pub static CONTAINER_NET: aya_ebpf::maps::PerCpuCgroupStorage<NetCounters> =
+    aya_ebpf::maps::PerCpuCgroupStorage::new();
+
 #[map]
 pub static CGROUP_NET: PerCpuHashMap<u64, NetCounters> =
     PerCpuHashMap::with_max_entries(CGROUP_MAP_ENTRIES, 0);

@@ -1,12 +1,14 @@
-//! Per-cgroup traffic counting shared by [`crate::net_ingress`] and [`crate::net_egress`].
+//! Traffic counting shared by the container hooks ([`crate::net_ingress`],
+//! [`crate::net_egress`]) and the host hooks ([`crate::host_net_ingress`],
+//! [`crate::host_net_egress`]).
 //!
-//! Packets are charged to the cgroup of the socket they belong to (`bpf_skb_cgroup_id`), not
-//! to whichever task happens to be current: a TCP ACK or retransmission sent from softirq
-//! still counts for the socket's container. Lengths are from the network header on.
+//! Lengths are from the network header on. Both count every packet of a socket in the subtree
+//! they are attached to, whichever task is current: a TCP ACK or retransmission sent from
+//! softirq still counts for the socket's cgroup.
 use aya_ebpf::{helpers::bpf_skb_cgroup_id, programs::SkBuffContext};
 use lynx_common::{DROP_CGROUP_NET_FULL, NetCounters};
 
-use crate::maps::{CGROUP_NET, update_cgroup};
+use crate::maps::{CGROUP_NET, CONTAINER_NET, update_cgroup};
 
 /// Which way a packet goes, seen from the cgroup.
 #[derive(Clone, Copy)]
@@ -15,27 +17,42 @@ pub enum Direction {
     Sent,
 }
 
+/// Counts `ctx`'s packet for the cgroup the program is attached to: its storage is at hand,
+/// with no key to compute and no table to search. Never drops the packet.
+#[inline(always)]
+pub fn count_for_attached_cgroup(ctx: &SkBuffContext, direction: Direction) -> i32 {
+    // SAFETY: this CPU's value for the attachment running this program; runs of a cgroup_skb
+    // program that nest on one CPU (softirq over a sender) count the other direction, which
+    // is another attachment's value.
+    add(unsafe { &mut *CONTAINER_NET.get_ptr_mut() }, ctx, direction);
+    PASS
+}
+
 /// Counts `ctx`'s packet for its socket's cgroup. Never drops the packet.
 #[inline(always)]
-pub fn count(ctx: &SkBuffContext, direction: Direction) -> i32 {
+pub fn count_for_socket_cgroup(ctx: &SkBuffContext, direction: Direction) -> i32 {
     // SAFETY: the helper only reads the socket buffer the kernel handed this program.
     let cgroup_id = unsafe { bpf_skb_cgroup_id(ctx.skb.skb) };
+    update_cgroup(&CGROUP_NET, cgroup_id, DROP_CGROUP_NET_FULL, |net| {
+        add(net, ctx, direction)
+    });
+    PASS
+}
+
+/// Let the packet through: these hooks only count.
+const PASS: i32 = 1;
+
+#[inline(always)]
+fn add(net: &mut NetCounters, ctx: &SkBuffContext, direction: Direction) {
     let bytes = u64::from(ctx.len());
-    update_cgroup(
-        &CGROUP_NET,
-        cgroup_id,
-        DROP_CGROUP_NET_FULL,
-        |net: &mut NetCounters| match direction {
-            Direction::Received => {
-                net.rx_bytes += bytes;
-                net.rx_packets += 1;
-            }
-            Direction::Sent => {
-                net.tx_bytes += bytes;
-                net.tx_packets += 1;
-            }
-        },
-    );
-    // 1: let the packet through; these hooks only count.
-    1
+    match direction {
+        Direction::Received => {
+            net.rx_bytes += bytes;
+            net.rx_packets += 1;
+        }
+        Direction::Sent => {
+            net.tx_bytes += bytes;
+            net.tx_packets += 1;
+        }
+    }
 }

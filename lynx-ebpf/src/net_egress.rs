@@ -1,10 +1,10 @@
-//! `cgroup_skb/egress` on the cgroup v2 root: counts packets sent from a socket, per the
-//! socket's cgroup.
+//! `cgroup_skb/egress` on each container's top cgroup: counts packets sent from a socket of
+//! the container, into its cgroup storage.
 use aya_ebpf::{macros::cgroup_skb, programs::SkBuffContext};
 
-use crate::net::{Direction, count};
+use crate::net::{Direction, count_for_attached_cgroup};
 
 #[cgroup_skb(egress)]
 pub fn lynx_net_out(ctx: SkBuffContext) -> i32 {
-    count(&ctx, Direction::Sent)
+    count_for_attached_cgroup(&ctx, Direction::Sent)
 }

@@ -1,10 +1,10 @@
-//! `cgroup_skb/ingress` on the cgroup v2 root: counts packets delivered to a socket, per the
-//! socket's cgroup.
+//! `cgroup_skb/ingress` on each container's top cgroup: counts packets delivered to a socket
+//! of the container, into its cgroup storage.
 use aya_ebpf::{macros::cgroup_skb, programs::SkBuffContext};
 
-use crate::net::{Direction, count};
+use crate::net::{Direction, count_for_attached_cgroup};
 
 #[cgroup_skb(ingress)]
 pub fn lynx_net_in(ctx: SkBuffContext) -> i32 {
-    count(&ctx, Direction::Received)
+    count_for_attached_cgroup(&ctx, Direction::Received)
 }

@@ -8,7 +8,7 @@ use std::{
 
 use aya::{
     EbpfError, EbpfLoader, Pod,
-    maps::{Array, HashMap as BpfHashMap, MapError, PerCpuArray, PerCpuHashMap},
+    maps::{Array, CgroupStorageKey, HashMap as BpfHashMap, MapError, PerCpuArray, PerCpuHashMap},
     programs::{
         BtfTracePoint, CgroupAttachMode, CgroupSkb, CgroupSkbAttachType, PerfEvent, Program,
         ProgramError, SockOps,
@@ -20,11 +20,12 @@ use aya::{
 };
 use lynx_common::{
     Accumulate, BIO_OPF_OFFSET_GLOBAL, BIO_QUEUE_PROGRAM, BIO_QUEUE_TRACEPOINT,
-    BIO_SIZE_OFFSET_GLOBAL, CGROUP_CPU_MAP, CGROUP_IO_MAP, CGROUP_NET_MAP, CPU_CLOCK_PROGRAM,
-    CPU_SLICE_MAP, CpuSlice, CpuTime, DROP_CGROUP_CPU_FULL, DROP_CGROUP_IO_FULL,
-    DROP_CGROUP_NET_FULL, DROP_HTTP_ENDPOINTS_FULL, DROPS_MAP, IoCounters, MAPS_LAYOUT_VERSION,
-    NET_EGRESS_PROGRAM, NET_INGRESS_PROGRAM, NetCounters, PINNED_MAPS, SCHED_SWITCH_PROGRAM,
-    SCHED_SWITCH_TRACEPOINT, TASK_RUNTIME_OFFSET_GLOBAL,
+    BIO_SIZE_OFFSET_GLOBAL, CGROUP_CPU_MAP, CGROUP_IO_MAP, CGROUP_NET_MAP, CONTAINER_NET_MAP,
+    CPU_CLOCK_PROGRAM, CPU_SLICE_MAP, CpuSlice, CpuTime, DROP_CGROUP_CPU_FULL, DROP_CGROUP_IO_FULL,
+    DROP_CGROUP_NET_FULL, DROP_HTTP_ENDPOINTS_FULL, DROPS_MAP, HOST_NET_EGRESS_PROGRAM,
+    HOST_NET_INGRESS_PROGRAM, IoCounters, MAPS_LAYOUT_VERSION, NET_EGRESS_ATTACH_TYPE,
+    NET_EGRESS_PROGRAM, NET_INGRESS_ATTACH_TYPE, NET_INGRESS_PROGRAM, NetCounters, PINNED_MAPS,
+    SCHED_SWITCH_PROGRAM, SCHED_SWITCH_TRACEPOINT, TASK_RUNTIME_OFFSET_GLOBAL,
     http::{
         Endpoint, EndpointCounters, HTTP_COUNTERS_MAP, HTTP_ENDPOINTS_MAP, HTTP_PORTS_MAP,
         HTTP_RECV_PROGRAM, HTTP_RECV_TRACEPOINT, HTTP_SEND_PROGRAM, HTTP_SEND_TRACEPOINT,
@@ -123,11 +124,24 @@ pub struct LoadOptions {
     pub count_host_network: bool,
 }
 
-/// The network programs, each with the way of the packets it counts.
-const NETWORK_PROGRAMS: [(&str, CgroupSkbAttachType); 2] = [
+/// A pair of network programs, each with the way of the packets it counts.
+type NetworkPrograms = [(&'static str, CgroupSkbAttachType); 2];
+
+/// The programs on containers' cgroups, which count into the attachment's cgroup storage
+/// (keyed by [`NET_INGRESS_ATTACH_TYPE`] and [`NET_EGRESS_ATTACH_TYPE`]).
+const CONTAINER_NETWORK_PROGRAMS: NetworkPrograms = [
     (NET_INGRESS_PROGRAM, CgroupSkbAttachType::Ingress),
     (NET_EGRESS_PROGRAM, CgroupSkbAttachType::Egress),
 ];
+
+/// The programs on the root cgroup, which count per socket cgroup.
+const HOST_NETWORK_PROGRAMS: NetworkPrograms = [
+    (HOST_NET_INGRESS_PROGRAM, CgroupSkbAttachType::Ingress),
+    (HOST_NET_EGRESS_PROGRAM, CgroupSkbAttachType::Egress),
+];
+
+/// Links of network programs to one cgroup.
+type NetworkLinks = Vec<(&'static str, CgroupSkbLinkId)>;
 
 /// Lynx's programs, loaded and attached; detached when dropped.
 pub struct KernelCounters {
@@ -135,8 +149,10 @@ pub struct KernelCounters {
     /// The last CPU totals handed out, which later reads never go below (see
     /// [`Self::cgroup_cpu_ns`]).
     cpu_floor: HashMap<u64, u64>,
-    /// The network programs' links, per cgroup v2 id they are attached to.
-    network_links: BTreeMap<u64, Vec<(&'static str, CgroupSkbLinkId)>>,
+    /// The container network programs' links, per cgroup v2 id they are attached to.
+    network_links: BTreeMap<u64, NetworkLinks>,
+    /// The host network programs' links to the root cgroup, when the host is counted.
+    host_network_links: NetworkLinks,
     /// The cgroup v2 id nginx's connections are followed in, and the link there.
     nginx_sockets: Option<(u64, SockOpsLinkId)>,
 }
@@ -209,7 +225,10 @@ impl KernelCounters {
                 .map_err(program_error(CPU_CLOCK_PROGRAM))?;
         }
 
-        for (name, _) in NETWORK_PROGRAMS {
+        for (name, _) in CONTAINER_NETWORK_PROGRAMS
+            .into_iter()
+            .chain(HOST_NETWORK_PROGRAMS)
+        {
             let program: &mut CgroupSkb = program(&mut ebpf, name)?;
             program.load().map_err(program_error(name))?;
         }
@@ -224,10 +243,13 @@ impl KernelCounters {
             ebpf,
             cpu_floor: HashMap::new(),
             network_links: BTreeMap::new(),
+            host_network_links: Vec::new(),
             nginx_sockets: None,
         };
         if options.count_host_network {
-            counters.attach_network(&options.cgroup_root)?;
+            let (_, links) =
+                counters.attach_network(&options.cgroup_root, HOST_NETWORK_PROGRAMS)?;
+            counters.host_network_links = links;
         }
         Ok(counters)
     }
@@ -257,12 +279,25 @@ impl KernelCounters {
             .map(|(_, dir)| dir)
             .collect();
         new.into_iter()
-            .filter_map(|dir| Some((dir.clone(), self.attach_network(dir).err()?)))
+            .filter_map(
+                |dir| match self.attach_network(dir, CONTAINER_NETWORK_PROGRAMS) {
+                    Ok((id, links)) => {
+                        self.network_links.insert(id, links);
+                        None
+                    }
+                    Err(error) => Some((dir.clone(), error)),
+                },
+            )
             .collect()
     }
 
-    /// Attaches both network programs to the cgroup at `dir`, or neither.
-    fn attach_network(&mut self, dir: &Path) -> Result<(), KernelError> {
+    /// Attaches both of `programs` to the cgroup at `dir`, or neither; returns the cgroup's
+    /// id and the links.
+    fn attach_network(
+        &mut self,
+        dir: &Path,
+        programs: NetworkPrograms,
+    ) -> Result<(u64, NetworkLinks), KernelError> {
         let cgroup = open_cgroup(dir)?;
         let id = cgroup
             .metadata()
@@ -271,8 +306,8 @@ impl KernelCounters {
                 source,
             })?
             .ino();
-        let mut links = Vec::with_capacity(NETWORK_PROGRAMS.len());
-        for (name, direction) in NETWORK_PROGRAMS {
+        let mut links = Vec::with_capacity(programs.len());
+        for (name, direction) in programs {
             let program: &mut CgroupSkb = program(&mut self.ebpf, name)?;
             // Single makes a BPF link, which coexists with other programs on the cgroup and
             // its descendants; AllowMultiple is refused for links (see shared/TOOLCHAIN.md).
@@ -284,8 +319,7 @@ impl KernelCounters {
                 }
             }
         }
-        self.network_links.insert(id, links);
-        Ok(())
+        Ok((id, links))
     }
 
     /// Detaches the network programs from cgroup `id`.
@@ -295,7 +329,7 @@ impl KernelCounters {
     }
 
     /// A removed cgroup has already let go of its programs, so failures are of no consequence.
-    fn detach_links(&mut self, links: Vec<(&'static str, CgroupSkbLinkId)>) {
+    fn detach_links(&mut self, links: NetworkLinks) {
         for (name, link) in links {
             if let Ok(program) = program::<CgroupSkb>(&mut self.ebpf, name) {
                 let _ = program.detach(link);
@@ -307,7 +341,7 @@ impl KernelCounters {
     pub fn sample(&mut self) -> Result<KernelSample, KernelError> {
         Ok(KernelSample {
             cpu_ns: self.cgroup_cpu_ns()?,
-            net: self.per_cgroup(CGROUP_NET_MAP)?,
+            net: self.cgroup_net()?,
             io: self.per_cgroup(CGROUP_IO_MAP)?,
             nginx: self.nginx_endpoints()?,
             drops: self.drops()?,
@@ -482,6 +516,33 @@ impl KernelCounters {
         self.cpu_floor
             .retain(|cgroup_id, _| totals.contains_key(cgroup_id));
         Ok(totals)
+    }
+
+    /// Traffic per cgroup: each container's from its storage, and every cgroup's that the host
+    /// programs counted.
+    #[expect(
+        deprecated,
+        reason = "aya deprecates per-CPU cgroup storage for BPF_MAP_TYPE_CGRP_STORAGE, which is \
+                  neither per CPU nor per attachment point"
+    )]
+    fn cgroup_net(&self) -> Result<HashMap<u64, NetCounters>, KernelError> {
+        let mut net = self.per_cgroup::<NetCounters>(CGROUP_NET_MAP)?;
+        let name = CONTAINER_NET_MAP;
+        let map_error = |source| KernelError::Map { name, source };
+        let storage: aya::maps::PerCpuCgroupStorage<_, NetCounters> =
+            self.map(name)?.try_into().map_err(map_error)?;
+        for &id in self.network_links.keys() {
+            let counters = net.entry(id).or_default();
+            for attach_type in [NET_INGRESS_ATTACH_TYPE, NET_EGRESS_ATTACH_TYPE] {
+                match storage.get(CgroupStorageKey::new(id, attach_type), 0) {
+                    Ok(per_cpu) => per_cpu.iter().for_each(|value| counters.accumulate(value)),
+                    // The cgroup went away since it was attached to.
+                    Err(MapError::KeyNotFound) => {}
+                    Err(error) => return Err(map_error(error)),
+                }
+            }
+        }
+        Ok(net)
     }
 
     /// A per-CPU hash map keyed by cgroup id, summed over CPUs.

@@ -19,8 +19,8 @@ use aya::{
     sys::{Stats, enable_stats},
 };
 use lynx_common::{
-    BIO_QUEUE_PROGRAM, CPU_CLOCK_PROGRAM, NET_EGRESS_PROGRAM, NET_INGRESS_PROGRAM,
-    SCHED_SWITCH_PROGRAM,
+    BIO_QUEUE_PROGRAM, CPU_CLOCK_PROGRAM, HOST_NET_EGRESS_PROGRAM, HOST_NET_INGRESS_PROGRAM,
+    NET_EGRESS_PROGRAM, NET_INGRESS_PROGRAM, SCHED_SWITCH_PROGRAM,
     http::{HTTP_RECV_PROGRAM, HTTP_SEND_PROGRAM, HTTP_SOCK_OPS_PROGRAM, NGINX_FORK_PROGRAM},
 };
 use lynx_tests::{
@@ -60,8 +60,8 @@ fn quantile(values: &[f64], q: f64) -> f64 {
     sorted[((sorted.len() - 1) as f64 * q).round() as usize]
 }
 
-/// Every program of Lynx's.
-const PROGRAMS: [&str; 9] = [
+/// Every program of Lynx's (the host network programs run only with `count_host_network`).
+const PROGRAMS: [&str; 11] = [
     HTTP_RECV_PROGRAM,
     HTTP_SEND_PROGRAM,
     HTTP_SOCK_OPS_PROGRAM,
@@ -70,6 +70,8 @@ const PROGRAMS: [&str; 9] = [
     CPU_CLOCK_PROGRAM,
     NET_INGRESS_PROGRAM,
     NET_EGRESS_PROGRAM,
+    HOST_NET_INGRESS_PROGRAM,
+    HOST_NET_EGRESS_PROGRAM,
     BIO_QUEUE_PROGRAM,
 ];
 
