@@ -19,6 +19,9 @@ use crate::{ChildGuard, TestCgroup};
 /// The upstream group name in the config.
 pub const UPSTREAM: &str = "lynx_backends";
 
+/// Workers of every test nginx.
+pub const WORKER_PROCESSES: usize = 2;
+
 pub struct Nginx {
     master: ChildGuard,
     prefix: PathBuf,
@@ -109,7 +112,7 @@ impl Nginx {
         };
         let config = format!(
             "user root;
-worker_processes 2;
+worker_processes {WORKER_PROCESSES};
 pid {p}/nginx.pid;
 error_log {p}/error.log;
 events {{ worker_connections 1024; }}

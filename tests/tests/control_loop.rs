@@ -15,7 +15,7 @@ use lynx::model::{Autoscaler, Group, Snapshot};
 use lynx_tests::{
     control::{Farm, LxdEvents, is_503, ms_between},
     lynx_ok,
-    nginx::wrk,
+    nginx::{WORKER_PROCESSES, wrk},
     privileged,
 };
 
@@ -49,6 +49,23 @@ fn workers(master: u32) -> BTreeSet<u32> {
                 .collect::<Vec<u32>>()
         })
         .collect()
+}
+
+/// `master`'s workers once all of them have started: a reload replaces every one, so a set
+/// taken while nginx is still forking them would look like one.
+fn started_workers(master: u32) -> BTreeSet<u32> {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let workers = workers(master);
+        if workers.len() >= WORKER_PROCESSES {
+            return workers;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "nginx has {workers:?} after 10 s"
+        );
+        thread::sleep(Duration::from_millis(20));
+    }
 }
 
 /// `nginx -t` of the farm's nginx config, with the upstream file as it is.
@@ -453,7 +470,7 @@ fn a_dry_run_decides_and_logs_but_acts_on_nothing() {
     let file_before = fs::read_to_string(&farm.upstream_file).expect("read the upstream file");
     let modified = |path: &Path| fs::metadata(path).and_then(|m| m.modified()).ok();
     let mtime_before = modified(&farm.upstream_file);
-    let workers_before = workers(farm.nginx.master_pid());
+    let workers_before = started_workers(farm.nginx.master_pid());
     let daemon = farm.daemon("dry", &fixed_size(1), &["--dry-run"]);
     daemon.wait_for("a decision to scale down", Duration::from_secs(15), |s| {
         autoscaler(s)
