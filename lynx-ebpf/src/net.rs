@@ -21,9 +21,9 @@ pub enum Direction {
 /// with no key to compute and no table to search. Never drops the packet.
 #[inline(always)]
 pub fn count_for_attached_cgroup(ctx: &SkBuffContext, direction: Direction) -> i32 {
-    // SAFETY: this CPU's value for the attachment running this program; runs of a cgroup_skb
-    // program that nest on one CPU (softirq over a sender) count the other direction, which
-    // is another attachment's value.
+    // SAFETY: this CPU's value for the attachment running this program, always present while
+    // it runs. As with the per-CPU hash, a packet sent from softirq that interrupts a send on
+    // the same CPU and container can lose one of the two plain additions.
     add(unsafe { &mut *CONTAINER_NET.get_ptr_mut() }, ctx, direction);
     PASS
 }

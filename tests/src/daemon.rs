@@ -15,7 +15,7 @@ use aya::{
 use lynx::model::Snapshot;
 use lynx_common::MAPS_LAYOUT_VERSION;
 
-use crate::{ChildGuard, lynx_bin};
+use crate::{ChildGuard, clock_ticks, lynx_bin};
 
 pub struct DaemonUnderTest {
     daemon: ChildGuard,
@@ -194,9 +194,7 @@ impl DaemonUnderTest {
             .take(2)
             .map(|f| f.parse::<u64>().expect("utime/stime"))
             .sum();
-        // SAFETY: sysconf has no preconditions.
-        let hz = u64::try_from(unsafe { libc::sysconf(libc::_SC_CLK_TCK) }).unwrap_or(100);
-        Duration::from_nanos(ticks * 1_000_000_000 / hz)
+        clock_ticks(ticks)
     }
 
     /// What the daemon logged so far.

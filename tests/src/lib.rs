@@ -21,6 +21,13 @@ pub mod http_client;
 pub mod lxd;
 pub mod nginx;
 
+/// `ticks` of the kernel's user-visible clock (`/proc` CPU times) as a duration.
+pub fn clock_ticks(ticks: u64) -> Duration {
+    // SAFETY: sysconf has no preconditions.
+    let hz = u64::try_from(unsafe { libc::sysconf(libc::_SC_CLK_TCK) }).unwrap_or(100);
+    Duration::from_nanos(ticks * 1_000_000_000 / hz)
+}
+
 /// True when this test may go on. Without root it fails under `CI=true` and is skipped, with
 /// a line saying so, elsewhere.
 pub fn privileged(test: &str) -> bool {

@@ -151,8 +151,6 @@ pub struct KernelCounters {
     cpu_floor: HashMap<u64, u64>,
     /// The container network programs' links, per cgroup v2 id they are attached to.
     network_links: BTreeMap<u64, NetworkLinks>,
-    /// The host network programs' links to the root cgroup, when the host is counted.
-    host_network_links: NetworkLinks,
     /// The cgroup v2 id nginx's connections are followed in, and the link there.
     nginx_sockets: Option<(u64, SockOpsLinkId)>,
 }
@@ -243,13 +241,12 @@ impl KernelCounters {
             ebpf,
             cpu_floor: HashMap::new(),
             network_links: BTreeMap::new(),
-            host_network_links: Vec::new(),
             nginx_sockets: None,
         };
         if options.count_host_network {
-            let (_, links) =
-                counters.attach_network(&options.cgroup_root, HOST_NETWORK_PROGRAMS)?;
-            counters.host_network_links = links;
+            // For the daemon's lifetime: the programs hold their links and detach them when
+            // dropped, so nothing needs keeping here.
+            counters.attach_network(&options.cgroup_root, HOST_NETWORK_PROGRAMS)?;
         }
         Ok(counters)
     }

@@ -18,13 +18,14 @@ use aya::{
     programs::loaded_programs,
     sys::{Stats, enable_stats},
 };
+use lynx::collector::host::HostSample;
 use lynx_common::{
     BIO_QUEUE_PROGRAM, CPU_CLOCK_PROGRAM, HOST_NET_EGRESS_PROGRAM, HOST_NET_INGRESS_PROGRAM,
     NET_EGRESS_PROGRAM, NET_INGRESS_PROGRAM, SCHED_SWITCH_PROGRAM,
     http::{HTTP_RECV_PROGRAM, HTTP_SEND_PROGRAM, HTTP_SOCK_OPS_PROGRAM, NGINX_FORK_PROGRAM},
 };
 use lynx_tests::{
-    TestCgroup,
+    TestCgroup, clock_ticks,
     daemon::DaemonUnderTest,
     http_client::CountingBackend,
     lxd::TestContainer,
@@ -222,21 +223,10 @@ fn throughput(nginx: &Nginx, kind: Load) -> serde_json::Value {
     })
 }
 
-/// Busy CPU time of the host so far (`/proc/stat`: all but idle and iowait), in ns.
+/// Busy CPU time of the host so far (all but idle and iowait), in ns.
 fn busy_ns() -> u64 {
-    let stat = std::fs::read_to_string("/proc/stat").expect("read /proc/stat");
-    let ticks: Vec<u64> = stat
-        .lines()
-        .next()
-        .expect("the cpu line")
-        .split_whitespace()
-        .skip(1)
-        .filter_map(|n| n.parse().ok())
-        .collect();
-    let busy: u64 = ticks.iter().sum::<u64>() - ticks[3] - ticks[4];
-    // SAFETY: sysconf has no preconditions.
-    let hz = u64::try_from(unsafe { libc::sysconf(libc::_SC_CLK_TCK) }).unwrap_or(100);
-    busy * 1_000_000_000 / hz
+    let host = HostSample::read().unwrap_or_else(|e| panic!("read the host's CPU time: {e}"));
+    clock_ticks(host.cpu.busy).as_nanos() as u64
 }
 
 /// One run with Lynx counting and BPF run-time statistics on: each program's cost per run
