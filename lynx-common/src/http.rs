@@ -9,8 +9,10 @@
 //! and headers; and skips `Content-Length` and chunked bodies arithmetically, so body bytes are
 //! never taken for requests.
 
-/// LRU hash: socket cookie (`u64`, the kernel's `sock_gen_cookie`) -> [`HttpFlowEntry`], the
-/// sockets of nginx being followed.
+/// Array of [`HttpFlowEntry`], the sockets of nginx being followed, each in one of the
+/// [`HTTP_FLOW_PROBES`] slots from [`flow_slot`]`(cookie, 0)` on, `cookie` being the socket's
+/// (the kernel's `sock_gen_cookie`). A slot is claimed with a compare-and-swap of its cookie
+/// and freed when the socket closes: no lock, no hash, no allocation per connection.
 pub const HTTP_FLOWS_MAP: &str = "HTTP_FLOWS";
 /// Hash: [`Endpoint`] -> slot (`u32`) in [`HTTP_COUNTERS_MAP`], assigned by the kernel the
 /// first time nginx accepts on a port or connects to an upstream.
@@ -32,6 +34,16 @@ pub const HTTP_PORTS_MAP: &str = "HTTP_PORTS";
 
 /// Capacity of [`HTTP_FLOWS_MAP`]: open nginx sockets followed at one time.
 pub const HTTP_FLOW_ENTRIES: u32 = 65536;
+/// Slots a socket's flow may take in [`HTTP_FLOWS_MAP`]: from its cookie's slot on.
+pub const HTTP_FLOW_PROBES: u32 = 8;
+
+/// The `probe`th slot in [`HTTP_FLOWS_MAP`] that socket `cookie`'s flow may take. The kernel
+/// hands out cookies in sequence, so the flows open at one time fall in distinct slots.
+#[inline(always)]
+pub const fn flow_slot(cookie: u64, probe: u32) -> u32 {
+    (cookie as u32).wrapping_add(probe) & (HTTP_FLOW_ENTRIES - 1)
+}
+const _: () = assert!(HTTP_FLOW_ENTRIES.is_power_of_two());
 /// Endpoints (listening ports plus upstream addresses) that can be counted.
 pub const HTTP_ENDPOINT_ENTRIES: u32 = 4096;
 /// nginx processes that can be followed (master, workers, cache helpers, old generations).
@@ -106,6 +118,8 @@ pub struct HttpFlow {
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct HttpFlowEntry {
+    /// The followed socket's cookie; 0: the slot is free.
+    pub cookie: u64,
     pub flow: HttpFlow,
     /// Slot of the flow's endpoint in [`HTTP_COUNTERS_MAP`].
     pub slot: u32,

@@ -52,8 +52,11 @@ pub const DROP_CGROUP_IO_FULL: u32 = 2;
 /// nginx opened a connection to an endpoint that got no counter slot
 /// ([`http::HTTP_ENDPOINTS_MAP`] full): its connections are not followed.
 pub const DROP_HTTP_ENDPOINTS_FULL: u32 = 3;
+/// nginx opened a connection when the slots its socket may take in [`http::HTTP_FLOWS_MAP`]
+/// were all taken: it is not followed.
+pub const DROP_HTTP_FLOWS_FULL: u32 = 4;
 /// Number of slots in [`DROPS_MAP`].
-pub const DROP_KINDS: u32 = 4;
+pub const DROP_KINDS: u32 = 5;
 
 /// The maps a daemon pins under bpffs, so that its successor continues the counts.
 /// nginx's open connections and their counts are among them: a restarted daemon goes on
@@ -72,7 +75,7 @@ pub const PINNED_MAPS: [&str; 10] = [
 ];
 /// Raised whenever a pinned map's key, value or size changes, so that a new daemon never
 /// reuses a pinned map of another layout: pins live in a directory named after it.
-pub const MAPS_LAYOUT_VERSION: u32 = 6;
+pub const MAPS_LAYOUT_VERSION: u32 = 7;
 
 /// Program on the `sched_switch` BTF tracepoint.
 pub const SCHED_SWITCH_PROGRAM: &str = "lynx_sched_switch";
@@ -108,10 +111,31 @@ pub struct CpuTime {
     pub on_cpu_ns: u64,
 }
 
+/// Cgroups whose time one CPU holds pending at once ([`CpuSlice::pending`]).
+pub const CPU_PENDING_SLOTS: usize = 8;
+
+/// The [`CpuSlice::pending`] slot of `cgroup_id`: Fibonacci hashing, whose top bits spread
+/// the consecutive ids (inode numbers) of sibling cgroups over different slots.
+#[inline(always)]
+pub const fn pending_slot(cgroup_id: u64) -> usize {
+    (cgroup_id.wrapping_mul(0x9e37_79b9_7f4a_7c15) >> (64 - CPU_PENDING_SLOTS.trailing_zeros()))
+        as usize
+}
+
+/// CPU time charged to one cgroup on one CPU and not yet moved to [`CGROUP_CPU_MAP`].
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct CpuPending {
+    /// cgroup v2 id; 0 with `ns` 0: the slot has held nothing yet.
+    pub cgroup_id: u64,
+    pub ns: u64,
+}
+
 /// What one CPU is running, and CPU time charged on it but not yet moved to
-/// [`CGROUP_CPU_MAP`]. While one cgroup keeps the CPU its time accumulates here, so a context
-/// switch costs no hash update; it moves to the map when another cgroup gets the CPU and on
-/// every cpu-clock sample, so at most one sample period (10 ms) of a CPU's time is pending.
+/// [`CGROUP_CPU_MAP`]. A context switch charges the cgroup's slot in `pending`, an update of a
+/// value the CPU just touched; the cgroup map is updated only when another cgroup takes the
+/// slot and on every cpu-clock sample, which moves all of them, so at most one sample period
+/// (10 ms) of a CPU's time is pending.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct CpuSlice {
@@ -119,15 +143,14 @@ pub struct CpuSlice {
     pub task: u64,
     /// That task's `se.sum_exec_runtime` when last charged (switch-in or sample).
     pub task_runtime_ns: u64,
-    /// cgroup v2 id that [`Self::pending_ns`] belongs to.
-    pub cgroup_id: u64,
-    /// Nanoseconds charged to [`Self::cgroup_id`] not yet in [`CGROUP_CPU_MAP`].
-    pub pending_ns: u64,
     /// The running task's time so far in its current slice, as of the last cpu-clock sample,
     /// and its cgroup: not charged yet (the switch that ends the slice charges it), but shown
     /// by readers so that a task that runs for seconds counts while it runs.
     pub running_cgroup_id: u64,
     pub running_ns: u64,
+    /// Time charged and not yet in [`CGROUP_CPU_MAP`], by cgroup: `cgroup_id`'s is in slot
+    /// [`pending_slot`]`(cgroup_id)`.
+    pub pending: [CpuPending; CPU_PENDING_SLOTS],
 }
 
 /// Traffic of one cgroup's sockets on one CPU, as the cgroup socket-buffer hooks see it:
@@ -183,11 +206,24 @@ impl Accumulate for IoCounters {
 #[cfg(test)]
 mod pinned_layout;
 
+#[test]
+fn sibling_cgroups_keep_their_cpu_time_in_different_pending_slots() {
+    // cgroup ids are inode numbers: the cgroups a CPU alternates between (nginx's, the
+    // containers', their parents') are often consecutive.
+    for first in [1, 2, 4096, 131_072, 0x7fff_fff8] {
+        let slots: std::collections::BTreeSet<usize> =
+            (first..first + 8).map(pending_slot).collect();
+        assert!(slots.len() >= 6, "ids {first}.. share slots: {slots:?}");
+        assert!(slots.iter().all(|&slot| slot < CPU_PENDING_SLOTS));
+    }
+}
+
 #[cfg(feature = "user")]
 mod pod {
     // SAFETY: plain `#[repr(C)]` structs of `u64` fields: no padding, every bit pattern valid.
     unsafe impl aya::Pod for super::CpuTime {}
     unsafe impl aya::Pod for super::CpuSlice {}
+    unsafe impl aya::Pod for super::CpuPending {}
     unsafe impl aya::Pod for super::NetCounters {}
     unsafe impl aya::Pod for super::IoCounters {}
 }

@@ -24,11 +24,12 @@ macro_rules! layout {
 fn pinned_layouts_are_those_of_their_version() {
     let layout = layout! {
         CpuTime { on_cpu_ns }
-        CpuSlice { task, task_runtime_ns, cgroup_id, pending_ns, running_cgroup_id, running_ns }
+        CpuSlice { task, task_runtime_ns, running_cgroup_id, running_ns, pending }
+        CpuPending { cgroup_id, ns }
         NetCounters { rx_bytes, rx_packets, tx_bytes, tx_packets }
         IoCounters { read_bytes, read_ops, write_bytes, write_ops }
         HttpFlow { kind, state, flags, _pad, port, line_len, name_hash, _pad2, left, tail }
-        HttpFlowEntry { flow, slot, _pad }
+        HttpFlowEntry { cookie, flow, slot, _pad }
         Endpoint { kind, port, addr }
         EndpointCounters { opened, closed, requests, bad_requests, bytes_in, bytes_out, unparsed }
     };
@@ -37,17 +38,18 @@ fn pinned_layouts_are_those_of_their_version() {
     // Version 6 too: containers' traffic moved to a pinned map of its own, CONTAINER_NET.)
     let expected = "\
 CpuTime 8: on_cpu_ns@0
-CpuSlice 48: task@0 task_runtime_ns@8 cgroup_id@16 pending_ns@24 running_cgroup_id@32 running_ns@40
+CpuSlice 160: task@0 task_runtime_ns@8 running_cgroup_id@16 running_ns@24 pending@32
+CpuPending 16: cgroup_id@0 ns@8
 NetCounters 32: rx_bytes@0 rx_packets@8 tx_bytes@16 tx_packets@24
 IoCounters 32: read_bytes@0 read_ops@8 write_bytes@16 write_ops@24
 HttpFlow 32: kind@0 state@1 flags@2 _pad@3 port@4 line_len@6 name_hash@8 _pad2@12 left@16 tail@24
-HttpFlowEntry 40: flow@0 slot@32 _pad@36
+HttpFlowEntry 48: cookie@0 flow@8 slot@40 _pad@44
 Endpoint 24: kind@0 port@4 addr@8
 EndpointCounters 56: opened@0 closed@8 requests@16 bad_requests@24 bytes_in@32 bytes_out@40 unparsed@48
 ";
     assert_eq!(
         (MAPS_LAYOUT_VERSION, layout.as_str()),
-        (6, expected),
+        (7, expected),
         "a pinned map's layout changed: raise MAPS_LAYOUT_VERSION"
     );
 }

@@ -10,7 +10,7 @@
 //! the cpu-clock sample in hard-irq context), so they never interleave on one CPU and the
 //! per-CPU slots need no atomics.
 use aya_ebpf::helpers::{bpf_get_current_cgroup_id, bpf_get_current_pid_tgid};
-use lynx_common::{CpuSlice, DROP_CGROUP_CPU_FULL};
+use lynx_common::{CPU_PENDING_SLOTS, CpuPending, CpuSlice, DROP_CGROUP_CPU_FULL, pending_slot};
 
 use crate::maps::{CGROUP_CPU, CPU_SLICE, update_cgroup};
 
@@ -43,7 +43,7 @@ pub fn switch(prev: *const u8, next: *const u8) -> Result<(), u32> {
 }
 
 /// A periodic sample on this CPU: records the running task's time so far in its slice, for
-/// readers, and moves this CPU's pending time into the cgroup map.
+/// readers, and moves all of this CPU's pending time into the cgroup map.
 ///
 /// The sample only reports: the slice is charged by the switch that ends it, from the
 /// baseline its switch-in set. Charging here too (moving the baseline) lost time under CPU
@@ -57,7 +57,9 @@ pub fn sample(current: *const u8) -> Result<(), u32> {
         slice.running_ns = runtime_of(current).saturating_sub(slice.task_runtime_ns);
         slice.running_cgroup_id = unsafe { bpf_get_current_cgroup_id() };
     }
-    flush(slice);
+    for pending in &mut slice.pending {
+        flush(pending);
+    }
     Ok(())
 }
 
@@ -81,21 +83,25 @@ fn charge_current(slice: &mut CpuSlice, task: *const u8) {
     let ns = runtime.saturating_sub(slice.task_runtime_ns);
     slice.task_runtime_ns = runtime;
     let cgroup_id = unsafe { bpf_get_current_cgroup_id() };
-    if cgroup_id != slice.cgroup_id {
-        flush(slice);
-        slice.cgroup_id = cgroup_id;
+    let pending = &mut slice.pending[pending_slot(cgroup_id) % CPU_PENDING_SLOTS];
+    if pending.cgroup_id != cgroup_id {
+        flush(pending);
+        pending.cgroup_id = cgroup_id;
     }
-    slice.pending_ns += ns;
+    pending.ns += ns;
 }
 
-/// Moves this CPU's pending time into the cgroup map.
+/// Moves one slot's pending time into the cgroup map.
 #[inline(always)]
-fn flush(slice: &mut CpuSlice) {
-    if slice.pending_ns == 0 {
+fn flush(pending: &mut CpuPending) {
+    if pending.ns == 0 {
         return;
     }
-    let ns = core::mem::take(&mut slice.pending_ns);
-    update_cgroup(&CGROUP_CPU, slice.cgroup_id, DROP_CGROUP_CPU_FULL, |time| {
-        time.on_cpu_ns += ns
-    });
+    let ns = core::mem::take(&mut pending.ns);
+    update_cgroup(
+        &CGROUP_CPU,
+        pending.cgroup_id,
+        DROP_CGROUP_CPU_FULL,
+        |time| time.on_cpu_ns += ns,
+    );
 }

@@ -14,13 +14,13 @@
 //! - The socket's state reaching `TCP_CLOSE`: the flow ends.
 use aya_ebpf::{
     bindings::BPF_NOEXIST,
-    helpers::{bpf_get_current_cgroup_id, bpf_get_current_pid_tgid, bpf_probe_read_kernel},
+    helpers::{bpf_get_current_cgroup_id, bpf_get_current_pid_tgid},
 };
 use lynx_common::{
-    DROP_HTTP_ENDPOINTS_FULL,
+    DROP_HTTP_ENDPOINTS_FULL, DROP_HTTP_FLOWS_FULL,
     http::{
-        Endpoint, EndpointCounters, FLOW_CLIENT, FLOW_UPSTREAM, HTTP_ENDPOINT_ENTRIES, HttpFlow,
-        HttpFlowEntry, PORT_TLS, new_flow,
+        Endpoint, EndpointCounters, FLOW_CLIENT, FLOW_UPSTREAM, HTTP_ENDPOINT_ENTRIES,
+        HTTP_FLOW_PROBES, HttpFlow, HttpFlowEntry, PORT_TLS, flow_slot, new_flow,
     },
 };
 
@@ -77,11 +77,12 @@ pub fn add_nginx_tgid(tgid: u32) {
 
 /// `task->tgid` of a BTF task pointer.
 #[inline(always)]
-pub fn task_tgid(task: *const u8) -> Option<u32> {
+pub fn task_tgid(task: *const u8) -> u32 {
     // SAFETY: a read-only global the loader set; volatile so the compiler does not fold it.
     let offset = unsafe { core::ptr::read_volatile(&TASK_TGID_OFFSET) } as usize;
-    // SAFETY: the helper checks the kernel address and fails rather than fault.
-    unsafe { bpf_probe_read_kernel(task.add(offset).cast::<u32>()).ok() }
+    // SAFETY: a BTF-typed kernel pointer; the verifier checks the offset against the type and
+    // turns the load into a fault-safe one.
+    unsafe { core::ptr::read(task.add(offset).cast::<u32>()) }
 }
 
 /// A client flow for socket `cookie`, established on nginx's local `port`, if that port is
@@ -115,14 +116,72 @@ fn opened(cookie: u64, flow: HttpFlow, addr: [u32; 4]) -> Option<()> {
         count_drop(DROP_HTTP_ENDPOINTS_FULL);
         return None;
     };
-    let entry = HttpFlowEntry {
-        flow,
-        slot,
-        _pad: 0,
+    let Some(entry) = claim_flow(cookie) else {
+        count_drop(DROP_HTTP_FLOWS_FULL);
+        return None;
     };
-    let _ = HTTP_FLOWS.insert(cookie, entry, 0);
+    entry.flow = flow;
+    entry.slot = slot;
     counters(slot)?.opened += 1;
     Some(())
+}
+
+/// A free slot for socket `cookie`'s flow, claimed for it: the cookie is swapped in atomically,
+/// so two CPUs opening flows at once never take the same slot.
+#[inline(always)]
+fn claim_flow(cookie: u64) -> Option<&'static mut HttpFlowEntry> {
+    for probe in 0..HTTP_FLOW_PROBES {
+        let entry = HTTP_FLOWS.get_ptr_mut(flow_slot(cookie, probe))?;
+        // SAFETY: a map value.
+        let owner = unsafe { &raw mut (*entry).cookie };
+        // A read first: a taken slot costs no atomic operation.
+        // SAFETY: as above.
+        if unsafe { core::ptr::read_volatile(owner) } == 0 && compare_and_swap(owner, 0, cookie) {
+            // SAFETY: the slot is this socket's now.
+            return Some(unsafe { &mut *entry });
+        }
+    }
+    None
+}
+
+/// Atomically replaces `*word` by `new` if it holds `current`; true when it did. The eBPF target
+/// offers no compare-and-swap through `core::sync::atomic` (its spec predates `BPF_CMPXCHG`),
+/// so the intrinsic is called there; the kernel has had the instruction since 5.12.
+#[inline(always)]
+fn compare_and_swap(word: *mut u64, current: u64, new: u64) -> bool {
+    #[cfg(target_arch = "bpf")]
+    {
+        use core::intrinsics::{AtomicOrdering, atomic_cxchg};
+        // SAFETY: `word` is an aligned u64 in a map value.
+        unsafe {
+            atomic_cxchg::<u64, { AtomicOrdering::AcqRel }, { AtomicOrdering::Relaxed }>(
+                word, current, new,
+            )
+        }
+        .1
+    }
+    #[cfg(not(target_arch = "bpf"))]
+    {
+        use core::sync::atomic::{AtomicU64, Ordering};
+        // SAFETY: as above.
+        unsafe { AtomicU64::from_ptr(word) }
+            .compare_exchange(current, new, Ordering::AcqRel, Ordering::Relaxed)
+            .is_ok()
+    }
+}
+
+/// Socket `cookie`'s flow, if it is followed.
+#[inline(always)]
+fn flow_of(cookie: u64) -> Option<&'static mut HttpFlowEntry> {
+    for probe in 0..HTTP_FLOW_PROBES {
+        let entry = HTTP_FLOWS.get_ptr_mut(flow_slot(cookie, probe))?;
+        // SAFETY: a map value; only this socket's events use the entry of its cookie.
+        let entry = unsafe { &mut *entry };
+        if entry.cookie == cookie {
+            return Some(entry);
+        }
+    }
+    None
 }
 
 /// The counter slot of `endpoint`, assigned on first sight: the first free one of a few
@@ -168,15 +227,16 @@ fn counters(slot: u32) -> Option<&'static mut EndpointCounters> {
 /// The end of socket `cookie`'s flow, if it is one.
 #[inline(always)]
 pub fn closing(cookie: u64) {
-    let Some(entry) = HTTP_FLOWS.get_ptr(cookie) else {
+    let Some(entry) = flow_of(cookie) else {
         return;
     };
-    // SAFETY: a map value.
-    let slot = unsafe { (*entry).slot };
-    if let Some(c) = counters(slot) {
+    if let Some(c) = counters(entry.slot) {
         c.closed += 1;
     }
-    let _ = HTTP_FLOWS.remove(cookie);
+    // The slot is free again. A plain store: no other CPU writes a claimed slot, and the
+    // eBPF instruction set has store-release only from v4.
+    // SAFETY: a map value.
+    unsafe { core::ptr::write_volatile(&raw mut entry.cookie, 0) };
 }
 
 /// Which way bytes went through the socket.
@@ -191,11 +251,10 @@ pub enum Way {
 /// only then, not for every socket call of nginx's cgroup.
 #[inline(always)]
 pub fn transferred(cookie: u64, buffer: impl FnOnce() -> Buffer, bytes: u64, way: Way) {
-    let Some(entry) = HTTP_FLOWS.get_ptr_mut(cookie) else {
+    // nginx's calls on one socket do not interleave (one worker owns it).
+    let Some(entry) = flow_of(cookie) else {
         return;
     };
-    // SAFETY: a map value; nginx's calls on one socket do not interleave (one worker owns it).
-    let entry = unsafe { &mut *entry };
     let Some(c) = counters(entry.slot) else {
         return;
     };

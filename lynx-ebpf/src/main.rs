@@ -2,6 +2,12 @@
 //! [`maps`], with names and value types from `lynx-common`.
 #![no_std]
 #![no_main]
+// Compare-and-swap, which the eBPF target's `core::sync::atomic` lacks (see `http`).
+#![cfg_attr(target_arch = "bpf", feature(core_intrinsics))]
+#![cfg_attr(
+    target_arch = "bpf",
+    expect(internal_features, reason = "the one intrinsic compare-and-swap needs")
+)]
 
 mod bio_queue;
 mod cpu_clock;

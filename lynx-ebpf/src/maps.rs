@@ -3,7 +3,7 @@
 use aya_ebpf::{
     bindings::BPF_NOEXIST,
     macros::map,
-    maps::{Array, HashMap, LruHashMap, PerCpuArray, PerCpuHashMap},
+    maps::{Array, HashMap, PerCpuArray, PerCpuHashMap},
 };
 use lynx_common::{
     CGROUP_MAP_ENTRIES, CpuSlice, CpuTime, DROP_KINDS, IoCounters, NetCounters,
@@ -38,8 +38,7 @@ pub static CGROUP_IO: PerCpuHashMap<u64, IoCounters> =
     PerCpuHashMap::with_max_entries(CGROUP_MAP_ENTRIES, 0);
 
 #[map]
-pub static HTTP_FLOWS: LruHashMap<u64, HttpFlowEntry> =
-    LruHashMap::with_max_entries(HTTP_FLOW_ENTRIES, 0);
+pub static HTTP_FLOWS: Array<HttpFlowEntry> = Array::with_max_entries(HTTP_FLOW_ENTRIES, 0);
 
 #[map]
 pub static HTTP_ENDPOINTS: HashMap<Endpoint, u32> =

@@ -12,10 +12,10 @@ pub fn lynx_nginx_fork(ctx: BtfTracePointContext) -> i32 {
 }
 
 #[inline(always)]
-fn try_nginx_fork(parent: *const u8, child: *const u8) -> Option<()> {
-    let parent = http::task_tgid(parent)?;
-    if http::is_nginx_tgid(parent) {
-        http::add_nginx_tgid(http::task_tgid(child)?);
+fn try_nginx_fork(parent: *const u8, child: *const u8) {
+    // The parent is the current task: forks elsewhere on the host (a backend forking per
+    // connection) leave after one helper call, before the process table is searched.
+    if http::in_nginx_cgroup() && http::is_nginx_tgid(http::task_tgid(parent)) {
+        http::add_nginx_tgid(http::task_tgid(child));
     }
-    Some(())
 }

@@ -236,6 +236,7 @@ pub struct KernelDrops {
     pub cgroup_net_map_full: u64,
     pub cgroup_io_map_full: u64,
     pub nginx_endpoints_full: u64,
+    pub nginx_flows_full: u64,
 }
 
 /// Kernel counters summed over one owner's cgroups.
@@ -393,6 +394,7 @@ pub fn snapshot(previous: &Sample, current: &Sample) -> Snapshot {
             cgroup_net_map_full: current.drops.cgroup_net_map_full,
             cgroup_io_map_full: current.drops.cgroup_io_map_full,
             nginx_endpoints_full: current.drops.nginx_endpoints_full,
+            nginx_flows_full: current.drops.nginx_flows_full,
         },
         collector: CollectorStats {
             sample_ms: round2(current.duration.as_secs_f64() * 1000.0),
@@ -604,6 +606,7 @@ pub(crate) mod fixtures {
                 cgroup_net_map_full: 0,
                 cgroup_io_map_full: 0,
                 nginx_endpoints_full: 0,
+                nginx_flows_full: 0,
             },
             collector: CollectorStats { sample_ms: 0.87 },
             groups: Vec::new(),

@@ -400,6 +400,8 @@ fn check_against(metrics: &Metrics, snapshot: &Snapshot) {
         ("cgroup_cpu", drops.cgroup_cpu_map_full),
         ("cgroup_net", drops.cgroup_net_map_full),
         ("cgroup_io", drops.cgroup_io_map_full),
+        ("nginx_endpoints", drops.nginx_endpoints_full),
+        ("nginx_flows", drops.nginx_flows_full),
     ] {
         expect(
             "lynx_kernel_drops_total",

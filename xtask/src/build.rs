@@ -73,10 +73,11 @@ fn build_ebpf(toolchain: &Toolchain) -> Result<PathBuf> {
         .args(["--target", "bpfel-unknown-none", "-Z", "build-std=core"])
         .env("CARGO_TARGET_DIR", &target_dir)
         // BTF in the object (func_info/line_info): the kernel requires it for programs with
-        // bpf_loop callbacks (docs/design/nginx-counting.md).
+        // bpf_loop callbacks (docs/design/nginx-counting.md). Instruction set v3 (kernel
+        // 5.12+): compare-and-swap for the flow table, 32-bit jumps.
         .env(
             "CARGO_TARGET_BPFEL_UNKNOWN_NONE_RUSTFLAGS",
-            "-C link-arg=--btf",
+            "-C link-arg=--btf -C target-cpu=v3",
         )
         // Host flags and wrappers mean nothing to the eBPF target.
         .env_remove("RUSTFLAGS")

@@ -315,3 +315,18 @@ fn endpoint_addresses_round_trip_through_one_key_shape() {
     let raw = u32::from_ne_bytes([10, 20, 30, 40]);
     assert_eq!(Endpoint::ipv4_mapped(raw), Endpoint::addr_of(v4));
 }
+
+#[test]
+fn sockets_opened_one_after_another_take_distinct_flow_slots() {
+    // The kernel hands out cookies in sequence: a run of them never collides, and the probes
+    // of one cookie wrap around the table's end.
+    let first = 0x1234_0000_fff0_u64;
+    let slots: std::collections::HashSet<u32> = (first..first + 4096)
+        .map(|cookie| flow_slot(cookie, 0))
+        .collect();
+    assert_eq!(slots.len(), 4096);
+    let last = u64::from(HTTP_FLOW_ENTRIES - 1);
+    assert_eq!(flow_slot(last, 0), HTTP_FLOW_ENTRIES - 1);
+    assert_eq!(flow_slot(last, 1), 0);
+    assert!((0..HTTP_FLOW_PROBES).all(|probe| flow_slot(u64::MAX, probe) < HTTP_FLOW_ENTRIES));
+}

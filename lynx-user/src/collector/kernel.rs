@@ -22,10 +22,11 @@ use lynx_common::{
     Accumulate, BIO_OPF_OFFSET_GLOBAL, BIO_QUEUE_PROGRAM, BIO_QUEUE_TRACEPOINT,
     BIO_SIZE_OFFSET_GLOBAL, CGROUP_CPU_MAP, CGROUP_IO_MAP, CGROUP_NET_MAP, CONTAINER_NET_MAP,
     CPU_CLOCK_PROGRAM, CPU_SLICE_MAP, CpuSlice, CpuTime, DROP_CGROUP_CPU_FULL, DROP_CGROUP_IO_FULL,
-    DROP_CGROUP_NET_FULL, DROP_HTTP_ENDPOINTS_FULL, DROPS_MAP, HOST_NET_EGRESS_PROGRAM,
-    HOST_NET_INGRESS_PROGRAM, IoCounters, MAPS_LAYOUT_VERSION, NET_EGRESS_ATTACH_TYPE,
-    NET_EGRESS_PROGRAM, NET_INGRESS_ATTACH_TYPE, NET_INGRESS_PROGRAM, NetCounters, PINNED_MAPS,
-    SCHED_SWITCH_PROGRAM, SCHED_SWITCH_TRACEPOINT, TASK_RUNTIME_OFFSET_GLOBAL,
+    DROP_CGROUP_NET_FULL, DROP_HTTP_ENDPOINTS_FULL, DROP_HTTP_FLOWS_FULL, DROPS_MAP,
+    HOST_NET_EGRESS_PROGRAM, HOST_NET_INGRESS_PROGRAM, IoCounters, MAPS_LAYOUT_VERSION,
+    NET_EGRESS_ATTACH_TYPE, NET_EGRESS_PROGRAM, NET_INGRESS_ATTACH_TYPE, NET_INGRESS_PROGRAM,
+    NetCounters, PINNED_MAPS, SCHED_SWITCH_PROGRAM, SCHED_SWITCH_TRACEPOINT,
+    TASK_RUNTIME_OFFSET_GLOBAL,
     http::{
         Endpoint, EndpointCounters, HTTP_COUNTERS_MAP, HTTP_ENDPOINTS_MAP, HTTP_PORTS_MAP,
         HTTP_RECV_PROGRAM, HTTP_RECV_TRACEPOINT, HTTP_SEND_PROGRAM, HTTP_SEND_TRACEPOINT,
@@ -84,6 +85,7 @@ pub struct Drops {
     pub cgroup_net_map_full: u64,
     pub cgroup_io_map_full: u64,
     pub nginx_endpoints_full: u64,
+    pub nginx_flows_full: u64,
 }
 
 /// Everything the kernel counted per cgroup v2 id, summed over CPUs.
@@ -495,10 +497,8 @@ impl KernelCounters {
             .try_into()
             .map_err(map_error(CPU_SLICE_MAP))?;
         for slice in slices.get(&0, 0).map_err(map_error(CPU_SLICE_MAP))?.iter() {
-            for (cgroup_id, ns) in [
-                (slice.cgroup_id, slice.pending_ns),
-                (slice.running_cgroup_id, slice.running_ns),
-            ] {
+            let pending = slice.pending.iter().map(|p| (p.cgroup_id, p.ns));
+            for (cgroup_id, ns) in pending.chain([(slice.running_cgroup_id, slice.running_ns)]) {
                 if ns > 0 {
                     *totals.entry(cgroup_id).or_default() += ns;
                 }
@@ -574,6 +574,7 @@ impl KernelCounters {
             cgroup_net_map_full: total(DROP_CGROUP_NET_FULL)?,
             cgroup_io_map_full: total(DROP_CGROUP_IO_FULL)?,
             nginx_endpoints_full: total(DROP_HTTP_ENDPOINTS_FULL)?,
+            nginx_flows_full: total(DROP_HTTP_FLOWS_FULL)?,
         })
     }
 

@@ -513,6 +513,7 @@ pub fn render(snapshot: &Snapshot) -> String {
         ("cgroup_net", drops.cgroup_net_map_full),
         ("cgroup_io", drops.cgroup_io_map_full),
         ("nginx_endpoints", drops.nginx_endpoints_full),
+        ("nginx_flows", drops.nginx_flows_full),
     ] {
         out.sample("lynx_kernel_drops_total", &[("map", map)], count);
     }
