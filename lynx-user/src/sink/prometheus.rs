@@ -1032,6 +1032,7 @@ lynx_kernel_drops_total{map="cgroup_cpu"} 0
 lynx_kernel_drops_total{map="cgroup_net"} 3
 lynx_kernel_drops_total{map="cgroup_io"} 0
 lynx_kernel_drops_total{map="nginx_endpoints"} 0
+lynx_kernel_drops_total{map="nginx_flows"} 0
 # HELP lynx_collector_sample_seconds Wall time lynx took to read the kernel maps, cgroupfs and procfs for this snapshot.
 # TYPE lynx_collector_sample_seconds gauge
 lynx_collector_sample_seconds 0.00087
