@@ -10,7 +10,7 @@
 //! the cpu-clock sample in hard-irq context), so they never interleave on one CPU and the
 //! per-CPU slots need no atomics.
 use aya_ebpf::helpers::{bpf_get_current_cgroup_id, bpf_get_current_pid_tgid};
-use lynx_common::{CPU_PENDING_SLOTS, CpuPending, CpuSlice, DROP_CGROUP_CPU_FULL, pending_slot};
+use lynx_common::{CpuPending, CpuSlice, DROP_CGROUP_CPU_FULL, pending_slot};
 
 use crate::maps::{CGROUP_CPU, CPU_SLICE, update_cgroup};
 
@@ -83,7 +83,7 @@ fn charge_current(slice: &mut CpuSlice, task: *const u8) {
     let ns = runtime.saturating_sub(slice.task_runtime_ns);
     slice.task_runtime_ns = runtime;
     let cgroup_id = unsafe { bpf_get_current_cgroup_id() };
-    let pending = &mut slice.pending[pending_slot(cgroup_id) % CPU_PENDING_SLOTS];
+    let pending = &mut slice.pending[pending_slot(cgroup_id)];
     if pending.cgroup_id != cgroup_id {
         flush(pending);
         pending.cgroup_id = cgroup_id;
