@@ -65,8 +65,11 @@ pub const HTTP_RECV_TRACEPOINT: &str = "sock_recv_length";
 /// BTF tracepoint program on `sock_send_length`: what nginx's sockets sent.
 pub const HTTP_SEND_PROGRAM: &str = "lynx_http_send";
 pub const HTTP_SEND_TRACEPOINT: &str = "sock_send_length";
-/// `sock_ops` program on nginx's cgroup: its TCP connections' start and end.
+/// `sock_ops` program on nginx's cgroup: its TCP connections' start, and the end of those
+/// that close before nginx accepts them.
 pub const HTTP_SOCK_OPS_PROGRAM: &str = "lynx_http_conn";
+/// `cgroup/sock_release` program on nginx's cgroup: nginx closed a socket.
+pub const HTTP_RELEASE_PROGRAM: &str = "lynx_http_close";
 /// BTF tracepoint program on `sched_process_fork`: new nginx processes.
 pub const NGINX_FORK_PROGRAM: &str = "lynx_nginx_fork";
 pub const NGINX_FORK_TRACEPOINT: &str = "sched_process_fork";

@@ -11,7 +11,8 @@
 //! - A TCP connection an nginx process starts: an upstream flow, by peer address and port.
 //! - Bytes received: counted; on a client flow, requests are parsed.
 //! - Bytes sent: counted; on an upstream flow, requests are parsed.
-//! - The socket's state reaching `TCP_CLOSE`: the flow ends.
+//! - nginx closing the socket, or the state of a client connection nginx never accepted
+//!   reaching `TCP_CLOSE`: the flow ends.
 use aya_ebpf::{
     bindings::BPF_NOEXIST,
     helpers::{bpf_get_current_cgroup_id, bpf_get_current_pid_tgid},
@@ -224,19 +225,21 @@ fn counters(slot: u32) -> Option<&'static mut EndpointCounters> {
     HTTP_COUNTERS.get_ptr_mut(slot).map(|c| unsafe { &mut *c })
 }
 
-/// The end of socket `cookie`'s flow, if it is one.
+/// The end of socket `cookie`'s flow, if it is one. nginx's close and a client's reset can
+/// end one flow on two CPUs at once: the slot is given back by compare-and-swap, and only
+/// the CPU that gave it back counts the close (the other must not clear a slot that a new
+/// flow may have claimed in between).
 #[inline(always)]
 pub fn closing(cookie: u64) {
     let Some(entry) = flow_of(cookie) else {
         return;
     };
-    if let Some(c) = counters(entry.slot) {
+    let slot = entry.slot;
+    if compare_and_swap(&raw mut entry.cookie, cookie, 0)
+        && let Some(c) = counters(slot)
+    {
         c.closed += 1;
     }
-    // The slot is free again. A plain store: no other CPU writes a claimed slot, and the
-    // eBPF instruction set has store-release only from v4.
-    // SAFETY: a map value.
-    unsafe { core::ptr::write_volatile(&raw mut entry.cookie, 0) };
 }
 
 /// Which way bytes went through the socket.

@@ -6,7 +6,10 @@
 //!   nginx's cgroup), a client flow and an accept.
 //! - `TCP_CONNECT`: a process connects (in its own context, so nginx's processes are told
 //!   from others in the cgroup); an nginx process's connection is an upstream flow.
-//! - `STATE` (asked for on every followed socket): reaching `TCP_CLOSE` ends the flow.
+//! - `STATE` (asked for on client flows only): reaching `TCP_CLOSE` ends the flow of a
+//!   connection that closed before nginx accepted it, which therefore has no file to
+//!   release. Every other flow ends when nginx closes it ([`crate::http_release`]), before
+//!   its `TCP_CLOSE`, which then finds no flow.
 use aya_ebpf::{
     bindings::{
         BPF_SOCK_OPS_PASSIVE_ESTABLISHED_CB, BPF_SOCK_OPS_STATE_CB, BPF_SOCK_OPS_STATE_CB_FLAG,
@@ -53,7 +56,6 @@ fn try_http_conn(ctx: &SockOpsContext) -> Option<()> {
             // remote_port holds the network-order port in its upper 16 bits.
             let port = u16::from_be((ctx.remote_port() >> 16) as u16);
             http::connecting(cookie(), addr, port)?;
-            follow_state(ctx);
         }
         BPF_SOCK_OPS_STATE_CB if ctx.arg(1) == TCP_CLOSE => http::closing(cookie()),
         _ => {}
@@ -72,7 +74,7 @@ fn remote_ip6(ctx: &SockOpsContext) -> [u32; 4] {
     }
 }
 
-/// Asks for this socket's state changes, to see it close.
+/// Asks for this socket's state changes, to see it close if nginx never accepts it.
 #[inline(always)]
 fn follow_state(ctx: &SockOpsContext) {
     // A socket the kernel refuses callbacks for stays counted as open; nothing better to do.

@@ -18,6 +18,7 @@ mod http;
 mod http_call;
 mod http_parse;
 mod http_recv;
+mod http_release;
 mod http_send;
 mod http_sock_ops;
 mod maps;

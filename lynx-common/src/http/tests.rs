@@ -290,6 +290,7 @@ fn names_fit_the_kernel() {
         HTTP_RECV_PROGRAM,
         HTTP_SEND_PROGRAM,
         HTTP_SOCK_OPS_PROGRAM,
+        HTTP_RELEASE_PROGRAM,
         NGINX_FORK_PROGRAM,
     ] {
         assert!(name.len() <= 15, "{name} is longer than the kernel keeps");

@@ -10,9 +10,10 @@ use aya::{
     EbpfError, EbpfLoader, Pod,
     maps::{Array, CgroupStorageKey, HashMap as BpfHashMap, MapError, PerCpuArray, PerCpuHashMap},
     programs::{
-        BtfTracePoint, CgroupAttachMode, CgroupSkb, CgroupSkbAttachType, PerfEvent, Program,
-        ProgramError, SockOps,
+        BtfTracePoint, CgroupAttachMode, CgroupSkb, CgroupSkbAttachType, CgroupSock, PerfEvent,
+        Program, ProgramError, SockOps,
         cgroup_skb::CgroupSkbLinkId,
+        cgroup_sock::CgroupSockLinkId,
         perf_event::{PerfEventConfig, PerfEventScope, SamplePolicy, SoftwareEvent},
         sock_ops::SockOpsLinkId,
     },
@@ -29,9 +30,10 @@ use lynx_common::{
     TASK_RUNTIME_OFFSET_GLOBAL,
     http::{
         Endpoint, EndpointCounters, HTTP_COUNTERS_MAP, HTTP_ENDPOINTS_MAP, HTTP_PORTS_MAP,
-        HTTP_RECV_PROGRAM, HTTP_RECV_TRACEPOINT, HTTP_SEND_PROGRAM, HTTP_SEND_TRACEPOINT,
-        HTTP_SOCK_OPS_PROGRAM, HTTP_TARGET_MAP, HttpTarget, NGINX_FORK_PROGRAM,
-        NGINX_FORK_TRACEPOINT, NGINX_TGIDS_MAP, PORT_PLAIN, PORT_TLS, TASK_TGID_OFFSET_GLOBAL,
+        HTTP_RECV_PROGRAM, HTTP_RECV_TRACEPOINT, HTTP_RELEASE_PROGRAM, HTTP_SEND_PROGRAM,
+        HTTP_SEND_TRACEPOINT, HTTP_SOCK_OPS_PROGRAM, HTTP_TARGET_MAP, HttpTarget,
+        NGINX_FORK_PROGRAM, NGINX_FORK_TRACEPOINT, NGINX_TGIDS_MAP, PORT_PLAIN, PORT_TLS,
+        TASK_TGID_OFFSET_GLOBAL,
     },
 };
 
@@ -145,6 +147,15 @@ const HOST_NETWORK_PROGRAMS: NetworkPrograms = [
 /// Links of network programs to one cgroup.
 type NetworkLinks = Vec<(&'static str, CgroupSkbLinkId)>;
 
+/// The programs that follow nginx's connections, attached to its cgroup.
+struct NginxSocketLinks {
+    cgroup_id: u64,
+    /// [`HTTP_SOCK_OPS_PROGRAM`]: connections opened.
+    conn: SockOpsLinkId,
+    /// [`HTTP_RELEASE_PROGRAM`]: sockets closed.
+    close: CgroupSockLinkId,
+}
+
 /// Lynx's programs, loaded and attached; detached when dropped.
 pub struct KernelCounters {
     ebpf: aya::Ebpf,
@@ -153,8 +164,8 @@ pub struct KernelCounters {
     cpu_floor: HashMap<u64, u64>,
     /// The container network programs' links, per cgroup v2 id they are attached to.
     network_links: BTreeMap<u64, NetworkLinks>,
-    /// The cgroup v2 id nginx's connections are followed in, and the link there.
-    nginx_sockets: Option<(u64, SockOpsLinkId)>,
+    /// Where nginx's connections are followed.
+    nginx_sockets: Option<NginxSocketLinks>,
 }
 
 impl KernelCounters {
@@ -236,6 +247,10 @@ impl KernelCounters {
         sock_ops
             .load()
             .map_err(program_error(HTTP_SOCK_OPS_PROGRAM))?;
+        let release: &mut CgroupSock = program(&mut ebpf, HTTP_RELEASE_PROGRAM)?;
+        release
+            .load()
+            .map_err(program_error(HTTP_RELEASE_PROGRAM))?;
         if !pin_paths.is_empty() {
             tracing::info!(dir = ?options.pin_dir, "kernel maps pinned");
         }
@@ -396,26 +411,40 @@ impl KernelCounters {
         self.follow_nginx_sockets(target)
     }
 
-    /// Keeps the connection program on `target`'s cgroup, and on no other.
+    /// Keeps the connection programs on `target`'s cgroup, and on no other.
     fn follow_nginx_sockets(&mut self, target: &NginxTarget) -> Result<(), KernelError> {
-        if self.nginx_sockets.as_ref().map(|(id, _)| *id) == Some(target.cgroup_id) {
+        if self.nginx_sockets.as_ref().map(|links| links.cgroup_id) == Some(target.cgroup_id) {
             return Ok(());
         }
-        let name = HTTP_SOCK_OPS_PROGRAM;
-        let program: &mut SockOps = program(&mut self.ebpf, name)?;
-        if let Some((_, link)) = self.nginx_sockets.take() {
-            // Its cgroup may be gone, and the link with it.
-            let _ = program.detach(link);
+        if let Some(links) = self.nginx_sockets.take() {
+            // Their cgroup may be gone, and the links with it.
+            let _ = program::<SockOps>(&mut self.ebpf, HTTP_SOCK_OPS_PROGRAM)?.detach(links.conn);
+            let _ =
+                program::<CgroupSock>(&mut self.ebpf, HTTP_RELEASE_PROGRAM)?.detach(links.close);
         }
         if target.cgroup_id == 0 {
             return Ok(());
         }
         let cgroup = open_cgroup(&target.cgroup_dir)?;
-        // Single makes a BPF link, which coexists with other programs on the cgroup.
-        let link = program
+        // Single makes BPF links, which coexist with other programs on the cgroup.
+        let conn = program::<SockOps>(&mut self.ebpf, HTTP_SOCK_OPS_PROGRAM)?
             .attach(&cgroup, CgroupAttachMode::Single)
-            .map_err(program_error(name))?;
-        self.nginx_sockets = Some((target.cgroup_id, link));
+            .map_err(program_error(HTTP_SOCK_OPS_PROGRAM))?;
+        let close = match program::<CgroupSock>(&mut self.ebpf, HTTP_RELEASE_PROGRAM)?
+            .attach(&cgroup, CgroupAttachMode::Single)
+        {
+            Ok(close) => close,
+            Err(error) => {
+                // Not one without the other: flows that never end would fill the table.
+                let _ = program::<SockOps>(&mut self.ebpf, HTTP_SOCK_OPS_PROGRAM)?.detach(conn);
+                return Err(program_error(HTTP_RELEASE_PROGRAM)(error));
+            }
+        };
+        self.nginx_sockets = Some(NginxSocketLinks {
+            cgroup_id: target.cgroup_id,
+            conn,
+            close,
+        });
         Ok(())
     }
 
