@@ -313,13 +313,7 @@ impl KernelCounters {
         programs: NetworkPrograms,
     ) -> Result<(u64, NetworkLinks), KernelError> {
         let cgroup = open_cgroup(dir)?;
-        let id = cgroup
-            .metadata()
-            .map_err(|source| KernelError::Cgroup {
-                path: dir.to_owned(),
-                source,
-            })?
-            .ino();
+        let id = cgroup.metadata().map_err(cgroup_error(dir))?.ino();
         let mut links = Vec::with_capacity(programs.len());
         for (name, direction) in programs {
             let program: &mut CgroupSkb = program(&mut self.ebpf, name)?;
@@ -665,10 +659,14 @@ fn remove_other_layouts(dir: &Path) -> Vec<PathBuf> {
 
 /// A cgroup directory, opened to attach programs to.
 fn open_cgroup(dir: &Path) -> Result<fs::File, KernelError> {
-    fs::File::open(dir).map_err(|source| KernelError::Cgroup {
+    fs::File::open(dir).map_err(cgroup_error(dir))
+}
+
+fn cgroup_error(dir: &Path) -> impl Fn(io::Error) -> KernelError + '_ {
+    move |source| KernelError::Cgroup {
         path: dir.to_owned(),
         source,
-    })
+    }
 }
 
 fn program_error(name: &'static str) -> impl Fn(ProgramError) -> KernelError {
