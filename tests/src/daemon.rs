@@ -89,9 +89,11 @@ impl DaemonUnderTest {
         daemon
     }
 
-    /// Kills the daemon with SIGKILL and starts another on the same config and pins.
-    pub fn kill_and_restart(&mut self) {
+    /// Kills the daemon with SIGKILL, runs `while_down`, and starts another on the same config
+    /// and pins.
+    pub fn kill_and_restart(&mut self, while_down: impl FnOnce()) {
         self.daemon.kill();
+        while_down();
         let _ = fs::remove_file(&self.snapshot_path);
         self.daemon = spawn(&self.config, &self.log_path, &self.args);
         self.next_snapshot();

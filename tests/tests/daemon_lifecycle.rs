@@ -190,7 +190,7 @@ fn a_daemon_killed_and_restarted_continues_the_counts() {
     // Pins an older daemon left: the restarted one cannot reuse them and unpins them.
     let older_layout = daemon.pin_dir.join(format!("v{}", MAPS_LAYOUT_VERSION - 1));
     fs::create_dir(&older_layout).expect("mkdir in bpffs");
-    daemon.kill_and_restart();
+    daemon.kill_and_restart(|| ());
     let after = counters(&daemon.next_snapshot());
     assert!(!older_layout.exists(), "{} is left", older_layout.display());
     let _ = spinner.kill();

@@ -299,7 +299,22 @@ fn a_restarted_daemon_keeps_counting_connections_opened_before() {
         );
     };
     exchange(&first);
-    daemon.kill_and_restart();
+    // One that ends while no daemon runs: its close is seen by none, and the restarted daemon
+    // must still count it closed.
+    let mut ended =
+        std::net::TcpStream::connect((Ipv4Addr::LOCALHOST, nginx.port)).expect("connect to nginx");
+    {
+        use std::io::{Read, Write};
+        ended.write_all(&get("/ends-while-down")).expect("send");
+        let n = ended.read(&mut [0u8; 4096]).expect("answer");
+        assert!(n > 0, "no answer on the connection that ends while down");
+    }
+    sleep(Duration::from_millis(500));
+    daemon.kill_and_restart(|| {
+        drop(ended);
+        // Until nginx has closed its end too.
+        sleep(Duration::from_millis(500));
+    });
     for _ in 0..5 {
         exchange(&get("/after-restart"));
     }

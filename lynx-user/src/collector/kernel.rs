@@ -1,6 +1,6 @@
 //! The kernel side: loads the embedded eBPF object, attaches its programs and reads its maps.
 use std::{
-    collections::{BTreeMap, HashMap},
+    collections::{BTreeMap, HashMap, HashSet},
     fs, io,
     os::unix::fs::MetadataExt,
     path::{Path, PathBuf},
@@ -8,7 +8,10 @@ use std::{
 
 use aya::{
     EbpfError, EbpfLoader, Pod,
-    maps::{Array, CgroupStorageKey, HashMap as BpfHashMap, MapError, PerCpuArray, PerCpuHashMap},
+    maps::{
+        Array, CgroupStorageKey, HashMap as BpfHashMap, MapError, PerCpuArray, PerCpuHashMap,
+        PerCpuValues,
+    },
     programs::{
         BtfTracePoint, CgroupAttachMode, CgroupSkb, CgroupSkbAttachType, CgroupSock, PerfEvent,
         Program, ProgramError, SockOps,
@@ -29,17 +32,18 @@ use lynx_common::{
     NetCounters, PINNED_MAPS, SCHED_SWITCH_PROGRAM, SCHED_SWITCH_TRACEPOINT,
     TASK_RUNTIME_OFFSET_GLOBAL,
     http::{
-        Endpoint, EndpointCounters, HTTP_COUNTERS_MAP, HTTP_ENDPOINTS_MAP, HTTP_PORTS_MAP,
-        HTTP_RECV_PROGRAM, HTTP_RECV_TRACEPOINT, HTTP_RELEASE_PROGRAM, HTTP_SEND_PROGRAM,
-        HTTP_SEND_TRACEPOINT, HTTP_SOCK_OPS_PROGRAM, HTTP_TARGET_MAP, HttpTarget,
-        NGINX_FORK_PROGRAM, NGINX_FORK_TRACEPOINT, NGINX_TGIDS_MAP, PORT_PLAIN, PORT_TLS,
-        TASK_TGID_OFFSET_GLOBAL,
+        Endpoint, EndpointCounters, HTTP_COUNTERS_MAP, HTTP_ENDPOINTS_MAP, HTTP_FLOWS_MAP,
+        HTTP_PORTS_MAP, HTTP_RECV_PROGRAM, HTTP_RECV_TRACEPOINT, HTTP_RELEASE_PROGRAM,
+        HTTP_SEND_PROGRAM, HTTP_SEND_TRACEPOINT, HTTP_SOCK_OPS_PROGRAM, HTTP_TARGET_MAP,
+        HttpFlowEntry, HttpTarget, NGINX_FORK_PROGRAM, NGINX_FORK_TRACEPOINT, NGINX_TGIDS_MAP,
+        PORT_PLAIN, PORT_TLS, TASK_TGID_OFFSET_GLOBAL,
     },
 };
 
 use super::{
     btf::{Btf, BtfError},
     preflight::{self, PreflightError},
+    sockets::TcpSockets,
 };
 
 /// How often the cpu-clock program charges the running task on each CPU: the CPU time of a
@@ -166,6 +170,9 @@ pub struct KernelCounters {
     network_links: BTreeMap<u64, NetworkLinks>,
     /// Where nginx's connections are followed.
     nginx_sockets: Option<NginxSocketLinks>,
+    /// Whether the programs follow an nginx now. While they do not, none of them writes the
+    /// flows or their counters.
+    nginx_followed: bool,
 }
 
 impl KernelCounters {
@@ -259,6 +266,7 @@ impl KernelCounters {
             cpu_floor: HashMap::new(),
             network_links: BTreeMap::new(),
             nginx_sockets: None,
+            nginx_followed: false,
         };
         if options.count_host_network {
             // For the daemon's lifetime: the programs hold their links and detach them when
@@ -394,6 +402,9 @@ impl KernelCounters {
         for &tgid in &target.tgids {
             tgids.insert(tgid, 1, 0).map_err(map_error)?;
         }
+        if !self.nginx_followed && target.cgroup_id != 0 {
+            self.end_flows_closed_unseen(target.netns_cookie)?;
+        }
         let name = HTTP_TARGET_MAP;
         let map_error = |source| KernelError::Map { name, source };
         let mut array: Array<_, HttpTarget> = self.map_mut(name)?.try_into().map_err(map_error)?;
@@ -402,7 +413,66 @@ impl KernelCounters {
             netns_cookie: target.netns_cookie,
         };
         array.set(0, value, 0).map_err(map_error)?;
+        self.nginx_followed = target.cgroup_id != 0;
         self.follow_nginx_sockets(target)
+    }
+
+    /// Ends the flows whose sockets closed while nothing followed nginx (a daemon restarting,
+    /// or nginx lost for a while): frees their slots and counts them closed, as the programs
+    /// would have, so that active connections stay right. Called only while no program writes
+    /// the flows or their counters: user space cannot add to a per-CPU counter atomically.
+    fn end_flows_closed_unseen(&mut self, nginx_netns_cookie: u64) -> Result<(), KernelError> {
+        let sockets = match TcpSockets::read() {
+            Ok(sockets) if sockets.netns_cookie == nginx_netns_cookie => sockets,
+            Ok(_) => {
+                tracing::warn!(
+                    "nginx runs in another network namespace than lynx: connections it closed \
+                     while no daemon ran stay counted active"
+                );
+                return Ok(());
+            }
+            Err(error) => {
+                tracing::warn!(
+                    %error,
+                    "connections nginx closed while no daemon ran stay counted active"
+                );
+                return Ok(());
+            }
+        };
+        let name = HTTP_FLOWS_MAP;
+        let map_error = |source| KernelError::Map { name, source };
+        let mut flows: Array<_, HttpFlowEntry> =
+            self.map_mut(name)?.try_into().map_err(map_error)?;
+        let entries = flows
+            .iter()
+            .enumerate()
+            .map(|(index, entry)| Ok((index as u32, entry.map_err(map_error)?)))
+            .collect::<Result<Vec<_>, KernelError>>()?;
+        let closed = closed_flows(entries, &sockets.in_use);
+        for &index in &closed.entries {
+            flows
+                .set(index, HttpFlowEntry::default(), 0)
+                .map_err(map_error)?;
+        }
+        let name = HTTP_COUNTERS_MAP;
+        let map_error = |source| KernelError::Map { name, source };
+        let mut counters: PerCpuArray<_, EndpointCounters> =
+            self.map_mut(name)?.try_into().map_err(map_error)?;
+        for (&slot, &count) in &closed.per_slot {
+            let mut values = counters.get(&slot, 0).map_err(map_error)?.to_vec();
+            if let Some(first_cpu) = values.first_mut() {
+                first_cpu.closed += count;
+            }
+            let values = PerCpuValues::try_from(values).map_err(|e| map_error(e.into()))?;
+            counters.set(slot, values, 0).map_err(map_error)?;
+        }
+        if !closed.entries.is_empty() {
+            tracing::info!(
+                connections = closed.entries.len(),
+                "counted nginx's connections that closed while no daemon ran as closed"
+            );
+        }
+        Ok(())
     }
 
     /// Keeps the connection programs on `target`'s cgroup, and on no other.
@@ -614,6 +684,30 @@ impl KernelCounters {
     }
 }
 
+/// Flows whose sockets are no longer in use.
+#[derive(Debug, Default, PartialEq, Eq)]
+struct ClosedFlows {
+    /// Their indices in [`HTTP_FLOWS_MAP`].
+    entries: Vec<u32>,
+    /// How many of them each counter slot had.
+    per_slot: BTreeMap<u32, u64>,
+}
+
+/// The taken entries among `flows` (index and value) whose socket is not `in_use`.
+fn closed_flows(
+    flows: impl IntoIterator<Item = (u32, HttpFlowEntry)>,
+    in_use: &HashSet<u64>,
+) -> ClosedFlows {
+    let mut closed = ClosedFlows::default();
+    for (index, entry) in flows {
+        if entry.cookie != 0 && !in_use.contains(&entry.cookie) {
+            closed.entries.push(index);
+            *closed.per_slot.entry(entry.slot).or_default() += 1;
+        }
+    }
+    closed
+}
+
 /// Pin paths of the pinned maps under `dir`, creating it (and mounting bpffs at
 /// `/sys/fs/bpf` when `dir` is below it and nothing is mounted there). Pins, and so bpffs,
 /// must outlive the daemon: this mount is deliberately not undone.
@@ -691,6 +785,30 @@ where
 mod tests {
     use super::*;
     use crate::test_support::TempDir;
+
+    #[test]
+    fn flows_of_sockets_no_longer_in_use_are_closed_per_counter_slot() {
+        let flow = |cookie, slot| HttpFlowEntry {
+            cookie,
+            slot,
+            ..HttpFlowEntry::default()
+        };
+        let flows = [
+            (0, flow(0, 0)),
+            (7, flow(70, 1)),
+            (8, flow(80, 1)),
+            (9, flow(90, 2)),
+            (10, flow(100, 1)),
+        ];
+        let in_use = HashSet::from([80, 12345]);
+        assert_eq!(
+            closed_flows(flows, &in_use),
+            ClosedFlows {
+                entries: vec![7, 9, 10],
+                per_slot: BTreeMap::from([(1, 2), (2, 1)]),
+            }
+        );
+    }
 
     #[test]
     fn pins_of_other_layout_versions_are_removed_and_nothing_else() {

@@ -9,6 +9,7 @@ pub mod kernel;
 pub mod lxd_instances;
 pub mod nginx;
 pub mod preflight;
+pub mod sockets;
 
 use std::{
     collections::{BTreeMap, BTreeSet, HashSet, VecDeque},

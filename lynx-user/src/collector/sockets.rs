@@ -1,0 +1,281 @@
+//! The TCP sockets of the daemon's network namespace, as the kernel's `sock_diag` netlink
+//! interface lists them (what `ss` reads): which socket cookies are still in use.
+use std::{
+    collections::HashSet,
+    io,
+    os::fd::{AsRawFd, FromRawFd, OwnedFd},
+};
+
+/// Errors of listing the sockets.
+#[derive(Debug, thiserror::Error)]
+pub enum SocketsError {
+    #[error("cannot list TCP sockets over sock_diag netlink: {0}")]
+    Io(#[from] io::Error),
+    #[error("sock_diag netlink answered with a malformed message: {0}")]
+    Malformed(&'static str),
+}
+
+/// The TCP sockets in use in the caller's network namespace.
+#[derive(Debug, Default)]
+pub struct TcpSockets {
+    /// That namespace's cookie (`SO_NETNS_COOKIE`).
+    pub netns_cookie: u64,
+    /// Cookies (the kernel's `sock_gen_cookie`, as `bpf_get_socket_cookie` gives them) of the
+    /// IPv4 and IPv6 TCP sockets a process holds, or that wait in a listener's queue to be
+    /// accepted. Sockets their process has closed and the kernel is still winding down (FIN
+    /// or TIME_WAIT states) are not in use.
+    pub in_use: HashSet<u64>,
+}
+
+const SOCK_DIAG_BY_FAMILY: u16 = 20;
+const NLMSG_ERROR: u16 = 2;
+const NLMSG_DONE: u16 = 3;
+const NLMSG_HEADER_LEN: usize = 16;
+/// `struct inet_diag_msg`: family, state, timer, retrans, then `inet_diag_sockid` (ports,
+/// addresses, interface, cookie at 44), expires, queues, uid, inode at 68.
+const DIAG_MSG_LEN: usize = 72;
+const DIAG_COOKIE_AT: usize = 44;
+const DIAG_INODE_AT: usize = 68;
+const TCP_ESTABLISHED: u8 = 1;
+const TCP_CLOSE_WAIT: u8 = 8;
+
+impl TcpSockets {
+    /// Lists them.
+    pub fn read() -> Result<Self, SocketsError> {
+        // SAFETY: a plain system call; the descriptor is owned by `OwnedFd` from here on.
+        let fd = unsafe {
+            libc::socket(
+                libc::AF_NETLINK,
+                libc::SOCK_RAW | libc::SOCK_CLOEXEC,
+                libc::NETLINK_SOCK_DIAG,
+            )
+        };
+        if fd < 0 {
+            return Err(io::Error::last_os_error().into());
+        }
+        // SAFETY: `fd` was just opened and nothing else owns it.
+        let socket = unsafe { OwnedFd::from_raw_fd(fd) };
+        let mut sockets = Self {
+            netns_cookie: netns_cookie(&socket)?,
+            in_use: HashSet::new(),
+        };
+        for family in [libc::AF_INET, libc::AF_INET6] {
+            send(&socket, &dump_request(family as u8))?;
+            receive_dump(&socket, |message| {
+                if let Some(cookie) = in_use_cookie(message)? {
+                    sockets.in_use.insert(cookie);
+                }
+                Ok(())
+            })?;
+        }
+        Ok(sockets)
+    }
+}
+
+/// A netlink request to dump every TCP socket of `family`: `nlmsghdr` and
+/// `inet_diag_req_v2` (all states, no extensions, any address).
+fn dump_request(family: u8) -> Vec<u8> {
+    const REQUEST_LEN: u32 = 72;
+    let mut request = Vec::with_capacity(REQUEST_LEN as usize);
+    request.extend_from_slice(&REQUEST_LEN.to_ne_bytes());
+    request.extend_from_slice(&SOCK_DIAG_BY_FAMILY.to_ne_bytes());
+    let flags = (libc::NLM_F_REQUEST | libc::NLM_F_DUMP) as u16;
+    request.extend_from_slice(&flags.to_ne_bytes());
+    request.extend_from_slice(&[0; 8]); // sequence number and port id
+    request.extend_from_slice(&[family, libc::IPPROTO_TCP as u8, 0, 0]);
+    request.extend_from_slice(&u32::MAX.to_ne_bytes()); // every TCP state
+    request.resize(REQUEST_LEN as usize, 0); // inet_diag_sockid: any
+    request
+}
+
+/// The cookie of the socket an `inet_diag_msg` describes, if the socket is in use: a process
+/// holds it (it has an inode), or it is established (or already closed by the peer) and
+/// waits to be accepted. A socket its process closed has neither.
+fn in_use_cookie(message: &[u8]) -> Result<Option<u64>, SocketsError> {
+    if message.len() < DIAG_MSG_LEN {
+        return Err(SocketsError::Malformed("inet_diag_msg too short"));
+    }
+    let word = |at: usize| {
+        u32::from_ne_bytes([
+            message[at],
+            message[at + 1],
+            message[at + 2],
+            message[at + 3],
+        ])
+    };
+    let state = message[1];
+    let held = word(DIAG_INODE_AT) != 0;
+    let queued = matches!(state, TCP_ESTABLISHED | TCP_CLOSE_WAIT);
+    let cookie = u64::from(word(DIAG_COOKIE_AT)) | u64::from(word(DIAG_COOKIE_AT + 4)) << 32;
+    Ok((held || queued).then_some(cookie))
+}
+
+fn send(socket: &OwnedFd, request: &[u8]) -> Result<(), SocketsError> {
+    // SAFETY: `request` is valid for its length; an unbound netlink socket sends to the kernel.
+    let sent = unsafe {
+        libc::send(
+            socket.as_raw_fd(),
+            request.as_ptr().cast(),
+            request.len(),
+            0,
+        )
+    };
+    if sent < 0 {
+        return Err(io::Error::last_os_error().into());
+    }
+    Ok(())
+}
+
+/// Hands each message of a dump to `each` until the dump's end.
+fn receive_dump(
+    socket: &OwnedFd,
+    mut each: impl FnMut(&[u8]) -> Result<(), SocketsError>,
+) -> Result<(), SocketsError> {
+    let mut buffer = vec![0u8; 64 * 1024];
+    loop {
+        // SAFETY: `buffer` is valid for writes of its length.
+        let received = unsafe {
+            libc::recv(
+                socket.as_raw_fd(),
+                buffer.as_mut_ptr().cast(),
+                buffer.len(),
+                0,
+            )
+        };
+        if received < 0 {
+            return Err(io::Error::last_os_error().into());
+        }
+        let mut rest = &buffer[..received as usize];
+        while !rest.is_empty() {
+            if rest.len() < NLMSG_HEADER_LEN {
+                return Err(SocketsError::Malformed("netlink header cut short"));
+            }
+            let len = u32::from_ne_bytes([rest[0], rest[1], rest[2], rest[3]]) as usize;
+            let kind = u16::from_ne_bytes([rest[4], rest[5]]);
+            if len < NLMSG_HEADER_LEN || len > rest.len() {
+                return Err(SocketsError::Malformed(
+                    "netlink message length out of bounds",
+                ));
+            }
+            let payload = &rest[NLMSG_HEADER_LEN..len];
+            match kind {
+                NLMSG_DONE => return Ok(()),
+                NLMSG_ERROR => {
+                    let code = payload
+                        .get(..4)
+                        .map(|b| i32::from_ne_bytes([b[0], b[1], b[2], b[3]]))
+                        .ok_or(SocketsError::Malformed("netlink error cut short"))?;
+                    return Err(io::Error::from_raw_os_error(-code).into());
+                }
+                _ => each(payload)?,
+            }
+            // Messages are aligned to 4 bytes.
+            rest = rest.get(len.next_multiple_of(4)..).unwrap_or_default();
+        }
+    }
+}
+
+/// The cookie of the network namespace `socket` was made in.
+fn netns_cookie(socket: &OwnedFd) -> Result<u64, SocketsError> {
+    let mut cookie = 0u64;
+    let mut len = size_of::<u64>() as libc::socklen_t;
+    // SAFETY: `cookie` and `len` outlive the call that fills them.
+    let status = unsafe {
+        libc::getsockopt(
+            socket.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_NETNS_COOKIE,
+            (&raw mut cookie).cast(),
+            &mut len,
+        )
+    };
+    if status != 0 {
+        return Err(io::Error::last_os_error().into());
+    }
+    Ok(cookie)
+}
+
+#[cfg(test)]
+mod tests {
+    use std::net::{Ipv6Addr, TcpListener, TcpStream};
+
+    use super::*;
+
+    /// The kernel's cookie of `socket` (`SO_COOKIE`).
+    fn cookie_of(socket: &impl AsRawFd) -> u64 {
+        let mut cookie = 0u64;
+        let mut len = size_of::<u64>() as libc::socklen_t;
+        // SAFETY: as in `netns_cookie`.
+        let status = unsafe {
+            libc::getsockopt(
+                socket.as_raw_fd(),
+                libc::SOL_SOCKET,
+                libc::SO_COOKIE,
+                (&raw mut cookie).cast(),
+                &mut len,
+            )
+        };
+        assert_eq!(status, 0, "SO_COOKIE: {}", io::Error::last_os_error());
+        cookie
+    }
+
+    #[test]
+    fn held_and_queued_sockets_are_in_use_and_closed_ones_are_not() {
+        let listener = TcpListener::bind((Ipv6Addr::LOCALHOST, 0)).expect("listen on loopback");
+        let address = listener.local_addr().expect("its address");
+        let closed_early = TcpStream::connect(address).expect("connect");
+        let (accepted, _) = listener.accept().expect("accept");
+        let queued_peer = TcpStream::connect(address).expect("connect");
+        let [
+            closed_early_cookie,
+            accepted_cookie,
+            queued_peer_cookie,
+            listener_cookie,
+        ] = [
+            cookie_of(&closed_early),
+            cookie_of(&accepted),
+            cookie_of(&queued_peer),
+            cookie_of(&listener),
+        ];
+        // Closed first, so it stays in FIN_WAIT2 or TIME_WAIT, closed by its process.
+        drop(closed_early);
+
+        let sockets = TcpSockets::read().expect("list the sockets");
+        for (what, cookie) in [
+            ("the listener", listener_cookie),
+            ("an accepted socket whose peer closed", accepted_cookie),
+            ("a connecting socket", queued_peer_cookie),
+        ] {
+            assert!(sockets.in_use.contains(&cookie), "{what} is not in use");
+        }
+        assert!(
+            !sockets.in_use.contains(&closed_early_cookie),
+            "a socket its process closed is in use"
+        );
+        // The listener's end of the connection that waited in its queue, unheld while the
+        // sockets were listed (its cookie was made then, and stays).
+        let (queued, _) = listener.accept().expect("accept");
+        assert!(
+            sockets.in_use.contains(&cookie_of(&queued)),
+            "a connection waiting to be accepted is not in use"
+        );
+        assert_ne!(sockets.netns_cookie, 0, "no network namespace cookie");
+    }
+
+    #[test]
+    fn a_message_shorter_than_inet_diag_msg_is_malformed() {
+        assert!(matches!(
+            in_use_cookie(&[0; DIAG_MSG_LEN - 1]),
+            Err(SocketsError::Malformed(_))
+        ));
+    }
+
+    #[test]
+    fn the_cookie_is_read_low_word_first() {
+        let mut message = [0u8; DIAG_MSG_LEN];
+        message[1] = TCP_ESTABLISHED;
+        message[DIAG_COOKIE_AT..DIAG_COOKIE_AT + 4].copy_from_slice(&2u32.to_ne_bytes());
+        message[DIAG_COOKIE_AT + 4..DIAG_COOKIE_AT + 8].copy_from_slice(&1u32.to_ne_bytes());
+        assert_eq!(in_use_cookie(&message).ok().flatten(), Some((1 << 32) | 2));
+    }
+}
