@@ -8,6 +8,7 @@ use lynx_common::{
 };
 use serde::{Deserialize, Serialize};
 
+pub use crate::collector::kernel::Drops as KernelDrops;
 use crate::collector::{ContainerFiles, InstanceInfo, Sample, containers::Owner};
 
 /// Schema version of [`Snapshot`]; raised whenever a field changes meaning or goes away.
@@ -228,17 +229,6 @@ pub struct Network {
     pub tx_bytes_per_s: f64,
 }
 
-/// Events the kernel programs could not record since they were loaded (a map was full).
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct KernelDrops {
-    pub cgroup_cpu_map_full: u64,
-    pub cgroup_net_map_full: u64,
-    pub cgroup_io_map_full: u64,
-    pub nginx_endpoints_full: u64,
-    pub nginx_flows_full: u64,
-}
-
 /// Kernel counters summed over one owner's cgroups.
 #[derive(Clone, Copy, Debug, Default)]
 struct Totals {
@@ -389,13 +379,7 @@ pub fn snapshot(previous: &Sample, current: &Sample) -> Snapshot {
         },
         nginx: nginx(previous, current, &containers),
         containers,
-        kernel_drops: KernelDrops {
-            cgroup_cpu_map_full: current.drops.cgroup_cpu_map_full,
-            cgroup_net_map_full: current.drops.cgroup_net_map_full,
-            cgroup_io_map_full: current.drops.cgroup_io_map_full,
-            nginx_endpoints_full: current.drops.nginx_endpoints_full,
-            nginx_flows_full: current.drops.nginx_flows_full,
-        },
+        kernel_drops: current.drops,
         collector: CollectorStats {
             sample_ms: round2(current.duration.as_secs_f64() * 1000.0),
         },
@@ -601,13 +585,7 @@ pub(crate) mod fixtures {
             },
             containers,
             nginx: Nginx::default(),
-            kernel_drops: KernelDrops {
-                cgroup_cpu_map_full: 0,
-                cgroup_net_map_full: 0,
-                cgroup_io_map_full: 0,
-                nginx_endpoints_full: 0,
-                nginx_flows_full: 0,
-            },
+            kernel_drops: KernelDrops::default(),
             collector: CollectorStats { sample_ms: 0.87 },
             groups: Vec::new(),
         }

@@ -84,8 +84,10 @@ pub enum KernelError {
     PinDir { path: PathBuf, source: io::Error },
 }
 
-/// Counts of events the kernel programs could not record because a map was full.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+/// Counts of events the kernel programs could not record since they were loaded, because a
+/// map was full (the snapshot's `kernel_drops`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct Drops {
     pub cgroup_cpu_map_full: u64,
     pub cgroup_net_map_full: u64,
