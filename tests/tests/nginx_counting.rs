@@ -330,6 +330,13 @@ fn a_restarted_daemon_keeps_counting_connections_opened_before() {
     sleep(Duration::from_millis(200));
     let after = settled(&daemon, &nginx);
     assert_client_side_exact("across a daemon restart", &before, &after);
+    let log = std::fs::read_to_string(&daemon.log_path).expect("read the daemon's log");
+    assert!(
+        log.lines()
+            .any(|line| line.contains("closed while no daemon ran")
+                && line.contains("connections=1")),
+        "the restarted daemon does not say it closed the connection that ended:\n{log}"
+    );
 }
 
 #[test]

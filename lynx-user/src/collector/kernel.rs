@@ -43,7 +43,7 @@ use lynx_common::{
 use super::{
     btf::{Btf, BtfError},
     preflight::{self, PreflightError},
-    sockets::TcpSockets,
+    sockets::{self, TcpSockets},
 };
 
 /// How often the cpu-clock program charges the running task on each CPU: the CPU time of a
@@ -405,7 +405,7 @@ impl KernelCounters {
             tgids.insert(tgid, 1, 0).map_err(map_error)?;
         }
         if !self.nginx_followed && target.cgroup_id != 0 {
-            self.end_flows_closed_unseen(target.netns_cookie)?;
+            self.end_flows_closed_unseen(target)?;
         }
         let name = HTTP_TARGET_MAP;
         let map_error = |source| KernelError::Map { name, source };
@@ -423,16 +423,12 @@ impl KernelCounters {
     /// or nginx lost for a while): frees their slots and counts them closed, as the programs
     /// would have, so that active connections stay right. Called only while no program writes
     /// the flows or their counters: user space cannot add to a per-CPU counter atomically.
-    fn end_flows_closed_unseen(&mut self, nginx_netns_cookie: u64) -> Result<(), KernelError> {
-        let sockets = match TcpSockets::read() {
-            Ok(sockets) if sockets.netns_cookie == nginx_netns_cookie => sockets,
-            Ok(_) => {
-                tracing::warn!(
-                    "nginx runs in another network namespace than lynx: connections it closed \
-                     while no daemon ran stay counted active"
-                );
-                return Ok(());
-            }
+    fn end_flows_closed_unseen(&mut self, nginx: &NginxTarget) -> Result<(), KernelError> {
+        let Some(&pid) = nginx.tgids.first() else {
+            return Ok(());
+        };
+        let sockets = match sockets::in_netns_of(pid, TcpSockets::read) {
+            Ok(sockets) => sockets,
             Err(error) => {
                 tracing::warn!(
                     %error,

@@ -3,9 +3,11 @@
 //! forks in between (a reload's new workers) by itself.
 use std::{
     fs, io,
-    os::fd::{AsRawFd, FromRawFd, OwnedFd},
+    os::fd::{FromRawFd, OwnedFd},
     path::{Path, PathBuf},
 };
+
+use super::sockets;
 
 /// Why nginx was not found.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
@@ -26,46 +28,20 @@ pub enum NginxFindError {
 /// socket made in it): how the kernel programs tell nginx's connections from those of
 /// containers below nginx's cgroup.
 pub fn netns_cookie(pid: u32) -> Result<u64, NginxFindError> {
-    let no_netns = |error: io::Error| NginxFindError::NoNetns {
+    sockets::in_netns_of(pid, || {
+        // SAFETY: a plain system call; the descriptor is owned by `OwnedFd` from here on.
+        let fd = unsafe { libc::socket(libc::AF_INET, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC, 0) };
+        if fd < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        // SAFETY: `fd` was just opened and nothing else owns it.
+        let socket = unsafe { OwnedFd::from_raw_fd(fd) };
+        sockets::u64_option(&socket, libc::SO_NETNS_COOKIE)
+    })
+    .map_err(|error| NginxFindError::NoNetns {
         pid,
         reason: io_reason(&error),
-    };
-    let namespace = fs::File::open(format!("/proc/{pid}/ns/net")).map_err(no_netns)?;
-    // setns changes only the calling thread's namespace: a thread of its own enters, asks and
-    // ends, and the daemon's threads stay where they are.
-    std::thread::scope(|scope| {
-        scope
-            .spawn(|| {
-                // SAFETY: plain system calls on descriptors this thread owns; the socket is
-                // owned (and closed) by `OwnedFd`, and `cookie` outlives the call that fills it.
-                unsafe {
-                    if libc::setns(namespace.as_raw_fd(), libc::CLONE_NEWNET) != 0 {
-                        return Err(io::Error::last_os_error());
-                    }
-                    let fd = libc::socket(libc::AF_INET, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC, 0);
-                    if fd < 0 {
-                        return Err(io::Error::last_os_error());
-                    }
-                    let socket = OwnedFd::from_raw_fd(fd);
-                    let mut cookie = 0u64;
-                    let mut len = size_of::<u64>() as libc::socklen_t;
-                    let status = libc::getsockopt(
-                        socket.as_raw_fd(),
-                        libc::SOL_SOCKET,
-                        libc::SO_NETNS_COOKIE,
-                        (&raw mut cookie).cast(),
-                        &mut len,
-                    );
-                    if status != 0 {
-                        return Err(io::Error::last_os_error());
-                    }
-                    Ok(cookie)
-                }
-            })
-            .join()
-            .unwrap_or_else(|_| Err(io::Error::other("the namespace thread panicked")))
     })
-    .map_err(no_netns)
 }
 
 /// nginx's processes at one moment.

@@ -1,8 +1,9 @@
-//! The TCP sockets of the daemon's network namespace, as the kernel's `sock_diag` netlink
-//! interface lists them (what `ss` reads): which socket cookies are still in use.
+//! Sockets and network namespaces: which TCP sockets are in use, as the kernel's `sock_diag`
+//! netlink interface lists them (what `ss` reads), and how to ask in another process's
+//! network namespace.
 use std::{
     collections::HashSet,
-    io,
+    fs, io,
     os::fd::{AsRawFd, FromRawFd, OwnedFd},
 };
 
@@ -15,11 +16,9 @@ pub enum SocketsError {
     Malformed(&'static str),
 }
 
-/// The TCP sockets in use in the caller's network namespace.
+/// The TCP sockets in use in the calling thread's network namespace.
 #[derive(Debug, Default)]
 pub struct TcpSockets {
-    /// That namespace's cookie (`SO_NETNS_COOKIE`).
-    pub netns_cookie: u64,
     /// Cookies (the kernel's `sock_gen_cookie`, as `bpf_get_socket_cookie` gives them) of the
     /// IPv4 and IPv6 TCP sockets a process holds, or that wait in a listener's queue to be
     /// accepted. Sockets their process has closed and the kernel is still winding down (FIN
@@ -55,10 +54,7 @@ impl TcpSockets {
         }
         // SAFETY: `fd` was just opened and nothing else owns it.
         let socket = unsafe { OwnedFd::from_raw_fd(fd) };
-        let mut sockets = Self {
-            netns_cookie: netns_cookie(&socket)?,
-            in_use: HashSet::new(),
-        };
+        let mut sockets = Self::default();
         for family in [libc::AF_INET, libc::AF_INET6] {
             send(&socket, &dump_request(family as u8))?;
             receive_dump(&socket, |message| {
@@ -175,24 +171,45 @@ fn receive_dump(
     }
 }
 
-/// The cookie of the network namespace `socket` was made in.
-fn netns_cookie(socket: &OwnedFd) -> Result<u64, SocketsError> {
-    let mut cookie = 0u64;
+/// A `u64` socket option of `socket` at level `SOL_SOCKET` (`SO_COOKIE`, `SO_NETNS_COOKIE`).
+pub fn u64_option(socket: &impl AsRawFd, option: libc::c_int) -> io::Result<u64> {
+    let mut value = 0u64;
     let mut len = size_of::<u64>() as libc::socklen_t;
-    // SAFETY: `cookie` and `len` outlive the call that fills them.
+    // SAFETY: `value` and `len` outlive the call that fills them.
     let status = unsafe {
         libc::getsockopt(
             socket.as_raw_fd(),
             libc::SOL_SOCKET,
-            libc::SO_NETNS_COOKIE,
-            (&raw mut cookie).cast(),
+            option,
+            (&raw mut value).cast(),
             &mut len,
         )
     };
     if status != 0 {
-        return Err(io::Error::last_os_error().into());
+        return Err(io::Error::last_os_error());
     }
-    Ok(cookie)
+    Ok(value)
+}
+
+/// Runs `f` in process `pid`'s network namespace, on a thread of its own: `setns` changes
+/// only the calling thread's namespace, so the daemon's threads stay where they are.
+pub fn in_netns_of<T: Send, E: From<io::Error> + Send>(
+    pid: u32,
+    f: impl FnOnce() -> Result<T, E> + Send,
+) -> Result<T, E> {
+    let namespace = fs::File::open(format!("/proc/{pid}/ns/net"))?;
+    std::thread::scope(|scope| {
+        scope
+            .spawn(|| {
+                // SAFETY: a plain system call on a descriptor this thread borrows.
+                if unsafe { libc::setns(namespace.as_raw_fd(), libc::CLONE_NEWNET) } != 0 {
+                    return Err(io::Error::last_os_error().into());
+                }
+                f()
+            })
+            .join()
+            .unwrap_or_else(|_| Err(io::Error::other("the namespace thread panicked").into()))
+    })
 }
 
 #[cfg(test)]
@@ -201,22 +218,9 @@ mod tests {
 
     use super::*;
 
-    /// The kernel's cookie of `socket` (`SO_COOKIE`).
+    /// The kernel's cookie of `socket`.
     fn cookie_of(socket: &impl AsRawFd) -> u64 {
-        let mut cookie = 0u64;
-        let mut len = size_of::<u64>() as libc::socklen_t;
-        // SAFETY: as in `netns_cookie`.
-        let status = unsafe {
-            libc::getsockopt(
-                socket.as_raw_fd(),
-                libc::SOL_SOCKET,
-                libc::SO_COOKIE,
-                (&raw mut cookie).cast(),
-                &mut len,
-            )
-        };
-        assert_eq!(status, 0, "SO_COOKIE: {}", io::Error::last_os_error());
-        cookie
+        u64_option(socket, libc::SO_COOKIE).unwrap_or_else(|e| panic!("SO_COOKIE: {e}"))
     }
 
     #[test]
@@ -259,7 +263,6 @@ mod tests {
             sockets.in_use.contains(&cookie_of(&queued)),
             "a connection waiting to be accepted is not in use"
         );
-        assert_ne!(sockets.netns_cookie, 0, "no network namespace cookie");
     }
 
     #[test]
