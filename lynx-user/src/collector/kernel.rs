@@ -46,10 +46,12 @@ use super::{
     sockets::{self, TcpSockets},
 };
 
-/// How often the cpu-clock program charges the running task on each CPU: the CPU time of a
-/// task that is never switched out lags by at most 1/100 s, and 100 wake-ups a second per
-/// CPU cost nothing measurable.
-const CPU_CLOCK_HZ: u64 = 100;
+/// How often the cpu-clock program charges the running task on each CPU, in nanoseconds of
+/// the cpu-clock: the CPU time of a task that is never switched out lags by at most 10 ms,
+/// and 100 wake-ups a second per CPU cost nothing measurable. A period rather than a
+/// frequency: the kernel re-tunes a frequency event's period at every scheduler tick, which
+/// a clock counting nanoseconds does not need.
+const CPU_CLOCK_PERIOD_NS: u64 = 10_000_000;
 
 /// The eBPF object built from `lynx-ebpf` (see `build.rs`).
 static EBPF_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/lynx.bpf.o"));
@@ -239,7 +241,7 @@ impl KernelCounters {
                 .attach(
                     PerfEventConfig::Software(SoftwareEvent::CpuClock),
                     PerfEventScope::AllProcessesOneCpu { cpu },
-                    SamplePolicy::Frequency(CPU_CLOCK_HZ),
+                    SamplePolicy::Period(CPU_CLOCK_PERIOD_NS),
                     false,
                 )
                 .map_err(program_error(CPU_CLOCK_PROGRAM))?;
