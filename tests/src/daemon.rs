@@ -182,6 +182,33 @@ impl DaemonUnderTest {
         self.daemon.0.id()
     }
 
+    /// The tracepoints the daemon's programs are attached to now, sorted: the `tp_name` of
+    /// each BPF link it holds, from its descriptors' fdinfo.
+    pub fn tracepoints(&self) -> Vec<String> {
+        let pid = self.pid();
+        let fds = fs::read_dir(format!("/proc/{pid}/fd"))
+            .unwrap_or_else(|e| panic!("list /proc/{pid}/fd: {e}"));
+        let mut names: Vec<String> = fds
+            .filter_map(Result::ok)
+            .filter(|fd| {
+                fs::read_link(fd.path())
+                    .is_ok_and(|target| target.as_os_str() == "anon_inode:bpf_link")
+            })
+            .filter_map(|fd| {
+                // A descriptor closed since it was listed has no fdinfo: not attached.
+                let info =
+                    fs::read_to_string(format!("/proc/{pid}/fdinfo/{}", fd.file_name().display()))
+                        .ok()?;
+                let name = info
+                    .lines()
+                    .find_map(|line| line.strip_prefix("tp_name:"))?;
+                Some(name.trim().to_owned())
+            })
+            .collect();
+        names.sort();
+        names
+    }
+
     /// The daemon's user + system CPU time so far.
     pub fn cpu_time(&self) -> Duration {
         let pid = self.pid();

@@ -340,6 +340,34 @@ fn a_restarted_daemon_keeps_counting_connections_opened_before() {
 }
 
 #[test]
+fn the_hooks_on_every_socket_call_run_only_while_nginx_is_followed() {
+    if !privileged("the_hooks_on_every_socket_call_run_only_while_nginx_is_followed") {
+        return;
+    }
+    let backend = CountingBackend::start();
+    let nginx = Nginx::start("hooks", &[backend.addr]);
+    let daemon = counting_daemon("nginx-hooks", &nginx);
+    let byte_hooks = || -> Vec<String> {
+        daemon
+            .tracepoints()
+            .into_iter()
+            .filter(|name| name.starts_with("sock_"))
+            .collect()
+    };
+    assert_eq!(byte_hooks(), ["sock_recv_length", "sock_send_length"]);
+    drop(nginx);
+    daemon.wait_for("the daemon to lose nginx", Duration::from_secs(10), |s| {
+        s.nginx.master_pid.is_none()
+    });
+    assert_eq!(byte_hooks(), Vec::<String>::new(), "without nginx");
+    assert!(
+        daemon.tracepoints().contains(&"sched_switch".to_owned()),
+        "CPU time is still counted: {:?}",
+        daemon.tracepoints()
+    );
+}
+
+#[test]
 fn a_tls_port_counts_connections_and_bytes_and_its_requests_upstream() {
     if !privileged("a_tls_port_counts_connections_and_bytes_and_its_requests_upstream") {
         return;

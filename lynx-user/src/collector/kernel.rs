@@ -19,6 +19,7 @@ use aya::{
         cgroup_sock::CgroupSockLinkId,
         perf_event::{PerfEventConfig, PerfEventScope, SamplePolicy, SoftwareEvent},
         sock_ops::SockOpsLinkId,
+        tp_btf::BtfTracePointLinkId,
     },
     util::online_cpus,
 };
@@ -152,6 +153,10 @@ const HOST_NETWORK_PROGRAMS: NetworkPrograms = [
     (HOST_NET_EGRESS_PROGRAM, CgroupSkbAttachType::Egress),
 ];
 
+/// The programs on every socket call of the host, which follow nginx's bytes: attached only
+/// while an nginx is followed, so that a host without one does not pay for them.
+const NGINX_TRANSFER_PROGRAMS: [&str; 2] = [HTTP_RECV_PROGRAM, HTTP_SEND_PROGRAM];
+
 /// Links of network programs to one cgroup.
 type NetworkLinks = Vec<(&'static str, CgroupSkbLinkId)>;
 
@@ -174,6 +179,8 @@ pub struct KernelCounters {
     network_links: BTreeMap<u64, NetworkLinks>,
     /// Where nginx's connections are followed.
     nginx_sockets: Option<NginxSocketLinks>,
+    /// The [`NGINX_TRANSFER_PROGRAMS`]' links, while an nginx is followed.
+    nginx_transfers: Vec<(&'static str, BtfTracePointLinkId)>,
     /// Whether the programs follow an nginx now. While they do not, none of them writes the
     /// flows or their counters.
     nginx_followed: bool,
@@ -229,7 +236,9 @@ impl KernelCounters {
                     .into(),
                     error => program_error(name)(error),
                 })?;
-            program.attach().map_err(program_error(name))?;
+            if !NGINX_TRANSFER_PROGRAMS.contains(&name) {
+                program.attach().map_err(program_error(name))?;
+            }
         }
 
         let cpu_clock: &mut PerfEvent = program(&mut ebpf, CPU_CLOCK_PROGRAM)?;
@@ -270,6 +279,7 @@ impl KernelCounters {
             cpu_floor: HashMap::new(),
             network_links: BTreeMap::new(),
             nginx_sockets: None,
+            nginx_transfers: Vec::new(),
             nginx_followed: false,
         };
         if options.count_host_network {
@@ -409,6 +419,11 @@ impl KernelCounters {
         if !self.nginx_followed && target.cgroup_id != 0 {
             self.end_flows_closed_unseen(target)?;
         }
+        if target.cgroup_id != 0 {
+            // Before any flow can start (the connection programs attach after), so that no
+            // followed connection's bytes go unseen.
+            self.attach_nginx_transfers()?;
+        }
         let name = HTTP_TARGET_MAP;
         let map_error = |source| KernelError::Map { name, source };
         let mut array: Array<_, HttpTarget> = self.map_mut(name)?.try_into().map_err(map_error)?;
@@ -418,7 +433,41 @@ impl KernelCounters {
         };
         array.set(0, value, 0).map_err(map_error)?;
         self.nginx_followed = target.cgroup_id != 0;
-        self.follow_nginx_sockets(target)
+        self.follow_nginx_sockets(target)?;
+        if target.cgroup_id == 0 {
+            // Once the connection programs are gone, for the same reason.
+            self.detach_nginx_transfers();
+        }
+        Ok(())
+    }
+
+    /// Attaches the [`NGINX_TRANSFER_PROGRAMS`], unless they are.
+    fn attach_nginx_transfers(&mut self) -> Result<(), KernelError> {
+        if !self.nginx_transfers.is_empty() {
+            return Ok(());
+        }
+        for name in NGINX_TRANSFER_PROGRAMS {
+            let link = program::<BtfTracePoint>(&mut self.ebpf, name)?
+                .attach()
+                .map_err(program_error(name));
+            match link {
+                Ok(link) => self.nginx_transfers.push((name, link)),
+                Err(error) => {
+                    // Both or neither: sent bytes without received ones would be half the story.
+                    self.detach_nginx_transfers();
+                    return Err(error);
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn detach_nginx_transfers(&mut self) {
+        for (name, link) in std::mem::take(&mut self.nginx_transfers) {
+            if let Ok(program) = program::<BtfTracePoint>(&mut self.ebpf, name) {
+                let _ = program.detach(link);
+            }
+        }
     }
 
     /// Ends the flows whose sockets closed while nothing followed nginx (a daemon restarting,
