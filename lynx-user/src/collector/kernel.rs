@@ -181,9 +181,6 @@ pub struct KernelCounters {
     nginx_sockets: Option<NginxSocketLinks>,
     /// The [`NGINX_TRANSFER_PROGRAMS`]' links, while an nginx is followed.
     nginx_transfers: Vec<(&'static str, BtfTracePointLinkId)>,
-    /// Whether the programs follow an nginx now. While they do not, none of them writes the
-    /// flows or their counters.
-    nginx_followed: bool,
 }
 
 impl KernelCounters {
@@ -280,7 +277,6 @@ impl KernelCounters {
             network_links: BTreeMap::new(),
             nginx_sockets: None,
             nginx_transfers: Vec::new(),
-            nginx_followed: false,
         };
         if options.count_host_network {
             // For the daemon's lifetime: the programs hold their links and detach them when
@@ -416,10 +412,10 @@ impl KernelCounters {
         for &tgid in &target.tgids {
             tgids.insert(tgid, 1, 0).map_err(map_error)?;
         }
-        if !self.nginx_followed && target.cgroup_id != 0 {
-            self.end_flows_closed_unseen(target)?;
-        }
         if target.cgroup_id != 0 {
+            if !self.writes_flows() {
+                self.end_flows_closed_unseen(target)?;
+            }
             // Before any flow can start (the connection programs attach after), so that no
             // followed connection's bytes go unseen.
             self.attach_nginx_transfers()?;
@@ -432,13 +428,18 @@ impl KernelCounters {
             netns_cookie: target.netns_cookie,
         };
         array.set(0, value, 0).map_err(map_error)?;
-        self.nginx_followed = target.cgroup_id != 0;
         self.follow_nginx_sockets(target)?;
         if target.cgroup_id == 0 {
             // Once the connection programs are gone, for the same reason.
             self.detach_nginx_transfers();
         }
         Ok(())
+    }
+
+    /// Whether any program that writes the flows or their counters is attached: the
+    /// connection programs, or the byte programs (which write only for a followed nginx).
+    fn writes_flows(&self) -> bool {
+        self.nginx_sockets.is_some() || !self.nginx_transfers.is_empty()
     }
 
     /// Attaches the [`NGINX_TRANSFER_PROGRAMS`], unless they are.
