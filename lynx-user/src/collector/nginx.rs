@@ -3,7 +3,6 @@
 //! forks in between (a reload's new workers) by itself.
 use std::{
     fs, io,
-    os::fd::{FromRawFd, OwnedFd},
     path::{Path, PathBuf},
 };
 
@@ -29,13 +28,7 @@ pub enum NginxFindError {
 /// containers below nginx's cgroup.
 pub fn netns_cookie(pid: u32) -> Result<u64, NginxFindError> {
     sockets::in_netns_of(pid, || {
-        // SAFETY: a plain system call; the descriptor is owned by `OwnedFd` from here on.
-        let fd = unsafe { libc::socket(libc::AF_INET, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC, 0) };
-        if fd < 0 {
-            return Err(io::Error::last_os_error());
-        }
-        // SAFETY: `fd` was just opened and nothing else owns it.
-        let socket = unsafe { OwnedFd::from_raw_fd(fd) };
+        let socket = sockets::open(libc::AF_INET, libc::SOCK_DGRAM, 0)?;
         sockets::u64_option(&socket, libc::SO_NETNS_COOKIE)
     })
     .map_err(|error| NginxFindError::NoNetns {

@@ -41,19 +41,7 @@ const TCP_CLOSE_WAIT: u8 = 8;
 impl TcpSockets {
     /// Lists them.
     pub fn read() -> Result<Self, SocketsError> {
-        // SAFETY: a plain system call; the descriptor is owned by `OwnedFd` from here on.
-        let fd = unsafe {
-            libc::socket(
-                libc::AF_NETLINK,
-                libc::SOCK_RAW | libc::SOCK_CLOEXEC,
-                libc::NETLINK_SOCK_DIAG,
-            )
-        };
-        if fd < 0 {
-            return Err(io::Error::last_os_error().into());
-        }
-        // SAFETY: `fd` was just opened and nothing else owns it.
-        let socket = unsafe { OwnedFd::from_raw_fd(fd) };
+        let socket = open(libc::AF_NETLINK, libc::SOCK_RAW, libc::NETLINK_SOCK_DIAG)?;
         let mut sockets = Self::default();
         for family in [libc::AF_INET, libc::AF_INET6] {
             send(&socket, &dump_request(family as u8))?;
@@ -91,19 +79,28 @@ fn in_use_cookie(message: &[u8]) -> Result<Option<u64>, SocketsError> {
     if message.len() < DIAG_MSG_LEN {
         return Err(SocketsError::Malformed("inet_diag_msg too short"));
     }
-    let word = |at: usize| {
-        u32::from_ne_bytes([
-            message[at],
-            message[at + 1],
-            message[at + 2],
-            message[at + 3],
-        ])
-    };
     let state = message[1];
-    let held = word(DIAG_INODE_AT) != 0;
+    let held = u32_at(message, DIAG_INODE_AT) != 0;
     let queued = matches!(state, TCP_ESTABLISHED | TCP_CLOSE_WAIT);
-    let cookie = u64::from(word(DIAG_COOKIE_AT)) | u64::from(word(DIAG_COOKIE_AT + 4)) << 32;
+    let cookie = u64::from(u32_at(message, DIAG_COOKIE_AT))
+        | u64::from(u32_at(message, DIAG_COOKIE_AT + 4)) << 32;
     Ok((held || queued).then_some(cookie))
+}
+
+/// The native-endian `u32` at byte `at` of `bytes`, which the caller knows holds it.
+fn u32_at(bytes: &[u8], at: usize) -> u32 {
+    u32::from_ne_bytes([bytes[at], bytes[at + 1], bytes[at + 2], bytes[at + 3]])
+}
+
+/// A new socket (`socket(2)`, close-on-exec) of the calling thread's network namespace.
+pub fn open(domain: libc::c_int, kind: libc::c_int, protocol: libc::c_int) -> io::Result<OwnedFd> {
+    // SAFETY: a plain system call; the descriptor is owned by `OwnedFd` from here on.
+    let fd = unsafe { libc::socket(domain, kind | libc::SOCK_CLOEXEC, protocol) };
+    if fd < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: `fd` was just opened and nothing else owns it.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
 }
 
 fn send(socket: &OwnedFd, request: &[u8]) -> Result<(), SocketsError> {
@@ -146,7 +143,7 @@ fn receive_dump(
             if rest.len() < NLMSG_HEADER_LEN {
                 return Err(SocketsError::Malformed("netlink header cut short"));
             }
-            let len = u32::from_ne_bytes([rest[0], rest[1], rest[2], rest[3]]) as usize;
+            let len = u32_at(rest, 0) as usize;
             let kind = u16::from_ne_bytes([rest[4], rest[5]]);
             if len < NLMSG_HEADER_LEN || len > rest.len() {
                 return Err(SocketsError::Malformed(
@@ -157,10 +154,11 @@ fn receive_dump(
             match kind {
                 NLMSG_DONE => return Ok(()),
                 NLMSG_ERROR => {
-                    let code = payload
-                        .get(..4)
-                        .map(|b| i32::from_ne_bytes([b[0], b[1], b[2], b[3]]))
-                        .ok_or(SocketsError::Malformed("netlink error cut short"))?;
+                    if payload.len() < 4 {
+                        return Err(SocketsError::Malformed("netlink error cut short"));
+                    }
+                    // The negative errno, as an `i32`.
+                    let code = u32_at(payload, 0) as i32;
                     return Err(io::Error::from_raw_os_error(-code).into());
                 }
                 _ => each(payload)?,
