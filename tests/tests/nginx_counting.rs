@@ -285,10 +285,10 @@ fn a_restarted_daemon_keeps_counting_connections_opened_before() {
     let mut daemon = counting_daemon("nginx-restart", &nginx);
     let before = settled(&daemon, &nginx);
     let first = get("/before-restart");
-    // A keep-alive connection that lives across the restart: one request before, five after.
-    let mut stream =
-        std::net::TcpStream::connect((Ipv4Addr::LOCALHOST, nginx.port)).expect("connect to nginx");
-    let mut exchange = |request: &[u8]| {
+    let connect = || {
+        std::net::TcpStream::connect((Ipv4Addr::LOCALHOST, nginx.port)).expect("connect to nginx")
+    };
+    let exchange = |stream: &mut std::net::TcpStream, request: &[u8]| {
         use std::io::{Read, Write};
         stream.write_all(request).expect("send");
         let mut buffer = [0u8; 4096];
@@ -298,17 +298,13 @@ fn a_restarted_daemon_keeps_counting_connections_opened_before() {
             "answer to {request:?}"
         );
     };
-    exchange(&first);
+    // A keep-alive connection that lives across the restart: one request before, five after.
+    let mut stream = connect();
+    exchange(&mut stream, &first);
     // One that ends while no daemon runs: its close is seen by none, and the restarted daemon
     // must still count it closed.
-    let mut ended =
-        std::net::TcpStream::connect((Ipv4Addr::LOCALHOST, nginx.port)).expect("connect to nginx");
-    {
-        use std::io::{Read, Write};
-        ended.write_all(&get("/ends-while-down")).expect("send");
-        let n = ended.read(&mut [0u8; 4096]).expect("answer");
-        assert!(n > 0, "no answer on the connection that ends while down");
-    }
+    let mut ended = connect();
+    exchange(&mut ended, &get("/ends-while-down"));
     sleep(Duration::from_millis(500));
     daemon.kill_and_restart(|| {
         drop(ended);
@@ -316,7 +312,7 @@ fn a_restarted_daemon_keeps_counting_connections_opened_before() {
         sleep(Duration::from_millis(500));
     });
     for _ in 0..5 {
-        exchange(&get("/after-restart"));
+        exchange(&mut stream, &get("/after-restart"));
     }
     drop(stream);
     // A fresh connection too, for good measure.
@@ -330,7 +326,7 @@ fn a_restarted_daemon_keeps_counting_connections_opened_before() {
     sleep(Duration::from_millis(200));
     let after = settled(&daemon, &nginx);
     assert_client_side_exact("across a daemon restart", &before, &after);
-    let log = std::fs::read_to_string(&daemon.log_path).expect("read the daemon's log");
+    let log = daemon.log();
     assert!(
         log.lines()
             .any(|line| line.contains("closed while no daemon ran")
