@@ -47,6 +47,11 @@ pub const TEST_PACKAGES: &[Package] = &[
         why: "the privileged tests run real LXD containers",
     },
     Package {
+        name: "dnsmasq-base",
+        provides: "dnsmasq",
+        why: "LXD's managed bridge runs dnsmasq (lxd only recommends it)",
+    },
+    Package {
         name: "busybox-static",
         provides: "busybox",
         why: "the tests build their container image from busybox",
