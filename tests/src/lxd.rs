@@ -473,11 +473,21 @@ pub fn ensure_daemon() {
         .stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(stderr);
-    // SAFETY: setsid is async-signal-safe. A session of its own detaches the daemon from the
-    // test's terminal and process group, so it outlives the test binary.
+    // SAFETY: setsid and close_range are async-signal-safe. A session of its own detaches the
+    // daemon from the test's terminal and process group, so it outlives the test binary; and
+    // it must not keep what the test process inherited (a lock the test run holds, say) for
+    // its whole life: every descriptor above stderr closes at exec (marked, not closed, so
+    // the standard library's own exec-error pipe still works).
     unsafe {
         command.pre_exec(|| {
-            if libc::setsid() < 0 {
+            if libc::setsid() < 0
+                || libc::syscall(
+                    libc::SYS_close_range,
+                    3,
+                    u32::MAX,
+                    libc::CLOSE_RANGE_CLOEXEC,
+                ) != 0
+            {
                 return Err(std::io::Error::last_os_error());
             }
             Ok(())
