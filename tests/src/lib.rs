@@ -20,6 +20,9 @@ pub mod daemon;
 pub mod http_client;
 pub mod lxd;
 pub mod nginx;
+pub mod package;
+pub mod service;
+pub mod tmux;
 
 /// `ticks` of the kernel's user-visible clock (`/proc` CPU times) as a duration.
 pub fn clock_ticks(ticks: u64) -> Duration {
@@ -186,13 +189,7 @@ impl TestCgroup {
 
     /// CPU time from the v2 `cpu.stat` `usage_usec`, in nanoseconds.
     pub fn v2_usage_ns(&self) -> u64 {
-        let stat = read(&self.v2.join("cpu.stat"));
-        let usec: u64 = stat
-            .lines()
-            .find_map(|line| line.strip_prefix("usage_usec "))
-            .and_then(|n| n.trim().parse().ok())
-            .expect("cpu.stat has usage_usec");
-        usec * 1000
+        cpu_stat_usage_ns(&self.v2)
     }
 
     /// CPU time from the v1 `cpuacct.usage`, in nanoseconds, on a hybrid host.
@@ -231,6 +228,18 @@ impl Drop for TestCgroup {
             }
         }
     }
+}
+
+/// The CPU time of the cgroup v2 directory `dir` in nanoseconds: the kernel's own accounting
+/// (`cpu.stat` `usage_usec`), the oracle for Lynx's CPU counters.
+pub fn cpu_stat_usage_ns(dir: &Path) -> u64 {
+    let stat = read(&dir.join("cpu.stat"));
+    let usec: u64 = stat
+        .lines()
+        .find_map(|line| line.strip_prefix("usage_usec "))
+        .and_then(|n| n.trim().parse().ok())
+        .expect("cpu.stat has usage_usec");
+    usec * 1000
 }
 
 fn read(path: &Path) -> String {

@@ -26,13 +26,38 @@ pub enum Toolchain {
     SystemRustc(PathBuf),
 }
 
-/// A Debian package and the command that shows it is installed.
+/// A Debian package and the command that shows it is installed (or, for a package with no
+/// command, an absolute path of a file it installs).
 #[derive(Clone, Copy)]
 pub struct Package {
     pub name: &'static str,
     pub provides: &'static str,
     pub why: &'static str,
 }
+
+impl Package {
+    fn is_installed(&self) -> bool {
+        if self.provides.starts_with('/') {
+            return Path::new(self.provides).exists();
+        }
+        command_succeeds(Command::new("sh").args(["-c", &format!("command -v {}", self.provides)]))
+    }
+}
+
+/// What building the Debian package needs besides the eBPF toolchain (cargo-deb itself comes
+/// from crates.io: `package::CARGO_DEB_VERSION`).
+pub const PACKAGE_PACKAGES: &[Package] = &[
+    Package {
+        name: "dpkg-dev",
+        provides: "dpkg-shlibdeps",
+        why: "cargo-deb derives the package's library dependencies with dpkg-shlibdeps",
+    },
+    Package {
+        name: "binutils",
+        provides: "strip",
+        why: "cargo-deb strips the packaged binary",
+    },
+];
 
 /// What the privileged tests drive.
 pub const TEST_PACKAGES: &[Package] = &[
@@ -86,6 +111,36 @@ pub const TEST_PACKAGES: &[Package] = &[
         provides: "curl",
         why: "the tests' TLS client",
     },
+    Package {
+        name: "lintian",
+        provides: "lintian",
+        why: "the package test checks the .deb with Debian's own checker",
+    },
+    Package {
+        name: "systemd",
+        provides: "systemd-analyze",
+        why: "the package test verifies the unit and scores its sandboxing (no systemd as PID 1 needed)",
+    },
+    Package {
+        name: "systemd",
+        provides: "systemd-tmpfiles",
+        why: "the package test makes the unit's pin directory as systemd does at boot",
+    },
+    Package {
+        name: "adduser",
+        provides: "adduser",
+        why: "the package's postinst makes the lynx user",
+    },
+    Package {
+        name: "man-db",
+        provides: "man",
+        why: "the package test reads `man lynx` and `man lynx-daemon`",
+    },
+    Package {
+        name: "bash-completion",
+        provides: "/usr/share/bash-completion/bash_completion",
+        why: "the package test presses TAB after `lynx ` in a login bash, which loads it",
+    },
 ];
 
 /// What the benches compare against (they also drive the test rigs).
@@ -113,9 +168,7 @@ pub fn setup(packages: &[Package]) -> Result<Toolchain> {
     let toolchain = find_toolchain(&mut apt)?;
     ensure_bpf_linker(&toolchain, &mut apt)?;
     for package in packages {
-        if !command_succeeds(
-            Command::new("sh").args(["-c", &format!("command -v {}", package.provides)]),
-        ) {
+        if !package.is_installed() {
             apt.install(&[package.name], package.why)?;
         }
     }

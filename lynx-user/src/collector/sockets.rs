@@ -4,7 +4,10 @@
 use std::{
     collections::HashSet,
     fs, io,
-    os::fd::{AsRawFd, FromRawFd, OwnedFd},
+    os::{
+        fd::{AsRawFd, FromRawFd, OwnedFd},
+        unix::fs::MetadataExt,
+    },
 };
 
 /// Errors of listing the sockets.
@@ -195,19 +198,49 @@ pub fn in_netns_of<T: Send, E: From<io::Error> + Send>(
     pid: u32,
     f: impl FnOnce() -> Result<T, E> + Send,
 ) -> Result<T, E> {
-    let namespace = fs::File::open(format!("/proc/{pid}/ns/net"))?;
+    let namespace = fs::File::open(format!("/proc/{pid}/ns/net")).map_err(|error| {
+        needing(
+            error,
+            "CAP_SYS_PTRACE",
+            "reading the network namespace of another user's process",
+        )
+    })?;
+    // setns asks for CAP_SYS_ADMIN even into the namespace the thread is in already: a
+    // process in the daemon's own namespace (nginx, as a rule) is read without it.
+    let here = fs::metadata("/proc/thread-self/ns/net")?;
+    let there = namespace.metadata()?;
+    if (here.dev(), here.ino()) == (there.dev(), there.ino()) {
+        return f();
+    }
     std::thread::scope(|scope| {
         scope
             .spawn(|| {
                 // SAFETY: a plain system call on a descriptor this thread borrows.
                 if unsafe { libc::setns(namespace.as_raw_fd(), libc::CLONE_NEWNET) } != 0 {
-                    return Err(io::Error::last_os_error().into());
+                    let error = io::Error::last_os_error();
+                    return Err(needing(
+                        error,
+                        "CAP_SYS_ADMIN",
+                        "entering another network namespace",
+                    )
+                    .into());
                 }
                 f()
             })
             .join()
             .unwrap_or_else(|_| Err(io::Error::other("the namespace thread panicked").into()))
     })
+}
+
+/// `error`, naming the capability that was missing when it is a refusal.
+fn needing(error: io::Error, capability: &str, what: &str) -> io::Error {
+    match error.kind() {
+        io::ErrorKind::PermissionDenied => io::Error::new(
+            io::ErrorKind::PermissionDenied,
+            format!("{what} needs {capability}: {error}"),
+        ),
+        _ => error,
+    }
 }
 
 #[cfg(test)]
@@ -261,6 +294,33 @@ mod tests {
             sockets.in_use.contains(&cookie_of(&queued)),
             "a connection waiting to be accepted is not in use"
         );
+    }
+
+    #[test]
+    fn a_process_in_this_namespace_is_read_in_place_without_setns() {
+        let caller = std::thread::current().id();
+        let ran_on = in_netns_of(std::process::id(), || {
+            Ok::<_, io::Error>(std::thread::current().id())
+        })
+        .expect("read our own namespace");
+        assert_eq!(ran_on, caller);
+    }
+
+    #[test]
+    fn refusals_name_the_missing_capability_and_other_errors_stay() {
+        let refused = needing(
+            io::Error::from_raw_os_error(libc::EPERM),
+            "CAP_SYS_ADMIN",
+            "entering another network namespace",
+        );
+        assert_eq!(
+            refused.to_string(),
+            "entering another network namespace needs CAP_SYS_ADMIN: Operation not permitted \
+             (os error 1)"
+        );
+        let gone = needing(io::Error::from_raw_os_error(libc::ENOENT), "CAP_X", "x");
+        assert_eq!(gone.kind(), io::ErrorKind::NotFound);
+        assert!(!gone.to_string().contains("CAP_X"));
     }
 
     #[test]
