@@ -158,6 +158,8 @@ impl Drop for NotifySocket {
 /// as systemd removes it when a service stops.
 pub struct Service {
     child: ChildGuard,
+    /// `ExecStart=` runs as the child's child.
+    wrapped: bool,
     pub notify: NotifySocket,
     pub log_path: PathBuf,
     runtime_dirs: Vec<PathBuf>,
@@ -175,6 +177,17 @@ impl Service {
     /// what each capability is for). Its standard error goes to `log_path`, in the place of the
     /// journal.
     pub fn start(unit: &Unit, without: Option<&str>, log_path: &Path) -> Self {
+        Self::start_under(unit, without, log_path, &[])
+    }
+
+    /// As [`Self::start`], with `ExecStart=` run by `wrapper` (e.g. `strace -f -o FILE`),
+    /// which runs as the service does.
+    pub fn start_under(
+        unit: &Unit,
+        without: Option<&str>,
+        log_path: &Path,
+        wrapper: &[&str],
+    ) -> Self {
         let user = unit.service("User").expect("the unit names its User=");
         let group = unit.service("Group").unwrap_or(user);
         let mut runtime_dirs = Vec::new();
@@ -253,6 +266,7 @@ impl Service {
         let log = fs::File::create(log_path).expect("create service log");
         command
             .arg("--")
+            .args(wrapper)
             .args(unit.exec_start())
             .env_clear()
             .envs(env)
@@ -263,14 +277,29 @@ impl Service {
         let child = ChildGuard(command.spawn().expect("start the service under setpriv"));
         Self {
             child,
+            wrapped: !wrapper.is_empty(),
             notify,
             log_path: log_path.to_owned(),
             runtime_dirs,
         }
     }
 
+    /// The daemon's pid (systemd's `$MAINPID`): the wrapper's child when there is one.
     pub fn pid(&self) -> u32 {
-        self.child.0.id()
+        let started = self.child.0.id();
+        if !self.wrapped {
+            return started;
+        }
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let children = fs::read_to_string(format!("/proc/{started}/task/{started}/children"))
+                .unwrap_or_default();
+            if let Some(pid) = children.split_whitespace().next() {
+                return pid.parse().expect("a pid");
+            }
+            assert!(Instant::now() < deadline, "the wrapper started nothing");
+            std::thread::sleep(Duration::from_millis(20));
+        }
     }
 
     /// What the service logged (the journal's share of it).

@@ -631,3 +631,249 @@ fn maintainer_scripts_start_and_restart_once_under_systemd_and_leave_other_hosts
     drop(package);
     fs::remove_dir_all(&dir).expect("clean up");
 }
+
+/// Waits up to `timeout` for the service's log to contain `text`.
+fn wait_log(service: &Service, text: &str, timeout: Duration) {
+    let deadline = std::time::Instant::now() + timeout;
+    while !service.log().contains(text) {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "waited {timeout:?} for {text:?} in the log:\n{}",
+            service.log()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// The installed unit started without `capability`, which must make it exit with `code` at
+/// start-up, naming what failed and the capability (`message`).
+fn exits_without(capability: &str, code: i32, message: &str) {
+    let dir = scratch(&capability.to_lowercase());
+    let package = InstalledPackage::install(&deb());
+    configure(None);
+    let (_, mut service) = start(&package, Some(capability), &dir);
+    let status = service
+        .wait_exit(READY_TIMEOUT)
+        .unwrap_or_else(|| panic!("the daemon runs without {capability}:\n{}", service.log()));
+    assert_eq!(status.code(), Some(code), "{}", service.log());
+    assert!(
+        service.log().contains(message) && service.log().contains(capability),
+        "without {capability}, expected {message:?}; the log:\n{}",
+        service.log()
+    );
+    drop(service);
+    drop(package);
+    fs::remove_dir_all(&dir).expect("clean up");
+}
+
+#[test]
+fn without_cap_bpf_nothing_loads_and_the_daemon_exits_2_naming_it() {
+    if !privileged("without_cap_bpf_nothing_loads_and_the_daemon_exits_2_naming_it") {
+        return;
+    }
+    exits_without("CAP_BPF", 2, "lynx: missing privilege: CAP_BPF");
+}
+
+#[test]
+fn without_cap_perfmon_no_tracing_program_loads_and_the_daemon_exits_2_naming_it() {
+    if !privileged("without_cap_perfmon_no_tracing_program_loads_and_the_daemon_exits_2_naming_it")
+    {
+        return;
+    }
+    exits_without("CAP_PERFMON", 2, "lynx: missing privilege: CAP_PERFMON");
+}
+
+#[test]
+fn without_cap_net_admin_no_socket_program_loads_and_the_daemon_exits_2_naming_it() {
+    if !privileged("without_cap_net_admin_no_socket_program_loads_and_the_daemon_exits_2_naming_it")
+    {
+        return;
+    }
+    exits_without("CAP_NET_ADMIN", 2, "lynx: missing privilege: CAP_NET_ADMIN");
+}
+
+#[test]
+fn without_cap_dac_override_the_counters_cannot_be_pinned_in_roots_bpffs() {
+    if !privileged("without_cap_dac_override_the_counters_cannot_be_pinned_in_roots_bpffs") {
+        return;
+    }
+    // bpffs is root's and 0700, as systemd mounts it (InstalledPackage sets it so).
+    exits_without(
+        "CAP_DAC_OVERRIDE",
+        1,
+        "a pin directory in root's bpffs needs CAP_DAC_OVERRIDE",
+    );
+}
+
+#[test]
+fn without_cap_sys_ptrace_nginx_is_not_counted_and_the_log_says_why() {
+    if !privileged("without_cap_sys_ptrace_nginx_is_not_counted_and_the_log_says_why") {
+        return;
+    }
+    let dir = scratch("ptrace");
+    let package = InstalledPackage::install(&deb());
+    let nginx =
+        lynx_tests::nginx::Nginx::start("pkg-ptrace", &["127.0.0.1:1".parse().expect("address")]);
+    fs::write(
+        CONFIG,
+        format!(
+            "[daemon]\ninterval = \"200ms\"\n[prometheus]\nlisten = \"\"\n{}",
+            nginx.lynx_config()
+        ),
+    )
+    .expect("write the config");
+    let (_, mut service) = start(&package, Some("CAP_SYS_PTRACE"), &dir);
+    wait_ready(&service);
+    wait_log(
+        &service,
+        "reading the network namespace of another user's process needs CAP_SYS_PTRACE",
+        READY_TIMEOUT,
+    );
+    let snapshot = service.next_snapshot(Path::new(SNAPSHOT));
+    assert_eq!(snapshot.nginx.master_pid, None, "nginx is not followed");
+    assert!(service.exited().is_none(), "everything else goes on");
+    drop(service);
+    drop(nginx);
+    drop(package);
+    fs::remove_dir_all(&dir).expect("clean up");
+}
+
+#[test]
+fn without_cap_kill_nginx_is_not_reloaded_and_the_log_says_why() {
+    if !privileged("without_cap_kill_nginx_is_not_reloaded_and_the_log_says_why") {
+        return;
+    }
+    let dir = scratch("kill");
+    let package = InstalledPackage::install(&deb());
+    let farm = Farm::new("pkg-kill", 1);
+    configure(Some(&farm));
+    let (_, mut service) = start(&package, Some("CAP_KILL"), &dir);
+    wait_ready(&service);
+    wait_log(&service, "needs CAP_KILL", READY_TIMEOUT);
+    // nginx serves what it had: the group's 503 fallback, not the container.
+    assert!(
+        lynx_tests::control::is_503(&farm.get_within(Duration::from_secs(2))),
+        "nginx was reloaded without CAP_KILL"
+    );
+    assert!(service.exited().is_none(), "everything else goes on");
+    drop(service);
+    drop(farm);
+    drop(package);
+    fs::remove_dir_all(&dir).expect("clean up");
+}
+
+/// The system calls `SystemCallFilter=` allows: its names, and its `@groups` expanded from
+/// systemd's own table (`systemd-analyze syscall-filter`).
+fn allowed_system_calls(unit: &Unit) -> BTreeSet<String> {
+    let table = run_ok(Command::new("systemd-analyze").args(["syscall-filter", "--no-pager"]));
+    let mut groups: std::collections::HashMap<String, Vec<String>> = Default::default();
+    let mut current = None;
+    for line in table.lines() {
+        if line.starts_with('@') {
+            let name = line
+                .split_whitespace()
+                .next()
+                .unwrap_or_default()
+                .to_owned();
+            groups.entry(name.clone()).or_default();
+            current = Some(name);
+        } else if let (Some(group), Some(member)) = (&current, line.strip_prefix("    "))
+            && !member.starts_with('#')
+            && let Some(member) = member.split_whitespace().next()
+        {
+            groups
+                .get_mut(group)
+                .expect("group")
+                .push(member.to_owned());
+        }
+    }
+    fn expand(
+        name: &str,
+        groups: &std::collections::HashMap<String, Vec<String>>,
+        into: &mut BTreeSet<String>,
+    ) {
+        match groups.get(name) {
+            Some(members) => members.iter().for_each(|m| expand(m, groups, into)),
+            None => {
+                into.insert(name.to_owned());
+            }
+        }
+    }
+    let filter = unit.service_list("SystemCallFilter");
+    assert!(
+        !filter.is_empty() && !filter.iter().any(|f| f.starts_with('~')),
+        "an allow list: {filter:?}"
+    );
+    let mut allowed = BTreeSet::new();
+    for entry in &filter {
+        expand(entry, &groups, &mut allowed);
+    }
+    allowed
+}
+
+#[test]
+fn the_unit_allows_every_system_call_of_a_daemon_life() {
+    if !privileged("the_unit_allows_every_system_call_of_a_daemon_life") {
+        return;
+    }
+    let dir = scratch("syscalls");
+    let package = InstalledPackage::install(&deb());
+    let farm = Farm::new("pkg-sys", 1);
+    let metrics = free_port();
+    fs::write(
+        CONFIG,
+        format!(
+            "[daemon]\ninterval = \"200ms\"\n[prometheus]\nlisten = \"127.0.0.1:{metrics}\"\n{}",
+            farm.config("")
+        ),
+    )
+    .expect("write the config");
+    package.boot_tmpfiles();
+    let (_, unit) = package.unit();
+    let trace = dir.join("strace.out");
+    let trace_arg = trace.display().to_string();
+    // The trace file is the service user's to write.
+    run_ok(Command::new("chown").arg("lynx").arg(&dir));
+    let mut service = Service::start_under(
+        &unit,
+        None,
+        &dir.join("journal.log"),
+        &["strace", "-f", "-qq", "-o", &trace_arg],
+    );
+    wait_ready(&service);
+    // A daemon's life: the upstream written, `nginx -t`, the reload, LXD's API, /metrics
+    // served, a snapshot read back, SIGTERM.
+    farm.until_answer(
+        "the container's page through Lynx's upstream",
+        Duration::from_secs(60),
+        |answer| answer.as_ref().is_ok_and(|page| *page == farm.pages[0]),
+    );
+    lynx_tests::lxd::try_http_get(std::net::Ipv4Addr::LOCALHOST, metrics, "/metrics")
+        .expect("/metrics answers");
+    assert!(service.stop().success(), "{}", service.log());
+
+    let text = fs::read_to_string(&trace).expect("read the trace");
+    let used: BTreeSet<String> = text
+        .lines()
+        .filter_map(|line| line.split_whitespace().nth(1))
+        .filter_map(|call| call.split_once('(').map(|(name, _)| name))
+        .filter(|name| {
+            !name.is_empty() && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_')
+        })
+        .map(str::to_owned)
+        .collect();
+    eprintln!("system calls of the daemon and its children: {used:?}");
+    assert!(
+        used.contains("bpf") && used.contains("execve"),
+        "a whole life was traced"
+    );
+    let allowed = allowed_system_calls(&unit);
+    let refused: Vec<&String> = used.difference(&allowed).collect();
+    assert!(
+        refused.is_empty(),
+        "SystemCallFilter= would refuse {refused:?}"
+    );
+    drop(farm);
+    drop(package);
+    fs::remove_dir_all(&dir).expect("clean up");
+}

@@ -132,6 +132,11 @@ pub const TEST_PACKAGES: &[Package] = &[
         why: "the package's postinst makes the lynx user",
     },
     Package {
+        name: "strace",
+        provides: "strace",
+        why: "the package test traces a daemon's life to check the unit's SystemCallFilter",
+    },
+    Package {
         name: "man-db",
         provides: "man",
         why: "the package test reads `man lynx` and `man lynx-daemon`",

@@ -1,6 +1,7 @@
 //! Sockets and network namespaces: which TCP sockets are in use, as the kernel's `sock_diag`
 //! netlink interface lists them (what `ss` reads), and how to ask in another process's
 //! network namespace.
+use super::preflight::needing;
 use std::{
     collections::HashSet,
     fs, io,
@@ -232,17 +233,6 @@ pub fn in_netns_of<T: Send, E: From<io::Error> + Send>(
     })
 }
 
-/// `error`, naming the capability that was missing when it is a refusal.
-fn needing(error: io::Error, capability: &str, what: &str) -> io::Error {
-    match error.kind() {
-        io::ErrorKind::PermissionDenied => io::Error::new(
-            io::ErrorKind::PermissionDenied,
-            format!("{what} needs {capability}: {error}"),
-        ),
-        _ => error,
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use std::net::{Ipv6Addr, TcpListener, TcpStream};
@@ -304,23 +294,6 @@ mod tests {
         })
         .expect("read our own namespace");
         assert_eq!(ran_on, caller);
-    }
-
-    #[test]
-    fn refusals_name_the_missing_capability_and_other_errors_stay() {
-        let refused = needing(
-            io::Error::from_raw_os_error(libc::EPERM),
-            "CAP_SYS_ADMIN",
-            "entering another network namespace",
-        );
-        assert_eq!(
-            refused.to_string(),
-            "entering another network namespace needs CAP_SYS_ADMIN: Operation not permitted \
-             (os error 1)"
-        );
-        let gone = needing(io::Error::from_raw_os_error(libc::ENOENT), "CAP_X", "x");
-        assert_eq!(gone.kind(), io::ErrorKind::NotFound);
-        assert!(!gone.to_string().contains("CAP_X"));
     }
 
     #[test]
