@@ -79,8 +79,10 @@ pub fn deb(revision: Option<&str>, out_dir: &Path) -> Result<PathBuf> {
 /// (`LYNX_DEB_UPGRADE`), to install over it as an upgrade.
 pub fn for_tests(toolchain: &Toolchain) -> Result<Vec<(&'static str, PathBuf)>> {
     build(toolchain)?;
-    let deb = deb(None, &default_dir())?;
+    // Upgrade first: every cargo-deb run deletes the other versions' packages it finds in
+    // target/debian/.
     let upgrade = deb_upgrade()?;
+    let deb = deb(None, &default_dir())?;
     Ok(vec![("LYNX_DEB", deb), ("LYNX_DEB_UPGRADE", upgrade)])
 }
 
