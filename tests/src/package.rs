@@ -14,7 +14,7 @@ use std::{
     sync::{Mutex, MutexGuard},
 };
 
-use crate::service::{Unit, run_ok};
+use crate::{run_ok, service::Unit};
 
 /// The package's name, and the paths its daemon uses by default.
 pub const PACKAGE: &str = "lynx";

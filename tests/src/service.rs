@@ -17,7 +17,7 @@ use std::{
 
 use lynx::model::Snapshot;
 
-use crate::{ChildGuard, daemon};
+use crate::{ChildGuard, daemon, run_ok};
 
 /// A unit file's settings, in order, with `\` continuations joined and comments left out.
 #[derive(Debug, Clone)]
@@ -363,22 +363,6 @@ impl Drop for Service {
         self.child.kill();
         self.remove_runtime_dirs();
     }
-}
-
-/// Runs `command`, which must succeed, and returns its standard output.
-pub fn run_ok(command: &mut Command) -> String {
-    let output = command
-        .stdin(Stdio::null())
-        .output()
-        .unwrap_or_else(|e| panic!("run {command:?}: {e}"));
-    assert!(
-        output.status.success(),
-        "{command:?}: {}\n{}{}",
-        output.status,
-        String::from_utf8_lossy(&output.stdout),
-        String::from_utf8_lossy(&output.stderr)
-    );
-    String::from_utf8_lossy(&output.stdout).into_owned()
 }
 
 #[cfg(test)]

@@ -1,5 +1,6 @@
 //! A real terminal for the tests: a tmux server of one test alone (its own socket) with one
 //! detached session, keys typed into it and the screen read back with `capture-pane`.
+use crate::run_ok;
 use std::{
     process::{Command, Stdio},
     thread::sleep,
@@ -40,20 +41,7 @@ impl Tmux {
 
     /// `tmux ARGS` on this test's server; panics unless it succeeds, returns its stdout.
     pub fn run(&self, args: &[&str]) -> String {
-        let output = Command::new("tmux")
-            .arg("-L")
-            .arg(&self.socket)
-            .args(args)
-            .stdin(Stdio::null())
-            .output()
-            .unwrap_or_else(|e| panic!("run tmux {args:?}: {e}"));
-        assert!(
-            output.status.success(),
-            "tmux {args:?}: {}\n{}",
-            output.status,
-            String::from_utf8_lossy(&output.stderr)
-        );
-        String::from_utf8_lossy(&output.stdout).into_owned()
+        run_ok(Command::new("tmux").arg("-L").arg(&self.socket).args(args))
     }
 
     /// Types `text` and Enter.

@@ -22,8 +22,8 @@ use lynx_tests::{
     lxd::TestContainer,
     nginx::free_port,
     package::{CONFIG, HISTORY, InstalledPackage, PINS, SNAPSHOT, built_package},
-    privileged,
-    service::{Service, Unit, run_ok},
+    privileged, run_ok,
+    service::{Service, Unit},
     tmux::Tmux,
     workspace,
 };
@@ -35,11 +35,28 @@ fn deb() -> PathBuf {
     built_package("LYNX_DEB")
 }
 
-fn scratch(name: &str) -> PathBuf {
+/// A directory of one test's files (logs, traces, unpacked packages), removed on drop.
+struct Scratch(PathBuf);
+
+impl std::ops::Deref for Scratch {
+    type Target = Path;
+
+    fn deref(&self) -> &Path {
+        &self.0
+    }
+}
+
+impl Drop for Scratch {
+    fn drop(&mut self) {
+        let _ = fs::remove_dir_all(&self.0);
+    }
+}
+
+fn scratch(name: &str) -> Scratch {
     let dir = std::env::temp_dir().join(format!("lynx-package-{name}-{}", std::process::id()));
     let _ = fs::remove_dir_all(&dir);
     fs::create_dir_all(&dir).expect("create scratch dir");
-    dir
+    Scratch(dir)
 }
 
 /// The config an operator would write for this farm: the default paths, every 200 ms, and the
@@ -124,7 +141,7 @@ fn lintian_reports_no_error_and_the_package_needs_nothing_beyond_libc() {
 
     // What the packaged binary loads: libraries of those packages only.
     let dir = scratch("lintian");
-    run_ok(Command::new("dpkg-deb").arg("-x").arg(&deb).arg(&dir));
+    run_ok(Command::new("dpkg-deb").arg("-x").arg(&deb).arg(&*dir));
     let binary = dir.join("usr/bin/lynx");
     let ldd = run_ok(Command::new("ldd").arg(&binary));
     for library in ldd.lines().filter_map(|l| l.split("=> ").nth(1)) {
@@ -157,7 +174,6 @@ fn lintian_reports_no_error_and_the_package_needs_nothing_beyond_libc() {
     );
     let sections = run_ok(Command::new("readelf").arg("-S").arg(&binary));
     assert!(!sections.contains(".debug_info"), "the binary is stripped");
-    fs::remove_dir_all(&dir).expect("clean up");
 }
 
 /// What `apt-get install` must put on the machine (the unit is checked through `unit()`).
@@ -302,8 +318,6 @@ fn installed_unit_runs_as_its_user_with_its_capabilities_counts_and_reloads_ngin
         "{}",
         service.log()
     );
-    drop(package);
-    fs::remove_dir_all(&dir).expect("clean up");
 }
 
 /// The history's minutes and their sample counts.
@@ -390,8 +404,6 @@ fn upgrading_over_a_running_daemon_keeps_history_and_counters() {
             "history minute {minute} ({samples} samples) was not kept: {minutes_after:?}"
         );
     }
-    drop(package);
-    fs::remove_dir_all(&dir).expect("clean up");
 }
 
 #[test]
@@ -423,8 +435,6 @@ fn remove_keeps_history_and_pins_and_purge_removes_them() {
     for gone in ["/var/lib/lynx", PINS, "/etc/lynx", "/run/lynx"] {
         assert!(!Path::new(gone).exists(), "purge leaves {gone}");
     }
-    drop(package);
-    fs::remove_dir_all(&dir).expect("clean up");
 }
 
 /// dpkg's `path-exclude` lines that cover manual pages (Debian's minimal images have them).
@@ -448,7 +458,7 @@ fn man_pages_and_bash_completion_work_after_installing() {
         return;
     }
     let dir = scratch("man");
-    let package = InstalledPackage::install(&deb());
+    let _package = InstalledPackage::install(&deb());
     for (page, expected) in [
         ("lynx", "host observer and autoscaler"),
         ("lynx-daemon", "READY=1"),
@@ -513,9 +523,6 @@ fn man_pages_and_bash_completion_work_after_installing() {
             .iter()
             .any(|line| line.trim_end().ends_with("lynx containers"))
     });
-    drop(tmux);
-    drop(package);
-    fs::remove_dir_all(&dir).expect("clean up");
 }
 
 /// Runs the maintainer script `script ARGS` of `deb` as dpkg would, in a mount namespace of
@@ -575,7 +582,7 @@ fn maintainer_scripts_start_and_restart_once_under_systemd_and_leave_other_hosts
         return;
     }
     let dir = scratch("scripts");
-    let package = InstalledPackage::install(&deb());
+    let _package = InstalledPackage::install(&deb());
     let upgrade = built_package("LYNX_DEB_UPGRADE");
     let service_calls = |calls: &[String]| -> Vec<String> {
         calls
@@ -628,8 +635,6 @@ fn maintainer_scripts_start_and_restart_once_under_systemd_and_leave_other_hosts
             .any(|c| c.starts_with("deb-systemd-invoke") || c.starts_with("systemctl")),
         "{plain:?}"
     );
-    drop(package);
-    fs::remove_dir_all(&dir).expect("clean up");
 }
 
 /// Waits up to `timeout` for the service's log to contain `text`.
@@ -661,9 +666,6 @@ fn exits_without(capability: &str, code: i32, message: &str) {
         "without {capability}, expected {message:?}; the log:\n{}",
         service.log()
     );
-    drop(service);
-    drop(package);
-    fs::remove_dir_all(&dir).expect("clean up");
 }
 
 #[test]
@@ -732,10 +734,6 @@ fn without_cap_sys_ptrace_nginx_is_not_counted_and_the_log_says_why() {
     let snapshot = service.next_snapshot(Path::new(SNAPSHOT));
     assert_eq!(snapshot.nginx.master_pid, None, "nginx is not followed");
     assert!(service.exited().is_none(), "everything else goes on");
-    drop(service);
-    drop(nginx);
-    drop(package);
-    fs::remove_dir_all(&dir).expect("clean up");
 }
 
 #[test]
@@ -756,10 +754,6 @@ fn without_cap_kill_nginx_is_not_reloaded_and_the_log_says_why() {
         "nginx was reloaded without CAP_KILL"
     );
     assert!(service.exited().is_none(), "everything else goes on");
-    drop(service);
-    drop(farm);
-    drop(package);
-    fs::remove_dir_all(&dir).expect("clean up");
 }
 
 /// The system calls `SystemCallFilter=` allows: its names, and its `@groups` expanded from
@@ -833,7 +827,7 @@ fn the_unit_allows_every_system_call_of_a_daemon_life() {
     let trace = dir.join("strace.out");
     let trace_arg = trace.display().to_string();
     // The trace file is the service user's to write.
-    run_ok(Command::new("chown").arg("lynx").arg(&dir));
+    run_ok(Command::new("chown").arg("lynx").arg(&*dir));
     let mut service = Service::start_under(
         &unit,
         None,
@@ -873,7 +867,4 @@ fn the_unit_allows_every_system_call_of_a_daemon_life() {
         refused.is_empty(),
         "SystemCallFilter= would refuse {refused:?}"
     );
-    drop(farm);
-    drop(package);
-    fs::remove_dir_all(&dir).expect("clean up");
 }
