@@ -59,10 +59,25 @@ fn scratch(name: &str) -> Scratch {
     Scratch(dir)
 }
 
-/// The config an operator would write for this farm: the default paths, every 200 ms, and the
-/// metrics endpoint on a free loopback port.
+/// A loopback port below 1024 that nothing listens on.
+fn free_privileged_port() -> u16 {
+    (600..1024)
+        .find(|&port| std::net::TcpListener::bind(("127.0.0.1", port)).is_ok())
+        .expect("a free port below 1024")
+}
+
+/// The config an operator would write for this farm: the default paths, every 200 ms, the
+/// metrics endpoint on a free loopback port, and the group's 503 fallback on a port below
+/// 1024, as nginx's own ports are in production (`nginx -t` must bind it).
 fn configure(farm: Option<&Farm>) {
-    let farm = farm.map(|f| f.config("")).unwrap_or_default();
+    let farm = farm
+        .map(|f| {
+            f.config("").replace(
+                &format!("fallback_port = {}", f.fallback_port),
+                &format!("fallback_port = {}", free_privileged_port()),
+            )
+        })
+        .unwrap_or_default();
     let text = format!(
         "[daemon]\ninterval = \"200ms\"\n[prometheus]\nlisten = \"127.0.0.1:{}\"\n{farm}",
         free_port()
@@ -754,6 +769,39 @@ fn without_cap_kill_nginx_is_not_reloaded_and_the_log_says_why() {
         "nginx was reloaded without CAP_KILL"
     );
     assert!(service.exited().is_none(), "everything else goes on");
+}
+
+#[test]
+fn without_cap_net_bind_service_nginx_t_rejects_a_low_port_and_nginx_keeps_its_upstreams() {
+    if !privileged(
+        "without_cap_net_bind_service_nginx_t_rejects_a_low_port_and_nginx_keeps_its_upstreams",
+    ) {
+        return;
+    }
+    let dir = scratch("bind");
+    let package = InstalledPackage::install(&deb());
+    let farm = Farm::new("pkg-bind", 1);
+    configure(Some(&farm));
+    let (_, service) = start(&package, Some("CAP_NET_BIND_SERVICE"), &dir);
+    wait_ready(&service);
+    wait_log(
+        &service,
+        "nginx -t rejected the new upstreams",
+        READY_TIMEOUT,
+    );
+    let snapshot = service.next_snapshot(Path::new(SNAPSHOT));
+    let error = snapshot.groups[0]
+        .upstream_error
+        .clone()
+        .unwrap_or_default();
+    assert!(
+        error.contains("bind()") && error.contains("Permission denied"),
+        "the group's upstream error: {error:?}"
+    );
+    assert!(
+        lynx_tests::control::is_503(&farm.get_within(Duration::from_secs(2))),
+        "nginx serves what it had"
+    );
 }
 
 /// The system calls `SystemCallFilter=` allows: its names, and its `@groups` expanded from
