@@ -132,6 +132,11 @@ pub const TEST_PACKAGES: &[Package] = &[
         why: "the package's postinst makes the lynx user",
     },
     Package {
+        name: "binutils",
+        provides: "readelf",
+        why: "the package test checks that the packaged binary is stripped",
+    },
+    Package {
         name: "strace",
         provides: "strace",
         why: "the package test traces a daemon's life to check the unit's SystemCallFilter",
