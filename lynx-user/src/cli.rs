@@ -14,6 +14,7 @@ use crate::{
     config::{Config, ConfigError, DEFAULT_CONFIG_PATH},
     controller::ControlOptions,
     daemon::{self, DaemonError, DaemonLock, DaemonOptions},
+    generate,
     lxd::{LxdClient, LxdError, StateAction},
     manage::{self, ImageRefError},
     model,
@@ -22,9 +23,13 @@ use crate::{
     tui::{self, TuiError},
 };
 
+/// What `lynx --version` prints after the name: the crate version, the git revision and the
+/// embedded eBPF object's build id (see build.rs).
+pub const VERSION: &str = env!("LYNX_VERSION");
+
 /// Lynx: host observer and autoscaler for nginx + LXD container web farms.
 #[derive(Debug, Parser)]
-#[command(name = "lynx", version, about)]
+#[command(name = "lynx", version = VERSION, about)]
 pub struct Cli {
     /// Config file (TOML); without it `/etc/lynx/lynx.toml` is read when it exists.
     #[arg(long, global = true, value_name = "PATH")]
@@ -65,6 +70,9 @@ pub enum Command {
     /// Print the snapshot document as JSON: the running daemon's, or one collected over
     /// `--interval` when no daemon runs.
     Snapshot(SnapshotArgs),
+    /// Write the manual pages and shell completions into DIR (for packaging).
+    #[command(hide = true)]
+    Generate { dir: PathBuf },
 }
 
 #[derive(Debug, Args)]
@@ -181,6 +189,8 @@ pub enum CliError {
     Stdout(io::Error),
     #[error("cannot install signal handlers: {0}")]
     Signals(io::Error),
+    #[error("cannot write the manual pages and completions into {dir}: {source}")]
+    Generate { dir: PathBuf, source: io::Error },
 }
 
 impl CliError {
@@ -209,6 +219,10 @@ impl CliError {
 
 /// Runs the parsed command line.
 pub fn run(cli: Cli) -> Result<(), CliError> {
+    // Packaging reads no config: a host's own file must not change what is shipped.
+    if let Command::Generate { dir } = cli.command {
+        return generate::generate(&dir).map_err(|source| CliError::Generate { dir, source });
+    }
     let config = match &cli.config {
         Some(path) => Config::load(path, true)?,
         None => Config::load(Path::new(DEFAULT_CONFIG_PATH), false)?,
@@ -253,6 +267,7 @@ pub fn run(cli: Cli) -> Result<(), CliError> {
         }
         Command::Containers { action } => containers(&lxd_client(&config)?, action),
         Command::Images { action } => images(&lxd_client(&config)?, action),
+        Command::Generate { .. } => unreachable!("handled before the config is read"),
         Command::Snapshot(args) => {
             let daemon_file = &config.daemon.snapshot_path;
             if DaemonLock::is_held(&config.daemon.pin_dir) && daemon_file.exists() {

@@ -151,10 +151,12 @@ pub fn run(options: &DaemonOptions, stop: &AtomicBool) -> Result<(), DaemonError
     let controller = options.control.clone().map(Controller::spawn);
     let mut previous = collector.sample()?;
     tracing::info!(
+        version = crate::cli::VERSION,
         interval = ?options.interval,
         snapshot = %options.snapshot_path.display(),
         "daemon running"
     );
+    let mut ready = false;
     let mut next_tick = Instant::now() + options.interval;
     while sleep_until(next_tick, stop) {
         // A slow tick must not make the following ones bunch up.
@@ -179,6 +181,14 @@ pub fn run(options: &DaemonOptions, stop: &AtomicBool) -> Result<(), DaemonError
         }
         for sink in &mut sinks {
             sink.publish(&snapshot);
+        }
+        if !ready {
+            // systemd's Type=notify: programs attached, first snapshot written. A no-op
+            // without $NOTIFY_SOCKET; a service manager that cannot be told is not fatal.
+            ready = true;
+            if let Err(error) = sd_notify::notify(&[sd_notify::NotifyState::Ready]) {
+                tracing::warn!(%error, "cannot tell the service manager the daemon is ready");
+            }
         }
         previous = current;
     }

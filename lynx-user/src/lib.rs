@@ -7,6 +7,7 @@ pub mod collector;
 pub mod config;
 pub mod controller;
 pub mod daemon;
+pub mod generate;
 pub mod lxd;
 pub mod manage;
 pub mod model;

@@ -2,7 +2,7 @@
 //! shares maps with a daemon the host runs. Killed, and its pins removed, on drop.
 use std::{
     fs,
-    path::PathBuf,
+    path::{Path, PathBuf},
     process::{Command, Stdio},
     thread::sleep,
     time::{Duration, Instant},
@@ -117,21 +117,12 @@ impl DaemonUnderTest {
 
     /// The document now in the snapshot file.
     pub fn snapshot(&self) -> Option<Snapshot> {
-        serde_json::from_slice(&fs::read(&self.snapshot_path).ok()?).ok()
+        read_snapshot(&self.snapshot_path)
     }
 
     /// A snapshot collected wholly after this call: waits for two new documents.
     pub fn next_snapshot(&self) -> Snapshot {
-        let first = self.snapshot().map(|s| s.host.timestamp);
-        let mut seen = 0;
-        let mut last = first;
-        self.wait_for("two fresh snapshots", Duration::from_secs(30), |snapshot| {
-            if Some(&snapshot.host.timestamp) != last.as_ref() {
-                seen += 1;
-                last = Some(snapshot.host.timestamp.clone());
-            }
-            seen >= 2
-        })
+        next_snapshot_at(&self.snapshot_path, &|| self.log())
     }
 
     /// Waits until a snapshot satisfies `condition`, up to `timeout`.
@@ -139,22 +130,15 @@ impl DaemonUnderTest {
         &self,
         what: &str,
         timeout: Duration,
-        mut condition: impl FnMut(&Snapshot) -> bool,
+        condition: impl FnMut(&Snapshot) -> bool,
     ) -> Snapshot {
-        let deadline = Instant::now() + timeout;
-        loop {
-            if let Some(snapshot) = self.snapshot()
-                && condition(&snapshot)
-            {
-                return snapshot;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "waited {timeout:?} for {what}; daemon log:\n{}",
-                self.log()
-            );
-            sleep(Duration::from_millis(20));
-        }
+        wait_for_snapshot(
+            &self.snapshot_path,
+            what,
+            timeout,
+            &|| self.log(),
+            condition,
+        )
     }
 
     /// Keys (cgroup ids) of the per-cgroup map `name` that the daemon pinned.
@@ -182,31 +166,9 @@ impl DaemonUnderTest {
         self.daemon.0.id()
     }
 
-    /// The tracepoints the daemon's programs are attached to now, sorted: the `tp_name` of
-    /// each BPF link it holds, from its descriptors' fdinfo.
+    /// The tracepoints the daemon's programs are attached to now, sorted.
     pub fn tracepoints(&self) -> Vec<String> {
-        let pid = self.pid();
-        let fds = fs::read_dir(format!("/proc/{pid}/fd"))
-            .unwrap_or_else(|e| panic!("list /proc/{pid}/fd: {e}"));
-        let mut names: Vec<String> = fds
-            .filter_map(Result::ok)
-            .filter(|fd| {
-                fs::read_link(fd.path())
-                    .is_ok_and(|target| target.as_os_str() == "anon_inode:bpf_link")
-            })
-            .filter_map(|fd| {
-                // A descriptor closed since it was listed has no fdinfo: not attached.
-                let info =
-                    fs::read_to_string(format!("/proc/{pid}/fdinfo/{}", fd.file_name().display()))
-                        .ok()?;
-                let name = info
-                    .lines()
-                    .find_map(|line| line.strip_prefix("tp_name:"))?;
-                Some(name.trim().to_owned())
-            })
-            .collect();
-        names.sort();
-        names
+        tracepoints_of(self.pid())
     }
 
     /// The daemon's user + system CPU time so far.
@@ -229,6 +191,81 @@ impl DaemonUnderTest {
     /// What the daemon logged so far.
     pub fn log(&self) -> String {
         fs::read_to_string(&self.log_path).unwrap_or_default()
+    }
+}
+
+/// The tracepoints process `pid`'s programs are attached to now, sorted: the `tp_name` of
+/// each BPF link it holds, from its descriptors' fdinfo.
+pub fn tracepoints_of(pid: u32) -> Vec<String> {
+    let fds = fs::read_dir(format!("/proc/{pid}/fd"))
+        .unwrap_or_else(|e| panic!("list /proc/{pid}/fd: {e}"));
+    let mut names: Vec<String> = fds
+        .filter_map(Result::ok)
+        .filter(|fd| {
+            fs::read_link(fd.path()).is_ok_and(|target| target.as_os_str() == "anon_inode:bpf_link")
+        })
+        .filter_map(|fd| {
+            // A descriptor closed since it was listed has no fdinfo: not attached.
+            let info =
+                fs::read_to_string(format!("/proc/{pid}/fdinfo/{}", fd.file_name().display()))
+                    .ok()?;
+            let name = info
+                .lines()
+                .find_map(|line| line.strip_prefix("tp_name:"))?;
+            Some(name.trim().to_owned())
+        })
+        .collect();
+    names.sort();
+    names
+}
+
+/// The document in the snapshot file at `path`, if there is a whole one.
+pub fn read_snapshot(path: &Path) -> Option<Snapshot> {
+    serde_json::from_slice(&fs::read(path).ok()?).ok()
+}
+
+/// A snapshot at `path` collected wholly after this call: waits for two new documents.
+/// `log` is the daemon's log, shown if none comes.
+pub fn next_snapshot_at(path: &Path, log: &dyn Fn() -> String) -> Snapshot {
+    let mut seen = 0;
+    let mut last = read_snapshot(path).map(|s| s.host.timestamp);
+    wait_for_snapshot(
+        path,
+        "two fresh snapshots",
+        Duration::from_secs(30),
+        log,
+        |snapshot| {
+            if Some(&snapshot.host.timestamp) != last.as_ref() {
+                seen += 1;
+                last = Some(snapshot.host.timestamp.clone());
+            }
+            seen >= 2
+        },
+    )
+}
+
+/// Waits until the snapshot at `path` satisfies `condition`, up to `timeout`; panics with
+/// `what` and the daemon's `log` otherwise.
+pub fn wait_for_snapshot(
+    path: &Path,
+    what: &str,
+    timeout: Duration,
+    log: &dyn Fn() -> String,
+    mut condition: impl FnMut(&Snapshot) -> bool,
+) -> Snapshot {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Some(snapshot) = read_snapshot(path)
+            && condition(&snapshot)
+        {
+            return snapshot;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "waited {timeout:?} for {what}; daemon log:\n{}",
+            log()
+        );
+        sleep(Duration::from_millis(20));
     }
 }
 

@@ -5,7 +5,7 @@ use std::{
     fs,
     os::unix::{fs::MetadataExt, process::CommandExt},
     path::{Path, PathBuf},
-    process::{Child, Command},
+    process::{Child, Command, Stdio},
     thread::sleep,
     time::{Duration, Instant},
 };
@@ -20,6 +20,9 @@ pub mod daemon;
 pub mod http_client;
 pub mod lxd;
 pub mod nginx;
+pub mod package;
+pub mod service;
+pub mod tmux;
 
 /// `ticks` of the kernel's user-visible clock (`/proc` CPU times) as a duration.
 pub fn clock_ticks(ticks: u64) -> Duration {
@@ -89,6 +92,22 @@ pub fn lynx_ok(args: &[&str]) -> String {
         String::from_utf8_lossy(&output.stderr)
     );
     String::from_utf8(output.stdout).expect("lynx prints UTF-8")
+}
+
+/// Runs `command`, which must succeed, and returns its standard output.
+pub fn run_ok(command: &mut Command) -> String {
+    let output = command
+        .stdin(Stdio::null())
+        .output()
+        .unwrap_or_else(|e| panic!("run {command:?}: {e}"));
+    assert!(
+        output.status.success(),
+        "{command:?}: {}\n{}{}",
+        output.status,
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
+    String::from_utf8_lossy(&output.stdout).into_owned()
 }
 
 /// The workspace root, for reading the docs the tests check.
@@ -201,13 +220,7 @@ impl TestCgroup {
 
     /// CPU time from the v2 `cpu.stat` `usage_usec`, in nanoseconds.
     pub fn v2_usage_ns(&self) -> u64 {
-        let stat = read(&self.v2.join("cpu.stat"));
-        let usec: u64 = stat
-            .lines()
-            .find_map(|line| line.strip_prefix("usage_usec "))
-            .and_then(|n| n.trim().parse().ok())
-            .expect("cpu.stat has usage_usec");
-        usec * 1000
+        cpu_stat_usage_ns(&self.v2)
     }
 
     /// CPU time from the v1 `cpuacct.usage`, in nanoseconds, on a hybrid host.
@@ -246,6 +259,18 @@ impl Drop for TestCgroup {
             }
         }
     }
+}
+
+/// The CPU time of the cgroup v2 directory `dir` in nanoseconds: the kernel's own accounting
+/// (`cpu.stat` `usage_usec`), the oracle for Lynx's CPU counters.
+pub fn cpu_stat_usage_ns(dir: &Path) -> u64 {
+    let stat = read(&dir.join("cpu.stat"));
+    let usec: u64 = stat
+        .lines()
+        .find_map(|line| line.strip_prefix("usage_usec "))
+        .and_then(|n| n.trim().parse().ok())
+        .expect("cpu.stat has usage_usec");
+    usec * 1000
 }
 
 fn read(path: &Path) -> String {

@@ -14,7 +14,7 @@ use lynx::{
     model::{Container, Network, Snapshot},
 };
 use lynx_tests::{
-    assert_close,
+    assert_close, cpu_stat_usage_ns,
     daemon::DaemonUnderTest,
     lxd::{TestContainer, lxd},
     privileged,
@@ -68,13 +68,7 @@ impl KernelOracle {
     }
 
     fn cpu_ns(&self) -> u64 {
-        let stat = fs::read_to_string(self.v2("cpu.stat")).expect("read cpu.stat");
-        let usec: u64 = stat
-            .lines()
-            .find_map(|l| l.strip_prefix("usage_usec "))
-            .and_then(|n| n.parse().ok())
-            .expect("usage_usec");
-        usec * 1000
+        cpu_stat_usage_ns(&self.v2(""))
     }
 
     fn memory_bytes(&self) -> u64 {

@@ -147,8 +147,8 @@ fn unprivileged_run_names_the_missing_privilege_and_exits_2() {
     assert_eq!(output.status.code(), Some(2), "stderr: {stderr}");
     assert_eq!(
         stderr.trim(),
-        "lynx: missing privilege: CAP_BPF and CAP_PERFMON (lynx needs CAP_BPF and CAP_PERFMON, \
-         or root, to load its eBPF programs)"
+        "lynx: missing privilege: CAP_BPF, CAP_PERFMON, CAP_NET_ADMIN (lynx needs CAP_BPF, \
+         CAP_PERFMON and CAP_NET_ADMIN, or root, to load its eBPF programs)"
     );
 }
 

@@ -9,133 +9,12 @@ use std::{
 
 use lynx::model::Snapshot;
 use lynx_tests::{
-    ChildGuard, daemon::DaemonUnderTest, lxd::TestContainer, lynx_bin, privileged, require,
+    ChildGuard, daemon::DaemonUnderTest, lxd::TestContainer, lynx_bin, privileged, tmux::Tmux,
 };
 
 /// The pane's size: wide enough for every column of the table.
 const WIDTH: u16 = 160;
 const HEIGHT: u16 = 40;
-/// How long the screen may take to show what is expected: the daemon writes every 200 ms and
-/// `top` re-reads every second.
-const SCREEN_TIMEOUT: Duration = Duration::from_secs(20);
-
-/// A tmux server of this test alone (its own socket) with one detached session running `sh`.
-/// Killed on drop, also when the test panics, which ends whatever runs in the pane.
-struct Tmux {
-    socket: String,
-    session: String,
-}
-
-impl Tmux {
-    fn start(name: &str) -> Self {
-        let tmux = Self {
-            socket: format!("lynx-test-{name}-{}", std::process::id()),
-            session: name.to_owned(),
-        };
-        // A plain shell with a fixed prompt and no rc file: dash does its own line input in
-        // the terminal's cooked mode, so it only runs a typed line if `top` restored that.
-        let (width, height) = (WIDTH.to_string(), HEIGHT.to_string());
-        tmux.run(&[
-            "new-session",
-            "-d",
-            "-s",
-            &tmux.session,
-            "-x",
-            &width,
-            "-y",
-            &height,
-            "env -u ENV PS1='$ ' sh",
-        ]);
-        tmux
-    }
-
-    /// `tmux ARGS` on this test's server; panics unless it succeeds, returns its stdout.
-    fn run(&self, args: &[&str]) -> String {
-        let output = Command::new("tmux")
-            .arg("-L")
-            .arg(&self.socket)
-            .args(args)
-            .stdin(Stdio::null())
-            .output()
-            .unwrap_or_else(|e| panic!("run tmux {args:?}: {e}"));
-        assert!(
-            output.status.success(),
-            "tmux {args:?}: {}\n{}",
-            output.status,
-            String::from_utf8_lossy(&output.stderr)
-        );
-        String::from_utf8_lossy(&output.stdout).into_owned()
-    }
-
-    /// Types `text` and Enter.
-    fn type_line(&self, text: &str) {
-        self.run(&["send-keys", "-t", &self.session, "-l", text]);
-        self.keys(&["Enter"]);
-    }
-
-    /// Presses keys by tmux's names (`c`, `Enter`, `Escape`, `C-c`).
-    fn keys(&self, keys: &[&str]) {
-        let mut args = vec!["send-keys", "-t", &self.session];
-        args.extend(keys);
-        self.run(&args);
-    }
-
-    /// The visible pane, line by line.
-    fn screen(&self) -> Vec<String> {
-        self.run(&["capture-pane", "-p", "-t", &self.session])
-            .lines()
-            .map(str::to_owned)
-            .collect()
-    }
-
-    /// A pane variable, e.g. `alternate_on`.
-    fn pane(&self, variable: &str) -> String {
-        self.run(&[
-            "display-message",
-            "-p",
-            "-t",
-            &self.session,
-            &format!("#{{{variable}}}"),
-        ])
-        .trim()
-        .to_owned()
-    }
-
-    /// Waits until the screen satisfies `condition`; panics with the screen otherwise.
-    fn wait_for(&self, what: &str, mut condition: impl FnMut(&[String]) -> bool) -> Vec<String> {
-        let deadline = Instant::now() + SCREEN_TIMEOUT;
-        loop {
-            let screen = self.screen();
-            if condition(&screen) {
-                return screen;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "waited {SCREEN_TIMEOUT:?} for {what}; the pane shows:\n{}",
-                screen.join("\n")
-            );
-            sleep(Duration::from_millis(100));
-        }
-    }
-}
-
-impl Drop for Tmux {
-    fn drop(&mut self) {
-        for args in [
-            vec!["kill-session", "-t", self.session.as_str()],
-            vec!["kill-server"],
-        ] {
-            let _ = Command::new("tmux")
-                .arg("-L")
-                .arg(&self.socket)
-                .args(args)
-                .stdin(Stdio::null())
-                .stdout(Stdio::null())
-                .stderr(Stdio::null())
-                .status();
-        }
-    }
-}
 
 /// Runs `command` to its end, at most 30 s: a `top` that wrongly went full-screen would wait
 /// for a key forever.
@@ -191,7 +70,6 @@ fn top_shows_sorts_and_restores_the_terminal() {
     if !privileged("top_shows_sorts_and_restores_the_terminal") {
         return;
     }
-    require("tmux");
     // Launched first, so that by name the idle one comes first and sorting by CPU must move
     // the busy one above it.
     let idle = TestContainer::launch("top");
@@ -238,7 +116,9 @@ fn top_shows_sorts_and_restores_the_terminal() {
     }
 
     let tty_before = daemon.dir.join("tty.before");
-    let tmux = Tmux::start("top");
+    // A plain shell with a fixed prompt and no rc file: dash does its own line input in the
+    // terminal's cooked mode, so it only runs a typed line if `top` restored that.
+    let tmux = Tmux::start("top", (WIDTH, HEIGHT), "env -u ENV PS1='$ ' sh");
     tmux.type_line(&format!(
         "stty -g > {}; {} --config {} top; echo top-exit=$?",
         quoted(&tty_before),

@@ -112,8 +112,12 @@ pub fn build_all(toolchain: &Toolchain, profile: Profile) -> Result<Built> {
     Ok(Built { object, lynx })
 }
 
-/// Formatting, lints, then every unit and privileged test.
-pub fn test_all(toolchain: &Toolchain, test_args: &[String]) -> Result<()> {
+/// Formatting, lints, then every unit and privileged test, with `env` set for them.
+pub fn test_all(
+    toolchain: &Toolchain,
+    test_args: &[String],
+    env: &[(&str, PathBuf)],
+) -> Result<()> {
     let Built { object, lynx } = build_all(toolchain, Profile::Dev)?;
     run_checked(cargo().args(["fmt", "--all", "--check"]))
         .context("cargo fmt found unformatted code")?;
@@ -162,6 +166,7 @@ pub fn test_all(toolchain: &Toolchain, test_args: &[String]) -> Result<()> {
     .env("LYNX_EBPF_OBJECT", &object)
     .env("LYNX_BIN", &lynx)
     .env("LYNX_WORKSPACE", workspace_root())
+    .envs(env.iter().map(|(name, value)| (name, value)))
     .stdout(Stdio::piped());
     println!("+ {test:?}");
     let mut child = test.spawn().context("cannot start cargo test")?;

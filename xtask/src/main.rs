@@ -1,6 +1,7 @@
 //! `cargo xtask`: set-up, build, run, test and bench Lynx, each one command on a fresh host.
 mod bench;
 mod build;
+mod package;
 mod setup;
 
 use std::process::ExitCode;
@@ -42,6 +43,15 @@ enum Command {
     },
     /// Set up, build in release and measure Lynx against baselines in the same run.
     Bench,
+    /// Set up, build in release and make the Debian package, target/debian/lynx_VERSION_ARCH.deb.
+    Package {
+        /// The Debian revision, the part after the version's `-` [default: the metadata's, 1].
+        #[arg(long)]
+        revision: Option<String>,
+        /// Where to write the package.
+        #[arg(long, value_name = "DIR")]
+        output: Option<std::path::PathBuf>,
+    },
 }
 
 fn main() -> ExitCode {
@@ -72,13 +82,24 @@ fn run(command: Command) -> Result<()> {
             build::run_checked(std::process::Command::new(lynx).args(args))
         }
         Command::Test { args } => {
-            let toolchain = setup::setup(setup::TEST_PACKAGES)?;
-            build::test_all(&toolchain, &args)
+            let toolchain =
+                setup::setup(&[setup::TEST_PACKAGES, setup::PACKAGE_PACKAGES].concat())?;
+            let packages = package::for_tests(&toolchain)?;
+            build::test_all(&toolchain, &args, &packages)
         }
         Command::Bench => {
             let toolchain = setup::setup(&[setup::TEST_PACKAGES, setup::BENCH_PACKAGES].concat())?;
             let built = build::build_all(&toolchain, build::Profile::Release)?;
             bench::run(&built)
+        }
+        Command::Package { revision, output } => {
+            let toolchain = setup::setup(setup::PACKAGE_PACKAGES)?;
+            package::build(&toolchain)?;
+            package::deb(
+                revision.as_deref(),
+                &output.unwrap_or_else(package::default_dir),
+            )
+            .map(drop)
         }
     }
 }

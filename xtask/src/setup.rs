@@ -37,6 +37,26 @@ pub struct Package {
     pub why: &'static str,
 }
 
+/// What building the Debian package needs besides the eBPF toolchain (cargo-deb itself comes
+/// from crates.io: `package::CARGO_DEB_VERSION`).
+pub const PACKAGE_PACKAGES: &[Package] = &[
+    Package {
+        name: "gzip",
+        programs: &["gzip"],
+        why: "the man pages are packaged compressed",
+    },
+    Package {
+        name: "dpkg-dev",
+        programs: &["dpkg-shlibdeps"],
+        why: "cargo-deb derives the package's library dependencies with dpkg-shlibdeps",
+    },
+    Package {
+        name: "binutils",
+        programs: &["strip", "readelf"],
+        why: "cargo-deb strips the packaged binary; the package test checks it is stripped",
+    },
+];
+
 /// What the privileged tests drive. Most are on every Debian host; they are listed so that
 /// set-up checks them, and installs the ones a minimal host lacks.
 pub const TEST_PACKAGES: &[Package] = &[
@@ -47,8 +67,24 @@ pub const TEST_PACKAGES: &[Package] = &[
     },
     Package {
         name: "coreutils",
-        programs: &["sleep"],
-        why: "idle processes in test cgroups",
+        programs: &["sleep", "id", "chmod", "chown", "sha256sum"],
+        why: "idle processes in test cgroups; file owners and modes, and the eBPF object's \
+              hash, in the package tests",
+    },
+    Package {
+        name: "libc-bin",
+        programs: &["getent", "ldd"],
+        why: "the package tests look up the lynx user and the binary's libraries",
+    },
+    Package {
+        name: "dpkg",
+        programs: &["dpkg", "dpkg-deb", "dpkg-query"],
+        why: "set-up asks what is installed; the package tests read and install the .deb",
+    },
+    Package {
+        name: "git",
+        programs: &["git"],
+        why: "the package test compares `lynx --version` with the checkout's revision",
     },
     Package {
         name: "util-linux",
@@ -114,6 +150,37 @@ pub const TEST_PACKAGES: &[Package] = &[
         name: "curl",
         programs: &["curl"],
         why: "the TLS client of the nginx tests",
+    },
+    Package {
+        name: "lintian",
+        programs: &["lintian"],
+        why: "the package test checks the .deb with Debian's own checker",
+    },
+    Package {
+        name: "systemd",
+        programs: &["systemd-analyze", "systemd-tmpfiles"],
+        why: "the package test verifies and scores the unit and makes its pin directory as \
+              systemd does at boot (no systemd as PID 1 needed)",
+    },
+    Package {
+        name: "adduser",
+        programs: &["adduser", "deluser", "delgroup"],
+        why: "the package's postinst makes the lynx user; the package tests remove it",
+    },
+    Package {
+        name: "strace",
+        programs: &["strace"],
+        why: "the package test traces a daemon's life to check the unit's SystemCallFilter",
+    },
+    Package {
+        name: "man-db",
+        programs: &["man"],
+        why: "the package test reads `man lynx` and `man lynx-daemon`",
+    },
+    Package {
+        name: "bash-completion",
+        programs: &["/usr/share/bash-completion/bash_completion"],
+        why: "the package test presses TAB after `lynx ` in a login bash, which loads it",
     },
 ];
 
@@ -196,8 +263,12 @@ fn is_installed(dpkg_query: &str, package: &str) -> bool {
         .any(|line| line.split_once(' ') == Some((package, "installed")))
 }
 
-/// The path of `program` in [`SYSTEM_PATH`].
+/// The path of `program` in [`SYSTEM_PATH`]; a program given as an absolute path is a file
+/// the suite needs that is not a command (bash-completion's loader).
 fn find_program(program: &str) -> Option<PathBuf> {
+    if program.starts_with('/') {
+        return Some(PathBuf::from(program)).filter(|path| path.exists());
+    }
     SYSTEM_PATH
         .iter()
         .map(|dir| Path::new(dir).join(program))
@@ -318,8 +389,8 @@ mod tests {
     }
 
     /// Programs the suite runs that are not Debian packages set-up installs: the toolchain
-    /// xtask runs with, and what set-up builds with it.
-    const TOOLCHAIN_PROGRAMS: &[&str] = &["cargo", "rustup", "bpf-linker", "apt-get", "dpkg-query"];
+    /// xtask runs with, what set-up builds with it, and the installer.
+    const TOOLCHAIN_PROGRAMS: &[&str] = &["cargo", "rustup", "bpf-linker", "apt-get"];
 
     /// Every program the tests, benches and xtask start by name (`Command::new("...")` and the
     /// rigs' `system_command`/`require`) is in a package list, so a fresh host gets it from
@@ -329,6 +400,7 @@ mod tests {
         let listed: Vec<&str> = TEST_PACKAGES
             .iter()
             .chain(BENCH_PACKAGES)
+            .chain(PACKAGE_PACKAGES)
             .flat_map(|p| p.programs.iter().copied())
             .chain(TOOLCHAIN_PROGRAMS.iter().copied())
             .collect();
@@ -410,7 +482,11 @@ mod tests {
 
     fn package_table() -> String {
         let mut table = String::from("| package | programs | why |\n|---|---|---|\n");
-        for package in TEST_PACKAGES.iter().chain(BENCH_PACKAGES) {
+        for package in TEST_PACKAGES
+            .iter()
+            .chain(BENCH_PACKAGES)
+            .chain(PACKAGE_PACKAGES)
+        {
             let programs: Vec<String> = package.programs.iter().map(|p| format!("`{p}`")).collect();
             table += &format!(
                 "| `{}` | {} | {} |\n",

@@ -768,7 +768,12 @@ fn pin_paths(dir: &Path) -> Result<Vec<(&'static str, PathBuf)>, KernelError> {
         source,
     };
     preflight::ensure_bpffs(dir).map_err(error)?;
-    fs::create_dir_all(&versioned).map_err(error)?;
+    fs::create_dir_all(&versioned)
+        .map_err(|e| {
+            // bpffs is root's, mode 0700, where systemd mounts it.
+            preflight::needing(e, "CAP_DAC_OVERRIDE", "a pin directory in root's bpffs")
+        })
+        .map_err(error)?;
     for removed in remove_other_layouts(dir) {
         tracing::info!(path = %removed.display(), "removed maps pinned by another layout version");
     }

@@ -5,8 +5,10 @@ use std::{
     path::{Path, PathBuf},
 };
 
-/// `CAP_SYS_ADMIN`, which on its own also allows BPF and perf events.
+/// `CAP_SYS_ADMIN`, which on its own also allows BPF, perf events and network programs.
 const CAP_SYS_ADMIN: u32 = 21;
+/// Loading the cgroup socket and packet programs (`BPF_PROG_TYPE_CGROUP_SKB`, `SOCK_OPS`).
+const CAP_NET_ADMIN: u32 = 12;
 const CAP_PERFMON: u32 = 38;
 const CAP_BPF: u32 = 39;
 
@@ -14,7 +16,7 @@ const CAP_BPF: u32 = 39;
 #[derive(Debug, thiserror::Error)]
 pub enum PreflightError {
     #[error(
-        "missing privilege: {missing} (lynx needs CAP_BPF and CAP_PERFMON, or root, to load its eBPF programs)"
+        "missing privilege: {missing} (lynx needs CAP_BPF, CAP_PERFMON and CAP_NET_ADMIN, or root, to load its eBPF programs)"
     )]
     MissingPrivilege { missing: String },
     #[error("missing kernel feature: {feature} ({evidence})")]
@@ -35,11 +37,15 @@ pub fn missing_capabilities(proc_status: &str) -> Vec<&'static str> {
     if has(CAP_SYS_ADMIN) {
         return Vec::new();
     }
-    [(CAP_BPF, "CAP_BPF"), (CAP_PERFMON, "CAP_PERFMON")]
-        .into_iter()
-        .filter(|&(cap, _)| !has(cap))
-        .map(|(_, name)| name)
-        .collect()
+    [
+        (CAP_BPF, "CAP_BPF"),
+        (CAP_PERFMON, "CAP_PERFMON"),
+        (CAP_NET_ADMIN, "CAP_NET_ADMIN"),
+    ]
+    .into_iter()
+    .filter(|&(cap, _)| !has(cap))
+    .map(|(_, name)| name)
+    .collect()
 }
 
 /// Fails with the missing capabilities of this process.
@@ -52,7 +58,7 @@ pub fn check_privileges() -> Result<(), PreflightError> {
     match missing_capabilities(&status).as_slice() {
         [] => Ok(()),
         missing => Err(PreflightError::MissingPrivilege {
-            missing: missing.join(" and "),
+            missing: missing.join(", "),
         }),
     }
 }
@@ -68,6 +74,18 @@ pub fn check_btf(sys: &Path) -> Result<(), PreflightError> {
         feature: "BTF (CONFIG_DEBUG_INFO_BTF)".into(),
         evidence: format!("{} not found", vmlinux.display()),
     })
+}
+
+/// `error`, naming the capability that was missing when it is a refusal (EACCES, EPERM), and
+/// `what` needed it.
+pub fn needing(error: io::Error, capability: &str, what: &str) -> io::Error {
+    match error.kind() {
+        io::ErrorKind::PermissionDenied => io::Error::new(
+            io::ErrorKind::PermissionDenied,
+            format!("{what} needs {capability}: {error}"),
+        ),
+        _ => error,
+    }
 }
 
 /// Where bpffs is conventionally mounted.
@@ -125,6 +143,23 @@ mod tests {
     }
 
     #[test]
+    fn refusals_name_the_missing_capability_and_other_errors_stay() {
+        let refused = needing(
+            io::Error::from_raw_os_error(libc::EPERM),
+            "CAP_SYS_ADMIN",
+            "entering another network namespace",
+        );
+        assert_eq!(
+            refused.to_string(),
+            "entering another network namespace needs CAP_SYS_ADMIN: Operation not permitted \
+             (os error 1)"
+        );
+        let gone = needing(io::Error::from_raw_os_error(libc::ENOENT), "CAP_X", "x");
+        assert_eq!(gone.kind(), io::ErrorKind::NotFound);
+        assert!(!gone.to_string().contains("CAP_X"));
+    }
+
+    #[test]
     fn root_has_everything() {
         assert!(missing_capabilities(&status("000001ffffffffff")).is_empty());
     }
@@ -135,22 +170,25 @@ mod tests {
     }
 
     #[test]
-    fn unprivileged_user_misses_bpf_and_perfmon() {
+    fn unprivileged_user_misses_bpf_perfmon_and_net_admin() {
         assert_eq!(
             missing_capabilities(&status("0000000000000000")),
-            ["CAP_BPF", "CAP_PERFMON"]
+            ["CAP_BPF", "CAP_PERFMON", "CAP_NET_ADMIN"]
         );
     }
 
     #[test]
-    fn cap_bpf_without_perfmon_names_perfmon() {
-        let only_bpf = format!("{:016x}", 1u64 << 39);
-        assert_eq!(missing_capabilities(&status(&only_bpf)), ["CAP_PERFMON"]);
+    fn cap_bpf_and_net_admin_without_perfmon_names_perfmon() {
+        let some = format!("{:016x}", 1u64 << 39 | 1u64 << 12);
+        assert_eq!(missing_capabilities(&status(&some)), ["CAP_PERFMON"]);
     }
 
     #[test]
     fn unreadable_status_counts_as_no_capabilities() {
-        assert_eq!(missing_capabilities("garbage"), ["CAP_BPF", "CAP_PERFMON"]);
+        assert_eq!(
+            missing_capabilities("garbage"),
+            ["CAP_BPF", "CAP_PERFMON", "CAP_NET_ADMIN"]
+        );
     }
 
     #[test]

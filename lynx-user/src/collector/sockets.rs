@@ -1,10 +1,14 @@
 //! Sockets and network namespaces: which TCP sockets are in use, as the kernel's `sock_diag`
 //! netlink interface lists them (what `ss` reads), and how to ask in another process's
 //! network namespace.
+use super::preflight::needing;
 use std::{
     collections::HashSet,
     fs, io,
-    os::fd::{AsRawFd, FromRawFd, OwnedFd},
+    os::{
+        fd::{AsRawFd, FromRawFd, OwnedFd},
+        unix::fs::MetadataExt,
+    },
 };
 
 /// Errors of listing the sockets.
@@ -195,13 +199,32 @@ pub fn in_netns_of<T: Send, E: From<io::Error> + Send>(
     pid: u32,
     f: impl FnOnce() -> Result<T, E> + Send,
 ) -> Result<T, E> {
-    let namespace = fs::File::open(format!("/proc/{pid}/ns/net"))?;
+    let namespace = fs::File::open(format!("/proc/{pid}/ns/net")).map_err(|error| {
+        needing(
+            error,
+            "CAP_SYS_PTRACE",
+            "reading the network namespace of another user's process",
+        )
+    })?;
+    // setns asks for CAP_SYS_ADMIN even into the namespace the thread is in already: a
+    // process in the daemon's own namespace (nginx, as a rule) is read without it.
+    let here = fs::metadata("/proc/thread-self/ns/net")?;
+    let there = namespace.metadata()?;
+    if (here.dev(), here.ino()) == (there.dev(), there.ino()) {
+        return f();
+    }
     std::thread::scope(|scope| {
         scope
             .spawn(|| {
                 // SAFETY: a plain system call on a descriptor this thread borrows.
                 if unsafe { libc::setns(namespace.as_raw_fd(), libc::CLONE_NEWNET) } != 0 {
-                    return Err(io::Error::last_os_error().into());
+                    let error = io::Error::last_os_error();
+                    return Err(needing(
+                        error,
+                        "CAP_SYS_ADMIN",
+                        "entering another network namespace",
+                    )
+                    .into());
                 }
                 f()
             })
@@ -261,6 +284,16 @@ mod tests {
             sockets.in_use.contains(&cookie_of(&queued)),
             "a connection waiting to be accepted is not in use"
         );
+    }
+
+    #[test]
+    fn a_process_in_this_namespace_is_read_in_place_without_setns() {
+        let caller = std::thread::current().id();
+        let ran_on = in_netns_of(std::process::id(), || {
+            Ok::<_, io::Error>(std::thread::current().id())
+        })
+        .expect("read our own namespace");
+        assert_eq!(ran_on, caller);
     }
 
     #[test]

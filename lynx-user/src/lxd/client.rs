@@ -86,6 +86,19 @@ impl LxdClient {
             let client = Self::new(candidate.as_ref());
             match connect(&client.socket, client.connect_timeout) {
                 Ok(_) => Some(client),
+                Err(error) if error.kind() == io::ErrorKind::PermissionDenied => {
+                    // LXD is there but its socket is root's and its group's: say why, once.
+                    static SAID: std::sync::Once = std::sync::Once::new();
+                    SAID.call_once(|| {
+                        tracing::warn!(
+                            socket = %client.socket.display(),
+                            %error,
+                            "LXD's socket refuses lynx: connecting needs write access to it \
+                             (LXD's group, or CAP_DAC_OVERRIDE)"
+                        );
+                    });
+                    None
+                }
                 Err(error) => {
                     tracing::debug!(socket = %client.socket.display(), %error, "no LXD here");
                     None

@@ -45,6 +45,11 @@ pub enum NginxError {
     #[error("cannot find the nginx master from {pid_file}: {reason}")]
     NoMaster { pid_file: PathBuf, reason: String },
     #[error(
+        "cannot reload nginx: SIGHUP to its master (pid {pid}) was refused; signalling another \
+         user's process needs CAP_KILL"
+    )]
+    SignalRefused { pid: i32 },
+    #[error(
         "nginx did not start new workers within {RELOAD_TIMEOUT:?} of SIGHUP (see its error log)"
     )]
     NotReloaded,
@@ -171,7 +176,12 @@ impl UpstreamFile {
         let before = children(master);
         // SAFETY: kill has no memory-safety preconditions.
         if unsafe { libc::kill(master, libc::SIGHUP) } != 0 {
-            return Err(no_master(io::Error::last_os_error().to_string()));
+            let error = io::Error::last_os_error();
+            return Err(match error.raw_os_error() {
+                // The master runs as root and Lynx does not.
+                Some(libc::EPERM) => NginxError::SignalRefused { pid: master },
+                _ => no_master(error.to_string()),
+            });
         }
         let deadline = Instant::now() + RELOAD_TIMEOUT;
         while Instant::now() < deadline {
