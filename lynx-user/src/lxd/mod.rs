@@ -11,6 +11,10 @@
 //!   live state (`GET /1.0/instances/NAME/state`).
 //! - [`LxdClient::change_state`] starts, stops, restarts, freezes or unfreezes an instance
 //!   (`PUT /1.0/instances/NAME/state`) and waits for LXD's background operation.
+//! - [`LxdClient::instance_disks`] lists every instance's disk devices
+//!   (`GET /1.0/instances?recursion=1`); [`LxdClient::storage_pools`] and
+//!   [`LxdClient::pool_space`] read the pools and their free space
+//!   (`GET /1.0/storage-pools/NAME/resources`).
 //! - [`LxdClient::images`] lists local images, [`LxdClient::delete_image`] deletes one.
 //! - [`LxdClient::set_ipv4`] pins a NIC's IPv4 address (`PATCH /1.0/instances/NAME`).
 //!
@@ -30,7 +34,8 @@ use std::{io, path::PathBuf, time::Duration};
 
 pub use client::{DEFAULT_CONNECT_TIMEOUT, DEFAULT_IO_TIMEOUT, LxdClient};
 pub use types::{
-    Image, Instance, InstanceState, InstanceStatus, MemoryState, NicState, StateAction,
+    DiskDevice, DiskState, Image, Instance, InstanceDisks, InstanceState, InstanceStatus,
+    MemoryState, NicState, PoolSpace, StateAction, StoragePool, parse_byte_size,
 };
 
 /// Where LXD's socket lives: Debian's `lxd` package, the snap, then Incus (LXD's fork, which
