@@ -241,6 +241,7 @@ pub fn run(cli: Cli) -> Result<(), CliError> {
                 pin_dir: config.daemon.pin_dir,
                 count_host_network: config.daemon.count_host_network,
                 lxd_sockets: config.lxd.sockets,
+                disk: config.disk,
                 history: config.history,
                 prometheus_listen: config.prometheus.listen,
                 nginx: config.nginx.counting(),
@@ -287,6 +288,7 @@ pub fn run(cli: Cli) -> Result<(), CliError> {
                 instances: Some(Box::new(LxdInstances::spawn(
                     config.lxd.sockets,
                     args.interval,
+                    config.disk,
                 ))),
                 count_host_network: config.daemon.count_host_network,
             })?;

@@ -13,7 +13,7 @@ use crate::{
     collector::{
         CollectError, Collector, CollectorOptions, NginxOptions, lxd_instances::LxdInstances,
     },
-    config::HistoryConfig,
+    config::{DiskConfig, HistoryConfig},
     controller::{ControlOptions, Controller},
     model,
     sink::{
@@ -36,6 +36,8 @@ pub struct DaemonOptions {
     pub count_host_network: bool,
     /// LXD API sockets to try.
     pub lxd_sockets: Vec<PathBuf>,
+    /// Disk usage polling and its threshold.
+    pub disk: DiskConfig,
     pub history: HistoryConfig,
     /// Prometheus endpoint address; empty for none.
     pub prometheus_listen: String,
@@ -130,6 +132,7 @@ pub fn run(options: &DaemonOptions, stop: &AtomicBool) -> Result<(), DaemonError
         instances: Some(Box::new(LxdInstances::spawn(
             options.lxd_sockets.clone(),
             options.interval,
+            options.disk,
         ))),
         count_host_network: options.count_host_network,
     })?;
