@@ -193,6 +193,13 @@ pub struct Container {
     pub network: Option<Network>,
 }
 
+impl Container {
+    /// Its root disk (LXD's device `root`), once LXD's disks were polled.
+    pub fn root_disk(&self) -> Option<&Disk> {
+        self.disk.as_ref()?.get("root")
+    }
+}
+
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Cpu {

@@ -13,7 +13,7 @@ use crossterm::event::{KeyCode, KeyEvent, KeyEventKind, KeyModifiers};
 
 use super::format;
 use crate::{
-    model::{Container, Disk, Snapshot},
+    model::{Container, Snapshot},
     sink::history::ContainerMinutePoint,
 };
 
@@ -137,7 +137,7 @@ impl Column {
             Self::Ipv4 => container.ipv4.join(","),
             Self::Cpu => format::percent(container.cpu.percent),
             Self::Memory => memory_used(container).map_or_else(|| "-".to_owned(), format::bytes),
-            Self::Disk => match root_disk(container).and_then(|d| Some((d.used_bytes?, d))) {
+            Self::Disk => match container.root_disk().and_then(|d| Some((d.used_bytes?, d))) {
                 Some((used, disk)) if disk.nearly_full => format!("{}!", format::bytes(used)),
                 Some((used, _)) => format::bytes(used),
                 None => "-".to_owned(),
@@ -173,7 +173,7 @@ impl Column {
             Self::Cpu => a.cpu.percent.total_cmp(&b.cpu.percent),
             Self::Memory => memory_used(a).cmp(&memory_used(b)),
             Self::Disk => {
-                let used = |c| root_disk(c).and_then(|d| d.used_bytes);
+                let used = |c: &Container| c.root_disk().and_then(|d| d.used_bytes);
                 used(a).cmp(&used(b))
             }
             Self::DiskRead => a
@@ -196,11 +196,6 @@ impl Column {
 
 fn first_ipv4(container: &Container) -> Option<Ipv4Addr> {
     container.ipv4.first().and_then(|ip| ip.parse().ok())
-}
-
-/// The container's root disk (LXD's device `root`), when LXD's disks were polled.
-pub fn root_disk(container: &Container) -> Option<&Disk> {
-    container.disk.as_ref()?.get("root")
 }
 
 fn memory_used(container: &Container) -> Option<u64> {

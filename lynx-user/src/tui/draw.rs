@@ -10,7 +10,7 @@ use ratatui::{
 };
 
 use super::{
-    app::{App, Column, History, LongHistory, View, root_disk},
+    app::{App, Column, History, LongHistory, View},
     format,
 };
 use crate::model::{Container, Disk, Snapshot};
@@ -301,7 +301,7 @@ fn draw_table(frame: &mut Frame, area: Rect, app: &App) {
                     Line::styled(column.cell(container), status_style(&container.status))
                 }
                 Column::Cpu => Line::from(cpu_span(container.cpu.percent, 100.0)),
-                Column::Disk if root_disk(container).is_some_and(|d| d.nearly_full) => {
+                Column::Disk if container.root_disk().is_some_and(|d| d.nearly_full) => {
                     Line::styled(column.cell(container), Style::new().fg(Color::Red).bold())
                 }
                 _ => Line::raw(column.cell(container)),
