@@ -72,6 +72,9 @@ pub struct NginxConfig {
     /// The loopback port of the server, defined in the upstream file, that answers 503 for a
     /// group with no running container.
     pub fallback_port: u16,
+    /// How long `nginx -t` may take before it is killed and the change given up.
+    #[serde(deserialize_with = "timeout")]
+    pub test_timeout: Duration,
 }
 
 impl Default for NginxConfig {
@@ -85,6 +88,7 @@ impl Default for NginxConfig {
             tls_ports: vec![443],
             upstream_file: "/etc/nginx/conf.d/lynx-upstreams.conf".into(),
             fallback_port: 9099,
+            test_timeout: Duration::from_secs(10),
         }
     }
 }
@@ -117,7 +121,7 @@ impl NginxConfig {
     /// Which nginx the collector counts.
     pub fn counting(&self) -> crate::collector::NginxOptions {
         crate::collector::NginxOptions {
-            pid_file: self.pid_file.clone(),
+            control: self.control(),
             ports: self.ports.clone(),
             tls_ports: self.tls_ports.clone(),
         }
@@ -130,6 +134,7 @@ impl NginxConfig {
             main_config: self.main_config.clone(),
             prefix: self.prefix.clone(),
             pid_file: self.pid_file.clone(),
+            test_timeout: self.test_timeout,
         }
     }
 }
@@ -295,6 +300,20 @@ fn days<'de, D: Deserializer<'de>>(deserializer: D) -> Result<u32, D::Error> {
         )));
     }
     Ok(days)
+}
+
+/// A deadline: a humantime duration from 100ms to 10m.
+fn timeout<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Duration, D::Error> {
+    let text = String::deserialize(deserializer)?;
+    let timeout = humantime::parse_duration(&text)
+        .map_err(|e| serde::de::Error::custom(format!("{text:?}: {e}")))?;
+    let (min, max) = (Duration::from_millis(100), Duration::from_secs(600));
+    if !(min..=max).contains(&timeout) {
+        return Err(serde::de::Error::custom(format!(
+            "{text:?} is outside {min:?}..={max:?}"
+        )));
+    }
+    Ok(timeout)
 }
 
 fn interval<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Duration, D::Error> {

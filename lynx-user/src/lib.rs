@@ -4,6 +4,7 @@ pub mod atomic_file;
 pub mod autoscale;
 pub mod cli;
 pub mod collector;
+pub mod command;
 pub mod config;
 pub mod controller;
 pub mod daemon;

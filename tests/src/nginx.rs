@@ -194,6 +194,7 @@ http {{
             main_config: self.prefix.join("nginx.conf"),
             prefix: Some(self.prefix.clone()),
             pid_file: self.prefix.join("nginx.pid"),
+            test_timeout: Duration::from_secs(10),
         }
     }
 

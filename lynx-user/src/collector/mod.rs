@@ -146,7 +146,8 @@ pub const REQUEST_RATE_SPAN: Duration = Duration::from_secs(10);
 /// Which nginx to count.
 #[derive(Clone, Debug)]
 pub struct NginxOptions {
-    pub pid_file: PathBuf,
+    /// The nginx: its master is found from its pid file, and must be that nginx's.
+    pub control: crate::nginx::NginxControl,
     pub ports: Vec<u16>,
     pub tls_ports: Vec<u16>,
 }
@@ -301,7 +302,7 @@ impl Collector {
 
     /// Finds nginx's processes and has the kernel follow them; returns the master's pid.
     fn follow_nginx(&mut self) -> Result<Option<u32>, CollectError> {
-        let found = nginx::find(&self.nginx.pid_file, "/proc".as_ref()).and_then(|found| {
+        let found = nginx::find(&self.nginx.control, "/proc".as_ref()).and_then(|found| {
             let dir = self
                 .layout
                 .unified

@@ -558,7 +558,7 @@ impl Core {
         let applied = balancer.apply(&content);
         self.rendered = Some(content);
         match applied {
-            Ok(Applied::StillRejected) => {}
+            Ok(Applied::StillFailing) => {}
             Ok(applied) => {
                 if applied == Applied::Reloaded {
                     tracing::info!(upstreams = %summary(&desired), "upstream file written, nginx reloaded");

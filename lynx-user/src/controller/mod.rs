@@ -392,7 +392,7 @@ fn control(
     receiver: &Receiver<Message>,
     actions: &Sender<Request>,
     groups: &Mutex<Vec<model::Group>>,
-    stop: &AtomicBool,
+    stop: &Arc<AtomicBool>,
 ) {
     let mut core = Core::new(
         options.groups,
@@ -400,7 +400,8 @@ fn control(
         options.dry_run,
         Instant::now(),
     );
-    let mut nginx = UpstreamFile::new(options.upstream_file, options.nginx);
+    let mut nginx =
+        UpstreamFile::new(options.upstream_file, options.nginx).cancelled_by(Arc::clone(stop));
     let mut lxd = Lxd {
         sockets: options.lxd_sockets,
         client: None,

@@ -780,6 +780,7 @@ fn lxd_going_away_keeps_the_upstreams_and_its_return_is_picked_up() {
             main_config: dir.join("nginx.conf"),
             prefix: None,
             pid_file: dir.join("nginx.pid"),
+            test_timeout: Duration::from_secs(5),
         },
         fallback_port: 9099,
         dry_run: false,
