@@ -19,6 +19,7 @@
 //!
 //! While LXD is away the upstreams stay as they are and no scale decision is made; the log
 //! says when LXD goes and comes back.
+pub mod address;
 pub mod core;
 pub mod group;
 #[cfg(test)]
@@ -349,10 +350,7 @@ fn act(sockets: &[PathBuf], requests: &Receiver<Request>, sender: &Sender<Messag
                     .change_state(&name, action, ACTION_TIMEOUT)
                     .map_err(|e| e.to_string());
                 tracing::debug!(container = %name, ?action, took = ?started.elapsed(), "LXD action done");
-                let state = lxd.instance_state(&name).ok().map(|s| MemberState {
-                    status: s.status,
-                    ipv4: s.ipv4.first().copied(),
-                });
+                let state = lxd.instance_state(&name).ok().map(|s| MemberState::of(&s));
                 (result, state)
             }
         };
@@ -543,11 +541,14 @@ impl Lxd {
         let answer = self
             .client()
             .ok_or_else(|| "no LXD socket answers".to_owned())
-            .and_then(|c| c.instances().map_err(|e| e.to_string()));
+            .and_then(|c| {
+                let instances = c.instances().map_err(|e| e.to_string())?;
+                Ok((instances, c.networks().map_err(|e| e.to_string())?))
+            });
         match answer {
-            Ok(instances) => {
+            Ok((instances, networks)) => {
                 self.known = instances.iter().map(|i| i.name.clone()).collect();
-                core.set_instances(&instances);
+                core.set_instances(&instances, &networks);
                 self.mark(core, Ok(()));
             }
             Err(error) => self.mark(core, Err(error)),
@@ -562,13 +563,7 @@ impl Lxd {
         };
         match client.instance_state(name) {
             Ok(state) => {
-                core.set_member(
-                    name,
-                    Some(MemberState {
-                        status: state.status,
-                        ipv4: state.ipv4.first().copied(),
-                    }),
-                );
+                core.set_member(name, Some(MemberState::of(&state)));
                 self.mark(core, Ok(()));
                 true
             }
