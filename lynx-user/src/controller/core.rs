@@ -106,13 +106,16 @@ pub struct Request {
 }
 
 /// The load figures of one snapshot.
-#[derive(Clone, Debug, Default, PartialEq)]
+#[derive(Clone, Debug, PartialEq)]
 pub struct Load {
     /// CPU % (100 = one CPU) of each container over the snapshot's interval.
     pub cpu_percent: BTreeMap<String, f64>,
     /// Requests per second nginx sent to each backend (address and port), when nginx is
     /// counted; `None` otherwise.
     pub requests_per_s: Option<BTreeMap<SocketAddrV4, f64>>,
+    /// Whether every event behind these figures was counted: false while a kernel map is
+    /// full (the figures are lower bounds; see [`crate::autoscale::Observation::complete`]).
+    pub complete: bool,
 }
 
 /// What the controller is doing with one member.
@@ -411,6 +414,7 @@ impl Core {
                 stopped,
                 cpu_percent_avg,
                 requests_per_s_per_container: requests,
+                complete: load.complete,
             };
             let decision = policy.observe(observation);
             let name = &group.config.name;

@@ -28,7 +28,7 @@ mod tests;
 use std::{
     collections::{BTreeMap, BTreeSet},
     net::{SocketAddr, SocketAddrV4, TcpStream},
-    path::PathBuf,
+    path::{Path, PathBuf},
     sync::{
         Arc, Mutex, PoisonError,
         atomic::{AtomicBool, Ordering},
@@ -47,7 +47,7 @@ use crate::{
         InstanceStatus, LxdClient, LxdError, StateAction,
         events::{EventStream, Next},
     },
-    model,
+    model::{self, KernelDrops},
     nginx::{NginxControl, UpstreamFile},
     stop::sleep_until,
 };
@@ -103,24 +103,84 @@ enum Message {
     },
 }
 
-/// nginx's open connections per backend from the latest snapshot that counted nginx, with
-/// when it was handed over: the drains' probe.
+/// nginx's open connections per backend from the latest snapshot that counted nginx: the
+/// drains' probe.
 #[derive(Clone, Default)]
-struct KernelCounts(Arc<Mutex<Option<Counted>>>);
+struct KernelCounts(Arc<Mutex<Counts>>);
 
-/// Open connections per backend, and when they were handed over.
-type Counted = (Instant, BTreeMap<SocketAddrV4, u64>);
+#[derive(Default)]
+struct Counts {
+    /// Open connections per backend nginx has a counter for, and when they were handed over.
+    active: Option<(Instant, BTreeMap<SocketAddrV4, u64>)>,
+    /// The kernel's drops at the previous snapshot.
+    drops: Option<KernelDrops>,
+    /// nginx's master and processes when a connection of theirs went unfollowed (a kernel
+    /// map was full): the counts are unknown until every one of them has exited.
+    tainted: Option<(u32, BTreeSet<u32>)>,
+}
+
+impl Counts {
+    /// Takes a snapshot's counts and drops; returns whether its load figures are complete.
+    fn update(
+        &mut self,
+        now: Instant,
+        snapshot: &model::Snapshot,
+        backends: Option<&Upstreams>,
+    ) -> bool {
+        let drops = snapshot.kernel_drops;
+        let grew = |of: fn(&KernelDrops) -> u64| {
+            let before = self.drops.as_ref().map_or(0, of);
+            of(&drops) > before
+        };
+        let cpu_dropped = grew(|d| d.cgroup_cpu_map_full);
+        let nginx_dropped = grew(|d| d.nginx_endpoints_full) || grew(|d| d.nginx_flows_full);
+        self.drops = Some(drops);
+        if let (true, Some(master)) = (nginx_dropped, snapshot.nginx.master_pid) {
+            let mut processes: BTreeSet<u32> = crate::nginx::children(master).into_iter().collect();
+            processes.insert(master);
+            if self.tainted.is_none() {
+                tracing::warn!(
+                    "nginx connections went unfollowed (a kernel map was full): connection counts are not trusted for drains until nginx's current workers have exited"
+                );
+            }
+            self.tainted = Some((master, processes));
+        }
+        if let Some((master, processes)) = &self.tainted {
+            let mut running: BTreeSet<u32> = crate::nginx::children(*master).into_iter().collect();
+            running.insert(*master);
+            if running.is_disjoint(processes) || !Path::new(&format!("/proc/{master}")).exists() {
+                tracing::info!(
+                    "every nginx process that had unfollowed connections has exited: connection counts are trusted again"
+                );
+                self.tainted = None;
+            }
+        }
+        if let Some(backends) = backends {
+            let active = backends.iter().map(|(a, e)| (*a, e.active)).collect();
+            self.active = Some((now, active));
+        }
+        let requests_undercounted = backends.is_some() && self.tainted.is_some();
+        !(cpu_dropped || requests_undercounted)
+    }
+}
+
+/// A snapshot's upstream endpoints by backend address.
+type Upstreams<'a> = BTreeMap<SocketAddrV4, &'a model::NginxEndpoint>;
 
 impl DrainProbe for KernelCounts {
     fn active_connections(&self, address: SocketAddrV4, since: Instant) -> Option<u64> {
         let counts = self.0.lock().unwrap_or_else(PoisonError::into_inner);
-        let (_, active) = counts.as_ref().filter(|(at, _)| *at >= since)?;
-        // A backend nginx never connected to has no entry: no connection.
-        Some(active.get(&address).copied().unwrap_or(0))
+        if counts.tainted.is_some() {
+            return None;
+        }
+        let (_, active) = counts.active.as_ref().filter(|(at, _)| *at >= since)?;
+        // No counter for it: unknown (its endpoint may have found no slot), not "none".
+        active.get(&address).copied()
     }
 }
 
-/// The running controller; stops its threads when dropped.
+/// The running controller; stops its threads when dropped (the one carrying out an LXD
+/// action ends once LXD answers).
 pub struct Controller {
     sender: Sender<Message>,
     counts: KernelCounts,
@@ -146,6 +206,12 @@ impl Controller {
         if options.dry_run {
             tracing::info!("dry run: the controller decides and logs, and changes nothing");
         }
+        // Not joined on drop: a start or stop LXD carries out can take it a minute, and
+        // waiting here would hold up a daemon told to stop; LXD finishes it either way.
+        drop(spawn("lxd-actions", {
+            let (sockets, sender) = (options.lxd_sockets.clone(), sender.clone());
+            Box::new(move || act(&sockets, &action_receiver, &sender))
+        }));
         let threads = vec![
             spawn("lxd-events", {
                 let (sockets, sender, stop) = (
@@ -154,10 +220,6 @@ impl Controller {
                     Arc::clone(&stop),
                 );
                 Box::new(move || listen(&sockets, &sender, &stop))
-            }),
-            spawn("lxd-actions", {
-                let (sockets, sender) = (options.lxd_sockets.clone(), sender.clone());
-                Box::new(move || act(&sockets, &action_receiver, &sender))
             }),
             spawn("controller", {
                 let (groups, stop, probe) =
@@ -179,7 +241,7 @@ impl Controller {
     pub fn feed(&self, snapshot: &model::Snapshot) {
         let now = Instant::now();
         // Per backend, when nginx is counted (the kernel knows its processes).
-        let backends = snapshot.nginx.master_pid.map(|_| {
+        let backends: Option<Upstreams> = snapshot.nginx.master_pid.map(|_| {
             snapshot
                 .nginx
                 .upstreams
@@ -188,12 +250,14 @@ impl Controller {
                     let ip = e.address.as_deref()?.parse().ok()?;
                     Some((SocketAddrV4::new(ip, e.port), e))
                 })
-                .collect::<BTreeMap<_, _>>()
+                .collect()
         });
-        if let Some(backends) = &backends {
-            let active = backends.iter().map(|(a, e)| (*a, e.active)).collect();
-            *self.counts.0.lock().unwrap_or_else(PoisonError::into_inner) = Some((now, active));
-        }
+        let complete = self
+            .counts
+            .0
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .update(now, snapshot, backends.as_ref());
         let load = Load {
             cpu_percent: snapshot
                 .containers
@@ -203,6 +267,7 @@ impl Controller {
                 .collect(),
             requests_per_s: backends
                 .map(|b| b.iter().map(|(a, e)| (*a, e.requests_per_s)).collect()),
+            complete,
         };
         let _ = self.sender.send(Message::Load(now, load));
     }

@@ -188,6 +188,7 @@ impl Rig {
                 .map(|i| (i.name.clone(), cpu))
                 .collect(),
             requests_per_s: None,
+            complete: true,
         };
         self.core.observe_load(self.now, &load);
         self.step();
@@ -701,6 +702,7 @@ fn requests_per_second_from_nginx_scale_a_group_up() {
                 // Another backend on the same address but another port is not the group's.
                 (SocketAddrV4::new(ip(2), 8080), 10_000.0),
             ])),
+            complete: true,
         };
         rig.core.observe_load(rig.now, &load);
         rig.step();
@@ -719,6 +721,84 @@ fn requests_per_second_from_nginx_scale_a_group_up() {
         reason.contains("requests 250.0/s per container"),
         "{reason}"
     );
+}
+
+/// nginx counted with these upstream endpoints, and these drops.
+fn counted(
+    master: u32,
+    upstreams: Vec<crate::model::NginxEndpoint>,
+    drops: u64,
+) -> crate::model::Snapshot {
+    let mut snapshot = crate::model::fixtures::snapshot("2026-11-22T04:22:02Z", vec![]);
+    snapshot.nginx.master_pid = Some(master);
+    snapshot.nginx.upstreams = upstreams;
+    snapshot.kernel_drops.nginx_flows_full = drops;
+    snapshot
+}
+
+#[test]
+fn a_backend_without_a_counter_or_with_unfollowed_connections_has_unknown_connections() {
+    use super::{Counts, DrainProbe, KernelCounts};
+    use crate::model::fixtures::upstream;
+    let probe = KernelCounts::default();
+    let feed = |snapshot: &crate::model::Snapshot| {
+        let backends = snapshot
+            .nginx
+            .upstreams
+            .iter()
+            .map(|e| {
+                let ip: Ipv4Addr = e
+                    .address
+                    .as_deref()
+                    .expect("an address")
+                    .parse()
+                    .expect("IPv4");
+                (SocketAddrV4::new(ip, e.port), e)
+            })
+            .collect();
+        let mut counts = probe.0.lock().expect("counts");
+        Counts::update(&mut counts, Instant::now(), snapshot, Some(&backends))
+    };
+    // nginx's "master": a process with no children, so that its exit ends the taint.
+    let mut master = std::process::Command::new("sleep")
+        .arg("3600")
+        .spawn()
+        .expect("start a sleep");
+    let pid = master.id();
+    let (counted_0, uncounted) = (SocketAddrV4::new(ip(2), 80), SocketAddrV4::new(ip(3), 80));
+    let since = Instant::now();
+    assert!(feed(&counted(
+        pid,
+        vec![upstream("web-1", "10.0.0.2", 0.0, 0)],
+        0
+    )));
+    assert_eq!(probe.active_connections(counted_0, since), Some(0));
+    assert_eq!(
+        probe.active_connections(uncounted, since),
+        None,
+        "no counter slot: unknown, not zero"
+    );
+    // A connection went unfollowed: every count is unknown while nginx's processes of that
+    // time run, and the load figures are incomplete.
+    assert!(!feed(&counted(
+        pid,
+        vec![upstream("web-1", "10.0.0.2", 0.0, 0)],
+        1
+    )));
+    assert_eq!(probe.active_connections(counted_0, since), None);
+    assert!(!feed(&counted(
+        pid,
+        vec![upstream("web-1", "10.0.0.2", 0.0, 0)],
+        1
+    )));
+    let _ = master.kill();
+    let _ = master.wait();
+    assert!(feed(&counted(
+        pid,
+        vec![upstream("web-1", "10.0.0.2", 0.0, 0)],
+        1
+    )));
+    assert_eq!(probe.active_connections(counted_0, since), Some(0));
 }
 
 /// An address of this host that is not loopback (nginx is never sent to loopback), with an

@@ -281,7 +281,8 @@ impl UpstreamFile {
 }
 
 /// The child processes of `pid` (nginx's workers and helpers).
-fn children(pid: i32) -> HashSet<u32> {
+pub fn children(pid: impl Into<i64>) -> HashSet<u32> {
+    let pid = pid.into();
     let path = Path::new("/proc").join(pid.to_string()).join("task");
     let Ok(tasks) = fs::read_dir(path) else {
         return HashSet::new();
