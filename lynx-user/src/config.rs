@@ -2,6 +2,7 @@
 //! `lynx.example.toml`; unknown or mistyped keys are errors that name the key and line.
 use std::{
     fs, io,
+    net::SocketAddr,
     path::{Path, PathBuf},
     time::Duration,
 };
@@ -42,6 +43,8 @@ pub struct Config {
     pub daemon: DaemonConfig,
     pub lxd: LxdConfig,
     pub history: HistoryConfig,
+    pub web: WebConfig,
+    /// The older name of `[web] listen`, still read.
     pub prometheus: PrometheusConfig,
     pub top: TopConfig,
     pub nginx: NginxConfig,
@@ -150,13 +153,82 @@ pub struct HistoryConfig {
     pub retention_days: u32,
 }
 
-/// `[prometheus]`: the `/metrics` and `/snapshot` endpoint of the daemon.
+/// `[web]`: the daemon's HTTP server (`/metrics`, `/snapshot`).
 #[derive(Clone, Debug, PartialEq, Deserialize)]
 #[serde(default, deny_unknown_fields)]
-pub struct PrometheusConfig {
-    /// Address to listen on; `""` turns the endpoint off. Loopback by default: expose it
-    /// deliberately.
+pub struct WebConfig {
+    /// `address:port` to listen on; `""` turns the server off. Loopback by default: expose
+    /// it deliberately.
     pub listen: String,
+    /// Host names clients may reach the server by, besides `localhost` and IP addresses: a
+    /// request whose `Host` header names another is refused (403), which stops web pages
+    /// that rebind their own name to this host.
+    pub allowed_hosts: Vec<String>,
+    /// Connections served at once; more are closed at once.
+    pub max_connections: u32,
+    /// The longest a connection may take in all: reading the request, answering, the client
+    /// reading the answer. A slower client is cut off.
+    #[serde(deserialize_with = "timeout")]
+    pub timeout: Duration,
+}
+
+impl Default for WebConfig {
+    fn default() -> Self {
+        Self {
+            listen: "127.0.0.1:9464".into(),
+            allowed_hosts: Vec::new(),
+            max_connections: 64,
+            timeout: Duration::from_secs(10),
+        }
+    }
+}
+
+impl WebConfig {
+    /// What the key at fault says and why.
+    fn check(&self) -> Result<(), (&'static str, String)> {
+        if !self.listen.is_empty() && self.listen.parse::<SocketAddr>().is_err() {
+            return Err((
+                "listen",
+                format!(
+                    "{:?} is not an IP address and port, as \"127.0.0.1:9464\"",
+                    self.listen
+                ),
+            ));
+        }
+        if !(1..=10_000).contains(&self.max_connections) {
+            return Err((
+                "max_connections",
+                format!("{} is outside 1..=10000", self.max_connections),
+            ));
+        }
+        if let Some(bad) = self.allowed_hosts.iter().find(|h| {
+            h.is_empty()
+                || !h
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b"-.:[]".contains(&b))
+        }) {
+            return Err(("allowed_hosts", format!("{bad:?} is not a host name")));
+        }
+        Ok(())
+    }
+
+    /// The server's options; `None` when it is off.
+    pub fn options(&self) -> Option<crate::web::WebOptions> {
+        Some(crate::web::WebOptions {
+            listen: self.listen.parse().ok()?,
+            allowed_hosts: self.allowed_hosts.clone(),
+            max_connections: self.max_connections as usize,
+            timeout: self.timeout,
+            retry: crate::web::RETRY,
+        })
+    }
+}
+
+/// `[prometheus]`: `listen` is the older name of `[web] listen`.
+#[derive(Clone, Debug, Default, PartialEq, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct PrometheusConfig {
+    pub listen: Option<String>,
 }
 
 /// `[top]`: the live view.
@@ -173,14 +245,6 @@ impl Default for HistoryConfig {
         Self {
             path: "/var/lib/lynx/history.db".into(),
             retention_days: 7,
-        }
-    }
-}
-
-impl Default for PrometheusConfig {
-    fn default() -> Self {
-        Self {
-            listen: "127.0.0.1:9464".into(),
         }
     }
 }
@@ -271,15 +335,29 @@ impl Config {
                 message,
             }
         };
-        let config: Self = toml::from_str(text).map_err(|error| {
+        let mut config: Self = toml::from_str(text).map_err(|error| {
             let offset = error.span().map_or(0, |span| span.start);
             invalid(offset, error.message().trim().replace('\n', " "))
         })?;
-        config.nginx.check().map_err(|(key, message)| {
-            // Where the key is written, for the message.
-            let offset = text.find(&format!("\n{key}")).map_or(0, |at| at + 1);
-            invalid(offset, format!("[nginx] {key}: {message}"))
-        })?;
+        // Where a key is written, for a message about it.
+        let at = |key: &str| text.find(&format!("\n{key}")).map_or(0, |at| at + 1);
+        if let Some(listen) = config.prometheus.listen.take() {
+            if config.web.listen != WebConfig::default().listen {
+                return Err(invalid(
+                    at("[prometheus]"),
+                    "[prometheus] listen is the older name of [web] listen: set only one".into(),
+                ));
+            }
+            config.web.listen = listen;
+        }
+        config
+            .nginx
+            .check()
+            .map_err(|(key, message)| invalid(at(key), format!("[nginx] {key}: {message}")))?;
+        config
+            .web
+            .check()
+            .map_err(|(key, message)| invalid(at(key), format!("[web] {key}: {message}")))?;
         group::validate_all(&config.groups).map_err(|(index, name, source)| {
             ConfigError::Group {
                 path: path.to_owned(),

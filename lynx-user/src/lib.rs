@@ -17,3 +17,4 @@ pub mod stop;
 #[cfg(test)]
 mod test_support;
 pub mod tui;
+pub mod web;

@@ -30,13 +30,14 @@ pub struct DaemonUnderTest {
 }
 
 impl DaemonUnderTest {
-    /// Starts a daemon collecting every `interval` (e.g. `"200ms"`), with its Prometheus
-    /// endpoint off, and waits for its first snapshot.
+    /// Starts a daemon collecting every `interval` (e.g. `"200ms"`), with its HTTP server
+    /// off, and waits for its first snapshot.
     pub fn start(name: &str, interval: &str) -> Self {
         Self::start_with_prometheus(name, interval, "")
     }
 
-    /// As [`Self::start`], serving Prometheus on `listen` (e.g. `"127.0.0.1:19464"`).
+    /// As [`Self::start`], serving `/metrics` and `/snapshot` on `listen` (e.g.
+    /// `"127.0.0.1:19464"`).
     pub fn start_with_prometheus(name: &str, interval: &str, listen: &str) -> Self {
         Self::start_configured(name, interval, listen, "")
     }
@@ -66,7 +67,7 @@ impl DaemonUnderTest {
             &config,
             format!(
                 "[daemon]\ninterval = \"{interval}\"\nsnapshot_path = \"{}\"\npin_dir = \"{}\"\n\
-                 [history]\npath = \"{}\"\n[prometheus]\nlisten = \"{listen}\"\n{extra}",
+                 [history]\npath = \"{}\"\n[web]\nlisten = \"{listen}\"\n{extra}",
                 snapshot_path.display(),
                 pin_dir.display(),
                 history.display(),

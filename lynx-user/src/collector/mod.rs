@@ -144,7 +144,7 @@ pub struct NginxSample {
 pub const REQUEST_RATE_SPAN: Duration = Duration::from_secs(10);
 
 /// Which nginx to count.
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub struct NginxOptions {
     /// The nginx: its master is found from its pid file, and must be that nginx's.
     pub control: crate::nginx::NginxControl,

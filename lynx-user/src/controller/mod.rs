@@ -68,7 +68,7 @@ const RECHECK_FOR: Duration = Duration::from_secs(3);
 const RECONNECT_PAUSE: Duration = Duration::from_secs(1);
 
 /// How the controller runs.
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, PartialEq)]
 pub struct ControlOptions {
     pub groups: Vec<GroupConfig>,
     pub lxd_sockets: Vec<PathBuf>,
