@@ -527,6 +527,30 @@ mod tests {
     }
 
     #[test]
+    fn the_web_server_is_checked_and_its_old_name_still_read() {
+        let error = parse("[web]\nlisten = \"localhost:9464\"\n").unwrap_err();
+        assert_eq!(
+            error,
+            "lynx.toml: line 2, column 1: [web] listen: \"localhost:9464\" is not an IP \
+             address and port, as \"127.0.0.1:9464\""
+        );
+        let error = parse("[web]\nmax_connections = 0\n").unwrap_err();
+        assert!(error.contains("[web] max_connections: 0 is outside"), "{error}");
+        let error = parse("[web]\nallowed_hosts = [\"a b\"]\n").unwrap_err();
+        assert!(error.contains("[web] allowed_hosts: \"a b\""), "{error}");
+        assert_eq!(
+            parse("[web]\nlisten = \"\"\n").expect("off").web.options(),
+            None
+        );
+        let old = parse("[prometheus]\nlisten = \"127.0.0.1:9\"\n").expect("the old name");
+        assert_eq!(old.web.listen, "127.0.0.1:9");
+        let error =
+            parse("[web]\nlisten = \"127.0.0.1:8\"\n[prometheus]\nlisten = \"127.0.0.1:9\"\n")
+                .unwrap_err();
+        assert!(error.contains("set only one"), "{error}");
+    }
+
+    #[test]
     fn missing_default_file_means_defaults_but_a_named_one_is_an_error() {
         let missing = Path::new("/nonexistent/lynx.toml");
         assert_eq!(

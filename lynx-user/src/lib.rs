@@ -8,6 +8,8 @@ pub mod command;
 pub mod config;
 pub mod controller;
 pub mod daemon;
+#[cfg(fuzzing)]
+pub mod fuzz;
 pub mod lxd;
 pub mod manage;
 pub mod model;

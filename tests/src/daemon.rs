@@ -1,7 +1,10 @@
 //! `lynx daemon` under test: its own config, pin directory, snapshot file and log, so it never
-//! shares maps with a daemon the host runs. Killed, and its pins removed, on drop.
+//! shares maps with a daemon the host runs. Killed, and its pins removed, on drop. It runs
+//! with umask 077, as a hardened service unit has it: what it writes for others to read must
+//! say its mode itself.
 use std::{
     fs,
+    os::unix::process::CommandExt,
     path::PathBuf,
     process::{Command, Stdio},
     thread::sleep,
@@ -239,18 +242,23 @@ fn spawn(config: &PathBuf, log_path: &PathBuf, args: &[String]) -> ChildGuard {
         .append(true)
         .open(log_path)
         .expect("open daemon log");
-    ChildGuard(
-        Command::new(lynx_bin())
-            .arg("--config")
-            .arg(config)
-            .arg("daemon")
-            .args(args)
-            .env("LYNX_LOG", "info")
-            .stdout(Stdio::null())
-            .stderr(log)
-            .spawn()
-            .expect("start lynx daemon"),
-    )
+    let mut command = Command::new(lynx_bin());
+    command
+        .arg("--config")
+        .arg(config)
+        .arg("daemon")
+        .args(args)
+        .env("LYNX_LOG", "info")
+        .stdout(Stdio::null())
+        .stderr(log);
+    // SAFETY: umask is async-signal-safe and touches only the child's own state.
+    unsafe {
+        command.pre_exec(|| {
+            libc::umask(0o077);
+            Ok(())
+        });
+    }
+    ChildGuard(command.spawn().expect("start lynx daemon"))
 }
 
 impl Drop for DaemonUnderTest {

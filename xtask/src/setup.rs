@@ -192,7 +192,7 @@ fn llvm_major(verbose_version: &str) -> Option<u32> {
 
 /// apt-get, updated at most once per run.
 #[derive(Default)]
-struct Apt {
+pub struct Apt {
     updated: bool,
 }
 
@@ -201,7 +201,7 @@ impl Apt {
         Path::new("/usr/bin/apt-get").exists()
     }
 
-    fn install(&mut self, packages: &[&str], why: &str) -> Result<()> {
+    pub fn install(&mut self, packages: &[&str], why: &str) -> Result<()> {
         if !Self::available() {
             bail!(
                 "unsupported platform: {} missing and no apt-get to install it ({why})",

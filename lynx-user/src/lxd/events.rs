@@ -122,6 +122,17 @@ impl LxdClient {
 }
 
 impl EventStream {
+    /// A stream over a socket past the websocket upgrade; for the fuzzer.
+    #[cfg(fuzzing)]
+    pub fn over(stream: UnixStream, poll: Duration) -> Self {
+        let _ = stream.set_read_timeout(Some(poll));
+        Self {
+            reader: BufReader::new(stream),
+            endpoint: "GET /1.0/events".into(),
+            poll,
+        }
+    }
+
     /// The next event, [`Next::Idle`] after the poll time without one, or [`Next::Closed`].
     pub fn recv(&mut self) -> Result<Next, LxdError> {
         let result = self.next_message();

@@ -35,6 +35,8 @@ pub use types::{
     Image, Instance, InstanceState, InstanceStatus, Interfaces, MemoryState, Network, NicDevice,
     NicState, StateAction,
 };
+#[cfg(fuzzing)]
+pub use types::{parse_instances, parse_networks, parse_state};
 
 /// Where LXD's socket lives: Debian's `lxd` package, the snap, then Incus (LXD's fork, which
 /// serves the same `/1.0` API).

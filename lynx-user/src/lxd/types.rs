@@ -508,3 +508,23 @@ pub(super) struct RawOperation {
     #[serde(default)]
     pub err: String,
 }
+
+/// The instances of `GET /1.0/instances?recursion=2`'s metadata; for the fuzzer.
+#[cfg(fuzzing)]
+pub fn parse_instances(bytes: &[u8]) -> serde_json::Result<Vec<Instance>> {
+    let raw: Vec<RawInstance> = serde_json::from_slice(bytes)?;
+    Ok(raw.into_iter().map(Instance::from).collect())
+}
+
+/// The state of `GET /1.0/instances/NAME/state`'s metadata; for the fuzzer.
+#[cfg(fuzzing)]
+pub fn parse_state(bytes: &[u8]) -> serde_json::Result<InstanceState> {
+    serde_json::from_slice::<RawState>(bytes).map(InstanceState::from)
+}
+
+/// The networks of `GET /1.0/networks?recursion=1`'s metadata; for the fuzzer.
+#[cfg(fuzzing)]
+pub fn parse_networks(bytes: &[u8]) -> serde_json::Result<Vec<Network>> {
+    let raw: Vec<RawNetwork> = serde_json::from_slice(bytes)?;
+    Ok(raw.into_iter().map(Network::from).collect())
+}

@@ -28,8 +28,8 @@ use crate::{
 
 /// How long nginx may take to start its new workers after SIGHUP.
 const RELOAD_TIMEOUT: Duration = Duration::from_secs(5);
-/// How long a file nginx took but did not reload with (no master, no new workers) waits
-/// before it is tried again: each try waits for nginx up to [`RELOAD_TIMEOUT`].
+/// How long a file nginx did not reload with (no master, no new workers, or an `nginx -t`
+/// that hung) waits before it is tried again: each try may wait for nginx that long.
 const RELOAD_RETRY: Duration = Duration::from_secs(30);
 /// Mode of an upstream file Lynx creates (an existing one keeps its own).
 const FILE_MODE: u32 = 0o644;
@@ -188,9 +188,12 @@ impl UpstreamFile {
                 None => fs::remove_file(&self.path),
             };
             restored.map_err(write_error)?;
-            if matches!(error, NginxError::Rejected { .. }) {
-                self.failed = Some(failed(None));
-            }
+            self.failed = match &error {
+                NginxError::Rejected { .. } => Some(failed(None)),
+                // A check that hung or could not run may do better later.
+                NginxError::Run { .. } => Some(failed(Some(Instant::now() + RELOAD_RETRY))),
+                _ => None,
+            };
             return Err(error);
         }
         if let Err(error) = self.reload() {
