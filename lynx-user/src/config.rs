@@ -535,7 +535,10 @@ mod tests {
              address and port, as \"127.0.0.1:9464\""
         );
         let error = parse("[web]\nmax_connections = 0\n").unwrap_err();
-        assert!(error.contains("[web] max_connections: 0 is outside"), "{error}");
+        assert!(
+            error.contains("[web] max_connections: 0 is outside"),
+            "{error}"
+        );
         let error = parse("[web]\nallowed_hosts = [\"a b\"]\n").unwrap_err();
         assert!(error.contains("[web] allowed_hosts: \"a b\""), "{error}");
         assert_eq!(

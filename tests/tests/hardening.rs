@@ -93,8 +93,10 @@ fn a_user_holding_the_lock_file_and_the_port_keeps_no_daemon_from_starting() {
     fs::write(&lock, "1\n").expect("an old lock file");
     fs::set_permissions(&lock, fs::Permissions::from_mode(0o644)).expect("chmod 0644");
     let lock_text = lock.to_str().expect("UTF-8");
+    // One process that holds the lock and sleeps (flock's own child would outlive a kill).
+    let hold = format!("exec 9<{lock_text} && flock -x 9 && exec sleep 3600");
     let _locker = ChildGuard(
-        as_nobody(&["flock", "-x", lock_text, "sleep", "3600"])
+        as_nobody(&["sh", "-c", &hold])
             .spawn()
             .expect("start flock as nobody"),
     );

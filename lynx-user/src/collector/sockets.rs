@@ -340,6 +340,13 @@ mod tests {
                 "{code}"
             );
         }
+        // The fuzzer's input, as it found it.
+        let found = b"\x24\0\0\0\x02\0\0\0\0\0\0\0\0\0\0\x09\0\0\0\x80\xff\xff\xff\xff\
+                      \0\0\0\0\0\x34\0\0\0\0\xda\0\0\0\0\0";
+        assert!(matches!(
+            each_message(found, &mut each),
+            Err(SocketsError::Malformed(_))
+        ));
         let mut batch = message(0x14, &[0; 4]);
         batch.extend(message(NLMSG_DONE, &[]));
         assert!(each_message(&batch, &mut each).expect("a dump's end"));

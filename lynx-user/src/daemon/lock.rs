@@ -74,8 +74,8 @@ fn euid() -> u32 {
     unsafe { libc::geteuid() }
 }
 
-/// Makes `dir` (mode 0755) when missing; refuses one that is a link, another user's, or
-/// writable by others.
+/// Makes `dir` (mode 0755) when missing; refuses one that is a link, another user's (not
+/// root's or this daemon's), or writable by others.
 fn secure_dir(dir: &Path) -> Result<(), DaemonError> {
     let unsafe_dir = |reason: String| DaemonError::UnsafeLockDir {
         path: dir.to_owned(),
@@ -104,9 +104,10 @@ fn secure_dir(dir: &Path) -> Result<(), DaemonError> {
     if !meta.is_dir() {
         return Err(unsafe_dir("it is not a directory".into()));
     }
-    if meta.uid() != euid() {
+    // Root's, or this user's: no one else may replace what is in it.
+    if meta.uid() != euid() && meta.uid() != 0 {
         return Err(unsafe_dir(format!(
-            "it belongs to uid {}, not {}",
+            "it belongs to uid {}, neither root nor this daemon's user ({})",
             meta.uid(),
             euid()
         )));
