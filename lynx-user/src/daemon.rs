@@ -192,19 +192,24 @@ impl Running {
     fn reconfigure(&mut self, new: DaemonOptions) {
         let old = &self.options;
         let mut applied = Vec::new();
-        let mut restart = Vec::new();
-        if new.pin_dir != old.pin_dir {
-            restart.push("[daemon] pin_dir");
-        }
-        if new.count_host_network != old.count_host_network {
-            restart.push("[daemon] count_host_network");
-        }
-        if new.nginx != old.nginx {
-            restart.push("[nginx] (which nginx is counted, and on which ports)");
-        }
-        if new.lxd_sockets != old.lxd_sockets {
-            restart.push("[lxd] sockets (for the collector)");
-        }
+        let restart: Vec<&str> = [
+            (new.pin_dir != old.pin_dir, "[daemon] pin_dir"),
+            (
+                new.count_host_network != old.count_host_network,
+                "[daemon] count_host_network",
+            ),
+            (
+                new.nginx != old.nginx,
+                "[nginx] (which nginx is counted, and on which ports)",
+            ),
+            (
+                new.lxd_sockets != old.lxd_sockets,
+                "[lxd] sockets (for the collector)",
+            ),
+        ]
+        .into_iter()
+        .filter_map(|(changed, key)| changed.then_some(key))
+        .collect();
         if new.interval != old.interval {
             applied.push("[daemon] interval");
         }

@@ -14,6 +14,7 @@ pub mod lxd;
 pub mod manage;
 pub mod model;
 pub mod nginx;
+pub mod process;
 pub mod sink;
 pub mod stop;
 #[cfg(test)]

@@ -53,13 +53,19 @@ impl Drop for ManyCgroups {
     }
 }
 
+/// Resident memory of `pid` now, in MB.
 pub fn rss_mb(pid: u32) -> f64 {
+    memory_mb(pid, "VmRSS:")
+}
+
+/// `field` of `/proc/PID/status` (a size in kB, as `VmRSS:` or `VmHWM:`), in MB.
+pub fn memory_mb(pid: u32, field: &str) -> f64 {
     let status = fs::read_to_string(format!("/proc/{pid}/status")).expect("read daemon status");
     let kib: f64 = status
         .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .find_map(|l| l.strip_prefix(field))
         .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-        .expect("VmRSS");
+        .unwrap_or_else(|| panic!("no {field} in /proc/{pid}/status"));
     kib / 1024.0
 }
 

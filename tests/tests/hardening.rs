@@ -267,15 +267,8 @@ fn hanging_nginx(dir: &Path) -> PathBuf {
 
 /// The daemon's children running `sleep`: a hanging `nginx -t`.
 fn hanging_checks(daemon: u32) -> Vec<u32> {
-    let tasks = fs::read_dir(format!("/proc/{daemon}/task")).expect("the daemon runs");
-    tasks
-        .flatten()
-        .filter_map(|task| fs::read_to_string(task.path().join("children")).ok())
-        .flat_map(|list| {
-            list.split_whitespace()
-                .filter_map(|p| p.parse().ok())
-                .collect::<Vec<u32>>()
-        })
+    lynx::nginx::children(daemon)
+        .into_iter()
         .filter(|pid| {
             fs::read_to_string(format!("/proc/{pid}/comm")).is_ok_and(|comm| comm.trim() == "sleep")
         })

@@ -1,10 +1,13 @@
 //! Which processes are the nginx to count: the master named by its pid file, and its children
 //! (workers, cache helpers), found in procfs every interval. The kernel adds children nginx
 //! forks in between (a reload's new workers) by itself.
-use std::{fs, io, path::Path};
+use std::{fs, path::Path};
 
 use super::sockets;
-use crate::nginx::{MasterError, NginxControl, find_master, master::parse_stat};
+use crate::{
+    nginx::{MasterError, NginxControl, find_master, master::io_reason},
+    process::parse_stat,
+};
 
 /// Why nginx was not found.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
@@ -84,13 +87,6 @@ fn children(proc: &Path, master: u32, stat: &dyn Fn(&str) -> Option<String>) -> 
                 == Some(master)
         })
         .collect()
-}
-
-fn io_reason(error: &io::Error) -> String {
-    match error.kind() {
-        io::ErrorKind::NotFound => "no such file (is nginx running?)".into(),
-        _ => error.to_string(),
-    }
 }
 
 #[cfg(test)]

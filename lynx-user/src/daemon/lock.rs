@@ -18,6 +18,7 @@ use std::{
 };
 
 use super::DaemonError;
+use crate::process::real_uid;
 
 /// Held while a daemon counts into the maps pinned in a directory: a second daemon there
 /// would count everything twice. The lock goes with the process, also on SIGKILL.
@@ -147,7 +148,8 @@ fn open(path: &Path, pin_dir: &Path) -> Result<fs::File, DaemonError> {
     }
     // Others can open it, so anyone may be holding a lock on it. A process of this user
     // holding it is a daemon; any other holder is shut out by a new file.
-    if let Some(pid) = holder(&meta).filter(|&pid| process_uid(pid) == Some(euid())) {
+    let uid_of = |pid: u32| real_uid(Path::new(&format!("/proc/{pid}")));
+    if let Some(pid) = holder(&meta).filter(|&pid| uid_of(pid) == Some(euid())) {
         return Err(DaemonError::AlreadyRunning {
             pid: pid.to_string(),
             pin_dir: pin_dir.to_owned(),
@@ -192,17 +194,6 @@ fn holder_in(locks: &str, device: &str) -> Option<u32> {
             _ => None,
         }
     })
-}
-
-fn process_uid(pid: u32) -> Option<u32> {
-    let status = fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
-    status
-        .lines()
-        .find_map(|line| line.strip_prefix("Uid:"))?
-        .split_whitespace()
-        .next()?
-        .parse()
-        .ok()
 }
 
 #[cfg(test)]

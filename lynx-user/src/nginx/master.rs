@@ -13,6 +13,7 @@ use std::{
 };
 
 use super::NginxControl;
+use crate::process::{parse_stat, real_uid};
 
 /// The title nginx gives its master process (`ps` shows it, `/proc/PID/cmdline` holds it).
 const MASTER_TITLE: &str = "nginx: master process ";
@@ -131,26 +132,6 @@ fn parse_pid(text: &str) -> Option<u32> {
         .filter(|&pid| pid > 0 && i32::try_from(pid).is_ok())
 }
 
-/// The command name and parent pid of `/proc/PID/stat` text; the name is in parentheses
-/// and may itself contain spaces and parentheses.
-pub(crate) fn parse_stat(text: &str) -> Option<(&str, u32)> {
-    let (head, rest) = text.rsplit_once(')')?;
-    let comm = head.split_once('(')?.1;
-    let ppid = rest.split_whitespace().nth(1)?.parse().ok()?;
-    Some((comm, ppid))
-}
-
-fn real_uid(process: &Path) -> Option<u32> {
-    let status = fs::read_to_string(process.join("status")).ok()?;
-    status
-        .lines()
-        .find_map(|line| line.strip_prefix("Uid:"))?
-        .split_whitespace()
-        .next()?
-        .parse()
-        .ok()
-}
-
 /// `-p` and `-c` of nginx's command line (`-p DIR` or `-pDIR`), as its title shows them.
 fn options(arguments: &str) -> (Option<PathBuf>, Option<PathBuf>) {
     let (mut prefix, mut config) = (None, None);
@@ -198,7 +179,8 @@ fn resolve_binary(binary: &Path) -> PathBuf {
         .map_or_else(|| binary.to_owned(), |found| canonical(&found))
 }
 
-fn io_reason(error: &io::Error) -> String {
+/// Why a file of nginx's is not there, for messages.
+pub(crate) fn io_reason(error: &io::Error) -> String {
     match error.kind() {
         io::ErrorKind::NotFound => "no such file (is nginx running?)".into(),
         _ => error.to_string(),

@@ -17,7 +17,7 @@ use std::{
 };
 
 use lynx_tests::{
-    bench::{ManyCgroups, measure_daemon, rss_mb},
+    bench::{ManyCgroups, measure_daemon, memory_mb, rss_mb},
     daemon::DaemonUnderTest,
     nginx::free_port,
 };
@@ -75,17 +75,6 @@ impl Clients {
     }
 }
 
-/// Peak resident memory (VmHWM) of `pid`, in MB.
-fn peak_rss_mb(pid: u32) -> f64 {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("status");
-    let kib: f64 = status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmHWM:"))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-        .expect("VmHWM");
-    kib / 1024.0
-}
-
 fn main() {
     // SAFETY: geteuid has no preconditions.
     assert_eq!(unsafe { libc::geteuid() }, 0, "the bench needs root");
@@ -93,7 +82,7 @@ fn main() {
     let off = DaemonUnderTest::start("bench-web-off", "100ms");
     let cgroups = ManyCgroups::create(CGROUPS);
     let (off_cpu_ms, _, off_rss) = measure_daemon(&off);
-    let off_peak = peak_rss_mb(off.pid());
+    let off_peak = memory_mb(off.pid(), "VmHWM:");
     drop(off);
     drop(cgroups);
 
@@ -104,7 +93,7 @@ fn main() {
     let clients = Clients::start(addr);
     let (on_cpu_ms, _, on_rss) = measure_daemon(&on);
     let latencies = clients.stop();
-    let on_peak = peak_rss_mb(on.pid());
+    let on_peak = memory_mb(on.pid(), "VmHWM:");
     let rss_after = rss_mb(on.pid());
     drop(on);
     drop(cgroups);
