@@ -28,7 +28,7 @@ mod tests;
 use std::{
     collections::{BTreeMap, BTreeSet},
     net::{SocketAddr, SocketAddrV4, TcpStream},
-    path::{Path, PathBuf},
+    path::PathBuf,
     sync::{
         Arc, Mutex, PoisonError,
         atomic::{AtomicBool, Ordering},
@@ -114,8 +114,8 @@ struct Counts {
     active: Option<(Instant, BTreeMap<SocketAddrV4, u64>)>,
     /// The kernel's drops at the previous snapshot.
     drops: Option<KernelDrops>,
-    /// nginx's master and processes when a connection of theirs went unfollowed (a kernel
-    /// map was full): the counts are unknown until every one of them has exited.
+    /// nginx's master and its workers when a connection of theirs went unfollowed (a kernel
+    /// map was full): the counts are unknown until every one of those workers has exited.
     tainted: Option<(u32, BTreeSet<u32>)>,
 }
 
@@ -136,8 +136,8 @@ impl Counts {
         let nginx_dropped = grew(|d| d.nginx_endpoints_full) || grew(|d| d.nginx_flows_full);
         self.drops = Some(drops);
         if let (true, Some(master)) = (nginx_dropped, snapshot.nginx.master_pid) {
-            let mut processes: BTreeSet<u32> = crate::nginx::children(master).into_iter().collect();
-            processes.insert(master);
+            // The workers hold the connections; the master outlives every reload.
+            let processes: BTreeSet<u32> = crate::nginx::children(master).into_iter().collect();
             if self.tainted.is_none() {
                 tracing::warn!(
                     "nginx connections went unfollowed (a kernel map was full): connection counts are not trusted for drains until nginx's current workers have exited"
@@ -146,9 +146,8 @@ impl Counts {
             self.tainted = Some((master, processes));
         }
         if let Some((master, processes)) = &self.tainted {
-            let mut running: BTreeSet<u32> = crate::nginx::children(*master).into_iter().collect();
-            running.insert(*master);
-            if running.is_disjoint(processes) || !Path::new(&format!("/proc/{master}")).exists() {
+            let running: BTreeSet<u32> = crate::nginx::children(*master).into_iter().collect();
+            if running.is_disjoint(processes) {
                 tracing::info!(
                     "every nginx process that had unfollowed connections has exited: connection counts are trusted again"
                 );

@@ -759,12 +759,20 @@ fn a_backend_without_a_counter_or_with_unfollowed_connections_has_unknown_connec
         let mut counts = probe.0.lock().expect("counts");
         Counts::update(&mut counts, Instant::now(), snapshot, Some(&backends))
     };
-    // nginx's "master": a process with no children, so that its exit ends the taint.
-    let mut master = std::process::Command::new("sleep")
-        .arg("3600")
+    // nginx's "master" with a "worker": a shell waiting for a sleep it started.
+    let mut master = std::process::Command::new("sh")
+        .args(["-c", "sleep 3600 & wait"])
         .spawn()
-        .expect("start a sleep");
+        .expect("start a shell");
     let pid = master.id();
+    let deadline = Instant::now() + Duration::from_secs(5);
+    let worker = loop {
+        if let Some(&worker) = crate::nginx::children(pid).iter().next() {
+            break worker;
+        }
+        assert!(Instant::now() < deadline, "the shell started no sleep");
+        thread::sleep(Duration::from_millis(10));
+    };
     let (counted_0, uncounted) = (SocketAddrV4::new(ip(2), 80), SocketAddrV4::new(ip(3), 80));
     let since = Instant::now();
     assert!(feed(&counted(
@@ -791,14 +799,22 @@ fn a_backend_without_a_counter_or_with_unfollowed_connections_has_unknown_connec
         vec![upstream("web-1", "10.0.0.2", 0.0, 0)],
         1
     )));
-    let _ = master.kill();
-    let _ = master.wait();
+    // The worker exits (a reload replaced it); the master stays.
+    // SAFETY: kill has no memory-safety preconditions; the pid is this test's grandchild.
+    unsafe { libc::kill(worker as i32, libc::SIGKILL) };
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while crate::nginx::children(pid).contains(&worker) {
+        assert!(Instant::now() < deadline, "the worker did not exit");
+        thread::sleep(Duration::from_millis(10));
+    }
     assert!(feed(&counted(
         pid,
         vec![upstream("web-1", "10.0.0.2", 0.0, 0)],
         1
     )));
     assert_eq!(probe.active_connections(counted_0, since), Some(0));
+    let _ = master.kill();
+    let _ = master.wait();
 }
 
 /// An address of this host that is not loopback (nginx is never sent to loopback), with an
