@@ -585,10 +585,12 @@ fn a_reload_nginx_does_not_take_is_never_counted_as_served_and_no_member_is_put_
         &[],
     );
     daemon.wait_for("the failed reload", Duration::from_secs(30), |s| {
-        group(s)
-            .upstream_error
-            .as_deref()
-            .is_some_and(|e| e.contains("did not start new workers"))
+        // No group until the controller's first step, which waits for the reload.
+        s.groups.first().is_some_and(|g| {
+            g.upstream_error
+                .as_deref()
+                .is_some_and(|e| e.contains("did not start new workers"))
+        })
     });
     // Many re-reads (every 2 s) and scale-down decisions later: still not served, nothing
     // put away.

@@ -210,17 +210,33 @@ fn a_full_flow_table_is_counted_exported_and_keeps_the_autoscaler_from_scaling_d
         .nginx
         .master_pid
         .expect("nginx is counted");
+    let old_workers = lynx::nginx::children(master);
     // SAFETY: kill has no memory-safety preconditions; the master is the farm's nginx.
     unsafe { libc::kill(master as i32, libc::SIGHUP) };
-    daemon.wait_for(
-        "a scale-down once the figures are complete",
-        Duration::from_secs(30),
-        |s| {
-            group(s)
-                .autoscaler
-                .as_ref()
-                .and_then(|a| a.last_action.as_ref())
-                .is_some_and(|action| action.direction == "down")
-        },
-    );
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !lynx::nginx::children(master).is_disjoint(&old_workers) {
+        assert!(
+            Instant::now() < deadline,
+            "nginx's old workers {old_workers:?} still run: {:?}",
+            lynx::nginx::children(master)
+        );
+        sleep(Duration::from_millis(50));
+    }
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let snapshot = daemon.next_snapshot();
+        let autoscaler = group(&snapshot).autoscaler.clone().expect("autoscaled");
+        if autoscaler
+            .last_action
+            .as_ref()
+            .is_some_and(|action| action.direction == "down")
+        {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no scale-down 30 s after the figures were complete again: {autoscaler:?}\nlog:\n{}",
+            daemon.log()
+        );
+    }
 }

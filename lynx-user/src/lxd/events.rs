@@ -19,8 +19,9 @@ const HANDSHAKE_KEY: &str = "bHlueC1ldmVudHMtMDAwMQ==";
 /// A message larger than this is not an LXD event: the stream is given up.
 const MAX_MESSAGE: usize = 1 << 20;
 /// How long a message may take to arrive whole once its first byte came: LXD writes each
-/// event at once, and a peer trickling one must not hold the reader.
-const MESSAGE_TIMEOUT: Duration = Duration::from_secs(10);
+/// event at once, and a peer trickling one must not hold the reader (nor a daemon told to
+/// stop, whose listener looks at its stop flag between reads).
+const MESSAGE_TIMEOUT: Duration = Duration::from_secs(2);
 
 /// One event, as much of it as Lynx uses.
 #[derive(Clone, Debug, PartialEq, Eq, Deserialize)]
@@ -166,12 +167,22 @@ impl EventStream {
             };
             match frame.opcode {
                 OPCODE_CLOSE => return Ok(Next::Closed),
-                OPCODE_PING => {
-                    self.send(OPCODE_PONG, &frame.payload)
-                        .map_err(|e| self.error(e))?;
+                OPCODE_PING | OPCODE_PONG => {
+                    if frame.opcode == OPCODE_PING {
+                        self.send(OPCODE_PONG, &frame.payload)
+                            .map_err(|e| self.error(e))?;
+                    }
+                    // A control frame between messages begins none: what follows may be a
+                    // while coming.
+                    if message.is_empty() {
+                        deadline = None;
+                        self.reader
+                            .get_ref()
+                            .set_read_timeout(Some(self.poll))
+                            .map_err(|e| self.error(e))?;
+                    }
                     continue;
                 }
-                OPCODE_PONG => continue,
                 _ => {}
             }
             message.extend_from_slice(&frame.payload);
@@ -439,6 +450,40 @@ mod tests {
             next = events.recv().expect("then");
         }
         assert_eq!(next, Next::Closed);
+        server.join().expect("server thread");
+        std::fs::remove_dir_all(&dir).expect("clean up");
+    }
+
+    #[test]
+    fn a_ping_between_events_leaves_the_stream_idle_not_waiting_for_a_message() {
+        let (dir, socket, server) = fake_lxd("ping-idle", |mut stream, _, _| {
+            stream
+                .write_all(b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\n\r\n")
+                .expect("upgrade");
+            stream
+                .write_all(&frame(true, OPCODE_PING, b"hi"))
+                .expect("ping");
+            thread::sleep(Duration::from_millis(500));
+            stream
+                .write_all(&frame(true, 0x1, STARTED.as_bytes()))
+                .expect("event");
+            thread::sleep(Duration::from_millis(100));
+        });
+        let mut events = LxdClient::new(&socket)
+            .events("lifecycle", Duration::from_millis(100))
+            .expect("subscribe");
+        let started = std::time::Instant::now();
+        assert_eq!(events.recv().expect("after the ping"), Next::Idle);
+        assert!(
+            started.elapsed() < Duration::from_millis(400),
+            "waited {:?} after a ping",
+            started.elapsed()
+        );
+        let mut next = events.recv().expect("then");
+        while next == Next::Idle {
+            next = events.recv().expect("then");
+        }
+        assert!(matches!(next, Next::Event(_)), "{next:?}");
         server.join().expect("server thread");
         std::fs::remove_dir_all(&dir).expect("clean up");
     }
