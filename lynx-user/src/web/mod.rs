@@ -108,7 +108,9 @@ impl WebServer {
             .enable_time()
             .build()
             .map_err(WebError::Runtime)?;
-        let listener = bind(options.listen, options.retry, None).ok();
+        // Tried here first, so that the caller learns the address at once when it is free.
+        let mut failure = String::new();
+        let listener = bind(options.listen, options.retry, &mut failure).ok();
         let local_addr = Arc::new(Mutex::new(
             listener.as_ref().and_then(|l| l.local_addr().ok()),
         ));
@@ -119,7 +121,8 @@ impl WebServer {
             .spawn({
                 let (latest, local_addr) = (latest.clone(), local_addr.clone());
                 move || {
-                    runtime.block_on(run(options, listener, latest, local_addr, stopped));
+                    let bound = Bound { listener, failure };
+                    runtime.block_on(run(options, bound, latest, local_addr, stopped));
                 }
             })
             .map_err(WebError::Thread)?;
@@ -160,12 +163,8 @@ impl Drop for WebServer {
     }
 }
 
-/// Binds `address`; logs a failure (once per distinct error: `last` is the previous one).
-fn bind(
-    address: SocketAddr,
-    retry: Duration,
-    last: Option<&mut String>,
-) -> std::io::Result<TcpListener> {
+/// Binds `address`; logs a failure unless it is the same as `last`, which it then becomes.
+fn bind(address: SocketAddr, retry: Duration, last: &mut String) -> std::io::Result<TcpListener> {
     let result = TcpListener::bind(address).and_then(|listener| {
         // tokio needs it non-blocking.
         listener.set_nonblocking(true)?;
@@ -177,39 +176,42 @@ fn bind(
             _ => String::new(),
         };
         let message = format!("{error}{holder}");
-        if last.as_deref() != Some(&message) {
+        if *last != message {
             tracing::error!(
                 "cannot listen on {address}: {message}; /metrics and /snapshot are not served \
                  until it can (tried again every {retry:?}), collection and control go on"
             );
-            if let Some(last) = last {
-                *last = message;
-            }
+            *last = message;
         }
     }
     result
+}
+
+/// The first try at the address: the listener, or why there is none (logged already).
+struct Bound {
+    listener: Option<TcpListener>,
+    failure: String,
 }
 
 /// The server thread: gets the address (trying again while another process holds it), then
 /// serves until told to stop.
 async fn run(
     options: WebOptions,
-    listener: Option<TcpListener>,
+    bound: Bound,
     latest: Latest,
     local_addr: Arc<Mutex<Option<SocketAddr>>>,
     mut stopped: watch::Receiver<bool>,
 ) {
-    let listener = match listener {
+    let listener = match bound.listener {
         Some(listener) => listener,
         None => {
-            let mut last = String::new();
-            let _ = bind(options.listen, options.retry, Some(&mut last));
+            let mut last = bound.failure;
             loop {
                 tokio::select! {
                     _ = stopped.changed() => return,
                     () = tokio::time::sleep(options.retry) => {}
                 }
-                if let Ok(listener) = bind(options.listen, options.retry, Some(&mut last)) {
+                if let Ok(listener) = bind(options.listen, options.retry, &mut last) {
                     break listener;
                 }
             }
