@@ -56,6 +56,21 @@ pub fn private_kernel_counters() -> KernelCounters {
     .expect("load and attach lynx's programs")
 }
 
+/// A PATH with the sbin directories, which a test's environment may lack but the rigs' daemons
+/// (`lxd`, `dnsmasq`, `nginx`) are in.
+pub const SYSTEM_PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
+
+/// Panics, naming `program`, unless it is installed. `cargo xtask test` installs every program
+/// the tests run (xtask/src/setup.rs); the tests themselves install nothing.
+pub fn require(program: &str) {
+    assert!(
+        SYSTEM_PATH
+            .split(':')
+            .any(|dir| Path::new(dir).join(program).is_file()),
+        "{program} is not installed: `cargo xtask setup` installs what the tests run"
+    );
+}
+
 /// The `lynx` binary that `cargo xtask test` built.
 pub fn lynx_bin() -> PathBuf {
     std::env::var_os("LYNX_BIN")

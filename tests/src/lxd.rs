@@ -1,8 +1,8 @@
 //! The LXD rig: real LXD containers for the privileged tests, set up by the tests themselves.
 //!
-//! - [`lxd()`] returns the rig once the host is ready, setting it up on first use: it installs
-//!   Debian's `lxd` if `lxd`/`lxc` are missing, starts the daemon if [`SOCKET`] does not
-//!   answer, makes sure LXD has a `default` storage pool, the managed bridge [`BRIDGE`]
+//! - [`lxd()`] returns the rig once the host is ready, setting it up on first use: it checks that
+//!   the programs it runs are installed (`cargo xtask setup` installs them; the rig installs
+//!   nothing), starts the daemon if [`SOCKET`] does not answer, makes sure LXD has a `default` storage pool, the managed bridge [`BRIDGE`]
 //!   ([`BRIDGE_SUBNET`]/[`BRIDGE_PREFIX`], no NAT, no IPv6) and a default profile whose
 //!   `eth0` is on it, deletes containers left behind by test processes that no longer exist,
 //!   and imports the busybox image [`IMAGE`] built from Debian's `busybox-static`.
@@ -37,6 +37,8 @@ use std::{
 
 use serde_json::Value;
 
+use crate::{SYSTEM_PATH, require};
+
 /// The managed bridge the rig creates; the default profile's `eth0` is attached to it.
 pub const BRIDGE: &str = "lynxbr0";
 /// The bridge's own (host-side) address, the containers' gateway.
@@ -65,11 +67,6 @@ const READY_TIMEOUT: Duration = Duration::from_secs(60);
 const LXC_TIMEOUT: Duration = Duration::from_secs(120);
 /// Upper bound for [`TestContainer::exec`].
 pub const EXEC_TIMEOUT: Duration = Duration::from_secs(120);
-/// Upper bound for `apt-get update` / `apt-get install`.
-const APT_TIMEOUT: Duration = Duration::from_secs(900);
-/// A PATH with the sbin directories, which a test's environment may lack but `lxd` (dnsmasq,
-/// ip) and apt need.
-const SYSTEM_PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
 
 /// The rig: LXD running and initialised, with the busybox image imported.
 pub struct Lxd {
@@ -92,8 +89,8 @@ impl Lxd {
     fn set_up() -> Self {
         let started = Instant::now();
         let _lock = FileLock::acquire(Path::new(LOCK), Duration::from_secs(1200));
-        if !on_path("lxd") || !on_path("lxc") {
-            apt_install("lxd", "the LXD rig needs the LXD daemon and the lxc client");
+        for program in ["lxd", "lxc", "dnsmasq", "tar"] {
+            require(program);
         }
         ensure_daemon();
         ensure_initialised();
@@ -637,12 +634,11 @@ fn ensure_image() {
         eprintln!("lxd rig: replacing {IMAGE}, an older version of the test image");
         lxc(&["image", "delete", fingerprint]);
     }
-    if !dpkg_installed("busybox-static") {
-        apt_install(
-            "busybox-static",
-            "the rig's container image is a static busybox with its applets",
-        );
-    }
+    // The image is the host's busybox: it must be the static one, which needs no libraries.
+    assert!(
+        dpkg_installed("busybox-static"),
+        "busybox-static is not installed: `cargo xtask setup` installs what the tests run"
+    );
     let started = Instant::now();
     let dir = env::temp_dir().join(format!("lynx-busybox-image-{}", std::process::id()));
     let _ = fs::remove_dir_all(&dir);
@@ -812,49 +808,12 @@ fn system_command(program: &str) -> Command {
     command
 }
 
-fn on_path(program: &str) -> bool {
-    SYSTEM_PATH
-        .split(':')
-        .any(|dir| Path::new(dir).join(program).is_file())
-}
-
 fn dpkg_installed(package: &str) -> bool {
     run(
         system_command("dpkg-query").args(["-W", "-f=${Status}", package]),
         LXC_TIMEOUT,
     )
     .is_ok_and(|output| output.stdout.ends_with(b" installed"))
-}
-
-/// `apt-get install` of one Debian package, after one `apt-get update` per process.
-fn apt_install(package: &str, why: &str) {
-    static UPDATED: OnceLock<()> = OnceLock::new();
-    let apt = |args: &[&str]| {
-        let started = Instant::now();
-        let output = run(
-            system_command("apt-get")
-                .args(args)
-                .env("DEBIAN_FRONTEND", "noninteractive"),
-            APT_TIMEOUT,
-        )
-        .unwrap_or_else(|e| panic!("apt-get {}: {e}", args.join(" ")));
-        assert!(
-            output.status.success(),
-            "apt-get {} failed ({}):\n{}\n{}",
-            args.join(" "),
-            output.status,
-            String::from_utf8_lossy(&output.stdout),
-            String::from_utf8_lossy(&output.stderr)
-        );
-        eprintln!(
-            "lxd rig: apt-get {} took {:.1} s",
-            args.join(" "),
-            started.elapsed().as_secs_f64()
-        );
-    };
-    eprintln!("lxd rig: installing Debian package {package}: {why}");
-    UPDATED.get_or_init(|| apt(&["update", "-qq"]));
-    apt(&["install", "-y", "-qq", package]);
 }
 
 /// Runs `command` with stdin null, collecting its output; kills it after `timeout`.

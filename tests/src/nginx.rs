@@ -14,7 +14,7 @@ use std::{
 
 use lynx::nginx::NginxControl;
 
-use crate::{ChildGuard, TestCgroup};
+use crate::{ChildGuard, TestCgroup, require};
 
 /// The upstream group name in the config.
 pub const UPSTREAM: &str = "lynx_backends";
@@ -383,16 +383,6 @@ impl WrkTotals {
             socket_errors,
         })
     }
-}
-
-/// `cargo xtask test` installs the rig's programs; anything else must have them already.
-fn require(program: &str) {
-    let found = std::env::var_os("PATH")
-        .is_some_and(|path| std::env::split_paths(&path).any(|dir| dir.join(program).is_file()));
-    assert!(
-        found,
-        "{program} is not installed: run the tests with `cargo xtask test`"
-    );
 }
 
 /// A loopback port nothing listens on now.

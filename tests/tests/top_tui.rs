@@ -8,7 +8,9 @@ use std::{
 };
 
 use lynx::model::Snapshot;
-use lynx_tests::{ChildGuard, daemon::DaemonUnderTest, lxd::TestContainer, lynx_bin, privileged};
+use lynx_tests::{
+    ChildGuard, daemon::DaemonUnderTest, lxd::TestContainer, lynx_bin, privileged, require,
+};
 
 /// The pane's size: wide enough for every column of the table.
 const WIDTH: u16 = 160;
@@ -135,31 +137,6 @@ impl Drop for Tmux {
     }
 }
 
-/// Installs Debian's tmux when it is missing.
-fn ensure_tmux() {
-    let works = || {
-        Command::new("tmux")
-            .arg("-V")
-            .stdout(Stdio::null())
-            .status()
-            .is_ok_and(|s| s.success())
-    };
-    if works() {
-        return;
-    }
-    eprintln!("top_tui: installing Debian package tmux to drive `lynx top` in a terminal");
-    for args in [&["update", "-qq"][..], &["install", "-y", "-qq", "tmux"]] {
-        let status = Command::new("apt-get")
-            .args(args)
-            .env("DEBIAN_FRONTEND", "noninteractive")
-            .stdin(Stdio::null())
-            .status()
-            .unwrap_or_else(|e| panic!("apt-get {args:?}: {e}"));
-        assert!(status.success(), "apt-get {args:?}: {status}");
-    }
-    assert!(works(), "tmux still does not run after installing it");
-}
-
 /// Runs `command` to its end, at most 30 s: a `top` that wrongly went full-screen would wait
 /// for a key forever.
 fn output_within(command: &mut Command) -> Output {
@@ -214,7 +191,7 @@ fn top_shows_sorts_and_restores_the_terminal() {
     if !privileged("top_shows_sorts_and_restores_the_terminal") {
         return;
     }
-    ensure_tmux();
+    require("tmux");
     // Launched first, so that by name the idle one comes first and sorting by CPU must move
     // the busy one above it.
     let idle = TestContainer::launch("top");

@@ -26,74 +26,119 @@ pub enum Toolchain {
     SystemRustc(PathBuf),
 }
 
-/// A Debian package and the command that shows it is installed.
-#[derive(Clone, Copy)]
+/// A Debian package and the programs of it that the build, tests or benches run.
+#[derive(Clone, Copy, Debug)]
 pub struct Package {
     pub name: &'static str,
-    pub provides: &'static str,
+    /// What the suite executes from it, directly or through another program (LXD runs
+    /// dnsmasq). Every program the tests and benches start is in one of these lists, which
+    /// a unit test checks against their sources.
+    pub programs: &'static [&'static str],
     pub why: &'static str,
 }
 
-/// What the privileged tests drive.
+/// What the privileged tests drive. Most are on every Debian host; they are listed so that
+/// set-up checks them, and installs the ones a minimal host lacks.
 pub const TEST_PACKAGES: &[Package] = &[
     Package {
+        name: "dash",
+        programs: &["sh"],
+        why: "shell scripts of the tests (busy loops, a server in a network namespace)",
+    },
+    Package {
+        name: "coreutils",
+        programs: &["sleep"],
+        why: "idle processes in test cgroups",
+    },
+    Package {
         name: "util-linux",
-        provides: "setpriv",
-        why: "tests run lynx without privileges to check its error",
+        programs: &["setpriv", "flock", "taskset", "unshare"],
+        why: "running lynx and lock holders unprivileged, pinning a load to one CPU, a network namespace",
+    },
+    Package {
+        name: "mount",
+        programs: &["mount", "umount"],
+        why: "the bench mounts tracefs for bpftrace",
+    },
+    Package {
+        name: "procps",
+        programs: &["pgrep"],
+        why: "the `lynx top` test finds the process it drives",
+    },
+    Package {
+        name: "tar",
+        programs: &["tar"],
+        why: "the LXD rig packs its busybox image",
     },
     Package {
         name: "lxd",
-        provides: "lxd",
+        programs: &["lxd", "lxc"],
         why: "the privileged tests run real LXD containers",
     },
     Package {
         name: "dnsmasq-base",
-        provides: "dnsmasq",
-        why: "LXD's managed bridge runs dnsmasq (lxd only recommends it)",
+        programs: &["dnsmasq"],
+        why: "LXD's managed bridge runs dnsmasq, which the lxd package only recommends",
     },
     Package {
         name: "busybox-static",
-        provides: "busybox",
-        why: "the tests build their container image from busybox",
+        programs: &["busybox"],
+        why: "the LXD rig builds its container image from a static busybox",
     },
     Package {
         name: "nginx-light",
-        provides: "nginx",
-        why: "the tests' load balancer (with stub_status)",
+        programs: &["nginx"],
+        why: "the load balancer under test (with stub_status)",
     },
     Package {
         name: "wrk",
-        provides: "wrk",
-        why: "the tests' HTTP load generator",
+        programs: &["wrk"],
+        why: "the HTTP load generator",
     },
     Package {
         name: "tmux",
-        provides: "tmux",
-        why: "the tests drive `lynx top` in a real terminal",
+        programs: &["tmux"],
+        why: "a real terminal for `lynx top`",
     },
     Package {
         name: "prometheus",
-        provides: "promtool",
+        programs: &["promtool"],
         why: "promtool checks lynx's /metrics output",
     },
     Package {
         name: "openssl",
-        provides: "openssl",
-        why: "the tests make a self-signed certificate for nginx's TLS port",
+        programs: &["openssl"],
+        why: "a self-signed certificate for nginx's TLS port",
+    },
+    Package {
+        name: "g++",
+        programs: &["g++"],
+        why: "libfuzzer-sys compiles libFuzzer for the fuzz targets",
     },
     Package {
         name: "curl",
-        provides: "curl",
-        why: "the tests' TLS client",
+        programs: &["curl"],
+        why: "the TLS client of the nginx tests",
     },
 ];
 
 /// What the benches compare against (they also drive the test rigs).
 pub const BENCH_PACKAGES: &[Package] = &[Package {
     name: "bpftrace",
-    provides: "bpftrace",
-    why: "the bench measures bpftrace's per-cgroup counter as the peer",
+    programs: &["bpftrace"],
+    why: "bpftrace's per-cgroup counter is the CPU-time bench's peer",
 }];
+
+/// Where set-up looks for the programs: the sbin directories too, which a user's PATH may
+/// lack but the rigs use.
+const SYSTEM_PATH: &[&str] = &[
+    "/usr/local/sbin",
+    "/usr/local/bin",
+    "/usr/sbin",
+    "/usr/bin",
+    "/sbin",
+    "/bin",
+];
 
 const DEBIAN_RUSTC: &str = "/usr/bin/rustc";
 const DEBIAN_LIBRARY_SOURCE: &str = "/usr/lib/rustlib/src/rust/library";
@@ -112,14 +157,56 @@ pub fn setup(packages: &[Package]) -> Result<Toolchain> {
     let mut apt = Apt::default();
     let toolchain = find_toolchain(&mut apt)?;
     ensure_bpf_linker(&toolchain, &mut apt)?;
+    ensure_packages(packages, &mut apt)?;
+    Ok(toolchain)
+}
+
+/// Installs the packages that are not installed, then checks that each listed program is
+/// there: a package that no longer ships a program the suite runs fails here, by name, not
+/// in the middle of a test.
+fn ensure_packages(packages: &[Package], apt: &mut Apt) -> Result<()> {
+    // dpkg-query fails when one of them is unknown to dpkg, and still lists the others.
+    let installed = Command::new("dpkg-query")
+        .args(["-W", "-f=${Package} ${db:Status-Status}\\n"])
+        .args(packages.iter().map(|p| p.name))
+        .stderr(std::process::Stdio::null())
+        .output()
+        .map(|output| String::from_utf8_lossy(&output.stdout).into_owned())
+        .unwrap_or_default();
     for package in packages {
-        if !command_succeeds(
-            Command::new("sh").args(["-c", &format!("command -v {}", package.provides)]),
-        ) {
+        if !is_installed(&installed, package.name) {
             apt.install(&[package.name], package.why)?;
         }
     }
-    Ok(toolchain)
+    let missing: Vec<String> = packages
+        .iter()
+        .flat_map(|p| p.programs.iter().map(move |program| (p.name, *program)))
+        .filter(|(_, program)| find_program(program).is_none())
+        .map(|(package, program)| format!("{program} (from {package})"))
+        .collect();
+    if !missing.is_empty() {
+        bail!(
+            "set-up installed its packages but cannot find {}",
+            missing.join(", ")
+        );
+    }
+    Ok(())
+}
+
+/// Whether `dpkg-query -W -f='${Package} ${db:Status-Status}\n'` output shows `package`
+/// installed.
+fn is_installed(dpkg_query: &str, package: &str) -> bool {
+    dpkg_query
+        .lines()
+        .any(|line| line.split_once(' ') == Some((package, "installed")))
+}
+
+/// The path of `program` in [`SYSTEM_PATH`].
+fn find_program(program: &str) -> Option<PathBuf> {
+    SYSTEM_PATH
+        .iter()
+        .map(|dir| Path::new(dir).join(program))
+        .find(|path| path.is_file())
 }
 
 fn find_toolchain(apt: &mut Apt) -> Result<Toolchain> {
@@ -225,6 +312,120 @@ impl Apt {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn dpkg_query_output_tells_installed_packages() {
+        let output = "lxd installed\nwrk not-installed\nlxd-client config-files\n";
+        assert!(is_installed(output, "lxd"));
+        assert!(!is_installed(output, "wrk"));
+        assert!(!is_installed(output, "lxd-client"));
+        assert!(!is_installed(output, "tmux"));
+    }
+
+    /// Programs the suite runs that are not Debian packages set-up installs: the toolchain
+    /// xtask runs with, and what set-up builds with it.
+    const TOOLCHAIN_PROGRAMS: &[&str] = &["cargo", "rustup", "bpf-linker", "apt-get", "dpkg-query"];
+
+    /// Every program the tests, benches and xtask start by name (`Command::new("...")` and the
+    /// rigs' `system_command`/`require`) is in a package list, so a fresh host gets it from
+    /// set-up instead of failing a test.
+    #[test]
+    fn every_program_the_suite_runs_is_installed_by_setup() {
+        let listed: Vec<&str> = TEST_PACKAGES
+            .iter()
+            .chain(BENCH_PACKAGES)
+            .flat_map(|p| p.programs.iter().copied())
+            .chain(TOOLCHAIN_PROGRAMS.iter().copied())
+            .collect();
+        let root = crate::build::workspace_root();
+        let mut sources = Vec::new();
+        for dir in ["tests", "xtask/src"] {
+            rust_files(&root.join(dir), &mut sources);
+        }
+        assert!(sources.len() > 10, "found the sources: {sources:?}");
+        let mut unlisted = Vec::new();
+        for path in &sources {
+            let text = std::fs::read_to_string(path).expect("read a source file");
+            for program in programs_started(&text) {
+                if !listed.contains(&program) {
+                    unlisted.push(format!("{program} ({})", path.display()));
+                }
+            }
+        }
+        assert!(
+            unlisted.is_empty(),
+            "programs the suite runs that no package list in xtask/src/setup.rs has: {unlisted:?}"
+        );
+    }
+
+    #[test]
+    fn program_names_are_found_in_source_text() {
+        let text = r#"Command::new("tmux").arg("-V"); system_command( "lxc" ); require("wrk");
+            Command::new(lynx_bin()); let s = "Command::new"; require("..."); require("a b");"#;
+        assert_eq!(programs_started(text), ["tmux", "lxc", "wrk"]);
+    }
+
+    /// The string literals passed to the functions that start or require a program.
+    fn programs_started(text: &str) -> Vec<&str> {
+        let mut found = Vec::new();
+        for call in ["Command::new(", "system_command(", "require("] {
+            for (at, _) in text.match_indices(call) {
+                let rest = text[at + call.len()..].trim_start();
+                let Some(literal) = rest.strip_prefix('"') else {
+                    continue;
+                };
+                let name = &literal[..literal.find('"').unwrap_or(0)];
+                let is_name = name.starts_with(|c: char| c.is_ascii_alphanumeric())
+                    && name
+                        .chars()
+                        .all(|c| c.is_ascii_alphanumeric() || "._+-".contains(c));
+                if is_name {
+                    found.push(name);
+                }
+            }
+        }
+        found
+    }
+
+    fn rust_files(dir: &Path, found: &mut Vec<PathBuf>) {
+        for entry in std::fs::read_dir(dir)
+            .expect("read a source directory")
+            .flatten()
+        {
+            let path = entry.path();
+            if path.is_dir() {
+                rust_files(&path, found);
+            } else if path.extension().is_some_and(|e| e == "rs") {
+                found.push(path);
+            }
+        }
+    }
+
+    /// The README's table of the packages set-up installs is this list, rendered.
+    #[test]
+    fn the_readme_lists_every_package_setup_installs() {
+        let readme = std::fs::read_to_string(crate::build::workspace_root().join("README.md"))
+            .expect("read README.md");
+        let table = package_table();
+        assert!(
+            readme.contains(&table),
+            "README.md must contain this table, as set-up's lists are now:\n{table}"
+        );
+    }
+
+    fn package_table() -> String {
+        let mut table = String::from("| package | programs | why |\n|---|---|---|\n");
+        for package in TEST_PACKAGES.iter().chain(BENCH_PACKAGES) {
+            let programs: Vec<String> = package.programs.iter().map(|p| format!("`{p}`")).collect();
+            table += &format!(
+                "| `{}` | {} | {} |\n",
+                package.name,
+                programs.join(", "),
+                package.why
+            );
+        }
+        table
+    }
 
     #[test]
     fn llvm_major_from_rustc_verbose_version() {
