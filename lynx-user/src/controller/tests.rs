@@ -738,7 +738,10 @@ fn counted(
 
 #[test]
 fn a_backend_without_a_counter_or_with_unfollowed_connections_has_unknown_connections() {
-    use super::{Counts, DrainProbe, KernelCounts};
+    use super::{
+        DrainProbe,
+        counts::{Counts, KernelCounts},
+    };
     use crate::model::fixtures::upstream;
     let probe = KernelCounts::default();
     let feed = |snapshot: &crate::model::Snapshot| {
