@@ -537,11 +537,21 @@ fn a_container_is_served_on_its_lxd_nic_only_whatever_addresses_it_adds() {
         "LXD reports the added addresses: {:?}",
         reported.interfaces
     );
+    // nginx has read it; the daemon makes it anew, under its umask 077.
+    fs::remove_file(&farm.upstream_file).expect("remove the upstream file");
     let daemon = farm.daemon("nic", "", &[]);
     daemon.wait_for("the member served", Duration::from_secs(15), |s| {
         !group(s).servers.is_empty()
     });
     assert_eq!(farm.servers(), [farm.server(0)], "the upstream file");
+    let mode = fs::metadata(&farm.upstream_file)
+        .expect("the upstream file")
+        .permissions();
+    assert_eq!(
+        std::os::unix::fs::PermissionsExt::mode(&mode) & 0o7777,
+        0o644,
+        "the upstream file Lynx made under umask 077 is readable by nginx's workers"
+    );
     let page = farm.pages[0].clone();
     farm.until_answer("the container's page", Duration::from_secs(10), |a| {
         a.as_ref() == Ok(&page)
