@@ -42,7 +42,7 @@ pub struct Cli {
 pub enum Command {
     /// Collect every interval and write the snapshot file until SIGTERM or Ctrl-C; with
     /// `[[groups]]` configured, also keep nginx's upstreams following the containers and
-    /// scale the groups that autoscale.
+    /// scale the groups that autoscale. SIGHUP re-reads the config.
     Daemon(DaemonArgs),
     /// Live full-screen view of the daemon's snapshot (no root needed); `--once`, or output
     /// that is not a terminal, prints one plain table.
@@ -206,14 +206,35 @@ impl CliError {
                 2
             }
             Self::Daemon(
-                DaemonError::AlreadyRunning { .. }
-                | DaemonError::Prometheus(_)
-                | DaemonError::History(_),
+                DaemonError::AlreadyRunning { .. } | DaemonError::UnsafeLockDir { .. },
             ) => 2,
             Self::Image(ImageRefError::NotFound(_) | ImageRefError::Ambiguous { .. }) => 2,
             Self::NoLxd { .. } | Self::Lxd(LxdError::Connect { .. }) => 3,
             _ => 1,
         }
+    }
+}
+
+/// The config at `path` (`--config`), or at the default path when it exists.
+fn load_config(path: Option<&Path>) -> Result<Config, ConfigError> {
+    match path {
+        Some(path) => Config::load(path, true),
+        None => Config::load(Path::new(DEFAULT_CONFIG_PATH), false),
+    }
+}
+
+/// The daemon's options: the config, with the command line's flags over it.
+fn daemon_options(config: Config, args: &DaemonArgs) -> DaemonOptions {
+    DaemonOptions {
+        control: control_options(&config, args.dry_run),
+        interval: args.interval.unwrap_or(config.daemon.interval),
+        snapshot_path: args.output.clone().unwrap_or(config.daemon.snapshot_path),
+        pin_dir: config.daemon.pin_dir,
+        count_host_network: config.daemon.count_host_network,
+        lxd_sockets: config.lxd.sockets,
+        history: config.history,
+        web: config.web.options(),
+        nginx: config.nginx.counting(),
     }
 }
 
@@ -223,10 +244,7 @@ pub fn run(cli: Cli) -> Result<(), CliError> {
     if let Command::Generate { dir } = cli.command {
         return generate::generate(&dir).map_err(|source| CliError::Generate { dir, source });
     }
-    let config = match &cli.config {
-        Some(path) => Config::load(path, true)?,
-        None => Config::load(Path::new(DEFAULT_CONFIG_PATH), false)?,
-    };
+    let config = load_config(cli.config.as_deref())?;
     match cli.command {
         Command::Daemon(args) => {
             let stop = Arc::new(AtomicBool::new(false));
@@ -234,19 +252,17 @@ pub fn run(cli: Cli) -> Result<(), CliError> {
                 signal_hook::flag::register(signal, Arc::clone(&stop))
                     .map_err(CliError::Signals)?;
             }
-            let control = control_options(&config, args.dry_run);
-            let options = DaemonOptions {
-                interval: args.interval.unwrap_or(config.daemon.interval),
-                snapshot_path: args.output.unwrap_or(config.daemon.snapshot_path),
-                pin_dir: config.daemon.pin_dir,
-                count_host_network: config.daemon.count_host_network,
-                lxd_sockets: config.lxd.sockets,
-                history: config.history,
-                prometheus_listen: config.prometheus.listen,
-                nginx: config.nginx.counting(),
-                control,
+            // SIGHUP re-reads the config rather than ending the daemon (its default action).
+            let reload = Arc::new(AtomicBool::new(false));
+            signal_hook::flag::register(signal_hook::consts::SIGHUP, Arc::clone(&reload))
+                .map_err(CliError::Signals)?;
+            let reread = || load_config(cli.config.as_deref()).map(|c| daemon_options(c, &args));
+            let options = daemon_options(config, &args);
+            let signals = daemon::Signals {
+                stop: &stop,
+                reload: &reload,
             };
-            Ok(daemon::run(&options, &stop)?)
+            Ok(daemon::run(options, &signals, &reread)?)
         }
         Command::Top(args) => Ok(tui::run(&tui::TopOptions {
             snapshot_path: config.daemon.snapshot_path,
@@ -284,10 +300,9 @@ pub fn run(cli: Cli) -> Result<(), CliError> {
             let mut collector = Collector::start(CollectorOptions {
                 nginx: config.nginx.counting(),
                 pin_dir: None,
-                instances: Some(Box::new(LxdInstances::spawn(
-                    config.lxd.sockets,
-                    args.interval,
-                ))),
+                instances: Some(Box::new(move || {
+                    Box::new(LxdInstances::spawn(config.lxd.sockets, args.interval))
+                })),
                 count_host_network: config.daemon.count_host_network,
             })?;
             let first = collector.sample()?;

@@ -192,6 +192,8 @@ mod tests {
             pid: Some(10),
             ipv4: vec!["10.0.0.2".parse().expect("address")],
             ipv6: vec![],
+            interfaces: Default::default(),
+            nics: vec![],
             image: Some("busybox".into()),
             base_image: Some(base.into()),
             profiles: vec!["default".into()],

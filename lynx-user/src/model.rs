@@ -28,6 +28,10 @@ pub struct Snapshot {
     /// `lynx snapshot`, which runs no controller.
     #[serde(default)]
     pub groups: Vec<Group>,
+    /// Why the daemon's history database is not being written (it cannot be opened; it is
+    /// tried again each minute); absent while it is.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub history_error: Option<String>,
 }
 
 /// One group of containers behind one nginx upstream, as the controller sees it.
@@ -384,6 +388,7 @@ pub fn snapshot(previous: &Sample, current: &Sample) -> Snapshot {
             sample_ms: round2(current.duration.as_secs_f64() * 1000.0),
         },
         groups: Vec::new(),
+        history_error: None,
     }
 }
 
@@ -588,6 +593,7 @@ pub(crate) mod fixtures {
             kernel_drops: KernelDrops::default(),
             collector: CollectorStats { sample_ms: 0.87 },
             groups: Vec::new(),
+            history_error: None,
         }
     }
 }

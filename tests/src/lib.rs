@@ -15,6 +15,7 @@ use lynx::collector::{
     kernel::{KernelCounters, LoadOptions},
 };
 
+pub mod bench;
 pub mod control;
 pub mod daemon;
 pub mod http_client;

@@ -51,7 +51,7 @@ fn cargo() -> Command {
 
 /// Compiles `lynx-ebpf` for bpfel and returns the object's path. Always the release profile:
 /// debug builds of eBPF code do not pass the verifier.
-fn build_ebpf(toolchain: &Toolchain) -> Result<PathBuf> {
+pub fn build_ebpf(toolchain: &Toolchain) -> Result<PathBuf> {
     let target_dir = workspace_root().join("target/ebpf");
     let mut command = match toolchain {
         Toolchain::RustupNightly => {
@@ -112,12 +112,13 @@ pub fn build_all(toolchain: &Toolchain, profile: Profile) -> Result<Built> {
     Ok(Built { object, lynx })
 }
 
-/// Formatting, lints, then every unit and privileged test, with `env` set for them.
+/// Formatting, lints, then every unit and privileged test, with `env` set for them; returns
+/// the eBPF object built.
 pub fn test_all(
     toolchain: &Toolchain,
     test_args: &[String],
     env: &[(&str, PathBuf)],
-) -> Result<()> {
+) -> Result<PathBuf> {
     let Built { object, lynx } = build_all(toolchain, Profile::Dev)?;
     run_checked(cargo().args(["fmt", "--all", "--check"]))
         .context("cargo fmt found unformatted code")?;
@@ -186,7 +187,7 @@ pub fn test_all(
     if totals.passed == 0 {
         bail!("no test ran");
     }
-    Ok(())
+    Ok(object)
 }
 
 /// Sums of libtest's `test result:` lines.

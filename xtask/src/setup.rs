@@ -88,8 +88,8 @@ pub const TEST_PACKAGES: &[Package] = &[
     },
     Package {
         name: "util-linux",
-        programs: &["setpriv", "taskset", "unshare"],
-        why: "running lynx unprivileged, pinning a load to one CPU, a network namespace",
+        programs: &["setpriv", "flock", "taskset", "unshare"],
+        why: "running lynx and lock holders unprivileged, pinning a load to one CPU, a network namespace",
     },
     Package {
         name: "mount",
@@ -145,6 +145,11 @@ pub const TEST_PACKAGES: &[Package] = &[
         name: "openssl",
         programs: &["openssl"],
         why: "a self-signed certificate for nginx's TLS port",
+    },
+    Package {
+        name: "g++",
+        programs: &["g++"],
+        why: "libfuzzer-sys compiles libFuzzer for the fuzz targets",
     },
     Package {
         name: "curl",
@@ -345,7 +350,7 @@ fn llvm_major(verbose_version: &str) -> Option<u32> {
 
 /// apt-get, updated at most once per run.
 #[derive(Default)]
-struct Apt {
+pub struct Apt {
     updated: bool,
 }
 
@@ -354,7 +359,7 @@ impl Apt {
         Path::new("/usr/bin/apt-get").exists()
     }
 
-    fn install(&mut self, packages: &[&str], why: &str) -> Result<()> {
+    pub fn install(&mut self, packages: &[&str], why: &str) -> Result<()> {
         if !Self::available() {
             bail!(
                 "unsupported platform: {} missing and no apt-get to install it ({why})",

@@ -144,9 +144,10 @@ pub struct NginxSample {
 pub const REQUEST_RATE_SPAN: Duration = Duration::from_secs(10);
 
 /// Which nginx to count.
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub struct NginxOptions {
-    pub pid_file: PathBuf,
+    /// The nginx: its master is found from its pid file, and must be that nginx's.
+    pub control: crate::nginx::NginxControl,
     pub ports: Vec<u16>,
     pub tls_ports: Vec<u16>,
 }
@@ -156,8 +157,10 @@ pub struct CollectorOptions {
     pub nginx: NginxOptions,
     /// bpffs directory to pin the kernel maps in; `None` for private maps.
     pub pin_dir: Option<PathBuf>,
-    /// LXD, or `None` to recognise containers by cgroup only.
-    pub instances: Option<Box<dyn InstanceSource>>,
+    /// Makes the LXD source, or `None` to recognise containers by cgroup only. Called once
+    /// the kernel programs are attached: a start refused for want of privilege touches
+    /// nothing else.
+    pub instances: Option<Box<dyn FnOnce() -> Box<dyn InstanceSource>>>,
     /// Count the network traffic of every socket on the host, not only containers'.
     pub count_host_network: bool,
 }
@@ -203,7 +206,7 @@ impl Collector {
             cgroups: CgroupResolver::new(layout.unified.clone()),
             layout,
             kernel,
-            instances: options.instances,
+            instances: options.instances.map(|make| make()),
             instances_up: None,
             nginx: options.nginx,
             nginx_target: NginxTarget::default(),
@@ -301,7 +304,7 @@ impl Collector {
 
     /// Finds nginx's processes and has the kernel follow them; returns the master's pid.
     fn follow_nginx(&mut self) -> Result<Option<u32>, CollectError> {
-        let found = nginx::find(&self.nginx.pid_file, "/proc".as_ref()).and_then(|found| {
+        let found = nginx::find(&self.nginx.control, "/proc".as_ref()).and_then(|found| {
             let dir = self
                 .layout
                 .unified

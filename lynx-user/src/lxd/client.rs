@@ -16,15 +16,15 @@ use serde::{Deserialize, de::DeserializeOwned};
 use serde_json::{Value, json};
 
 use super::{
-    Image, Instance, InstanceState, LxdError, StateAction,
+    Image, Instance, InstanceState, LxdError, Network, StateAction,
     http::{self, HttpError},
-    types::{RawDevices, RawImage, RawInstance, RawOperation, RawState},
+    types::{RawDevices, RawImage, RawInstance, RawNetwork, RawOperation, RawState},
 };
 
 /// How long a connect may take: only a full listen backlog makes a unix socket connect wait.
 pub const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
-/// How long one read or write on the socket may stall. Waiting for an operation adds the
-/// wait's own timeout to this.
+/// How long one request may take in all, from sending it to the last byte of the answer.
+/// Waiting for an operation adds the wait's own timeout to this.
 pub const DEFAULT_IO_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// Slack given to LXD past an action's own timeout before giving up on the operation, so that
@@ -107,7 +107,7 @@ impl LxdClient {
         })
     }
 
-    /// Replaces the connect timeout and the per-read/write timeout.
+    /// Replaces the connect timeout and the total time a request may take.
     pub fn with_timeouts(self, connect: Duration, io: Duration) -> Self {
         Self {
             connect_timeout: connect,
@@ -125,6 +125,12 @@ impl LxdClient {
     pub fn instances(&self) -> Result<Vec<Instance>, LxdError> {
         let raw: Vec<RawInstance> = self.get("/1.0/instances?recursion=2")?;
         Ok(raw.into_iter().map(Instance::from).collect())
+    }
+
+    /// The networks LXD knows: those it manages, with their subnet, and the host's others.
+    pub fn networks(&self) -> Result<Vec<Network>, LxdError> {
+        let raw: Vec<RawNetwork> = self.get("/1.0/networks?recursion=1")?;
+        Ok(raw.into_iter().map(Network::from).collect())
     }
 
     /// One instance's live state.
@@ -278,8 +284,8 @@ impl LxdClient {
         }
     }
 
-    /// One request; LXD's error answers become [`LxdError::Api`]. `extra` lengthens the read
-    /// timeout, for a wait that LXD holds open on purpose.
+    /// One request; LXD's error answers become [`LxdError::Api`]. `extra` lengthens its
+    /// deadline, for a wait that LXD holds open on purpose.
     fn call(
         &self,
         method: &str,
@@ -335,11 +341,11 @@ impl LxdClient {
     ) -> Result<http::Response, LxdError> {
         let endpoint = || format!("{method} {target}");
         let stream = self.connect_stream()?;
-        let read_timeout = self.io_timeout + extra;
+        let timeout = self.io_timeout + extra;
         let io_error = |source: io::Error| match source.kind() {
             io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut => LxdError::Timeout {
                 endpoint: endpoint(),
-                after: read_timeout,
+                after: timeout,
             },
             _ => LxdError::Io {
                 socket: self.socket.clone(),
@@ -347,13 +353,14 @@ impl LxdClient {
                 source,
             },
         };
-        stream
-            .set_write_timeout(Some(self.io_timeout))
-            .and_then(|()| stream.set_read_timeout(Some(read_timeout)))
-            .map_err(io_error)?;
-        let mut writer = &stream;
-        http::write_request(&mut writer, method, target, headers, body).map_err(io_error)?;
-        let response = http::read_response(&mut BufReader::new(&stream), method);
+        // One deadline for the whole exchange: an LXD that trickles its answer a byte at a
+        // time cannot hold the caller past it.
+        let mut stream = Deadline {
+            stream: &stream,
+            at: Instant::now() + timeout,
+        };
+        http::write_request(&mut stream, method, target, headers, body).map_err(io_error)?;
+        let response = http::read_response(&mut BufReader::new(stream), method);
         tracing::trace!(endpoint = %endpoint(), status = ?response.as_ref().map(|r| r.status).ok(), "LXD");
         response.map_err(|error| match error {
             HttpError::Io(source) => io_error(source),
@@ -363,6 +370,41 @@ impl LxdClient {
                 source,
             },
         })
+    }
+}
+
+/// A socket whose every read and write must end by one instant: each is given what is left
+/// of the time as its timeout.
+struct Deadline<'a> {
+    stream: &'a UnixStream,
+    at: Instant,
+}
+
+impl Deadline<'_> {
+    fn left(&self) -> io::Result<Duration> {
+        let left = self.at.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            return Err(io::ErrorKind::TimedOut.into());
+        }
+        Ok(left)
+    }
+}
+
+impl io::Read for Deadline<'_> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        self.stream.set_read_timeout(Some(self.left()?))?;
+        (&mut &*self.stream).read(buf)
+    }
+}
+
+impl io::Write for Deadline<'_> {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        self.stream.set_write_timeout(Some(self.left()?))?;
+        (&mut &*self.stream).write(buf)
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        Ok(())
     }
 }
 

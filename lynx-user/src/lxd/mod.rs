@@ -11,6 +11,8 @@
 //!   live state (`GET /1.0/instances/NAME/state`).
 //! - [`LxdClient::change_state`] starts, stops, restarts, freezes or unfreezes an instance
 //!   (`PUT /1.0/instances/NAME/state`) and waits for LXD's background operation.
+//! - [`LxdClient::networks`] lists networks (`GET /1.0/networks?recursion=1`), for the subnet
+//!   an upstream address must be in.
 //! - [`LxdClient::images`] lists local images, [`LxdClient::delete_image`] deletes one.
 //! - [`LxdClient::set_ipv4`] pins a NIC's IPv4 address (`PATCH /1.0/instances/NAME`).
 //!
@@ -30,8 +32,11 @@ use std::{io, path::PathBuf, time::Duration};
 
 pub use client::{DEFAULT_CONNECT_TIMEOUT, DEFAULT_IO_TIMEOUT, LxdClient};
 pub use types::{
-    Image, Instance, InstanceState, InstanceStatus, MemoryState, NicState, StateAction,
+    Image, Instance, InstanceState, InstanceStatus, Interfaces, MemoryState, Network, NicDevice,
+    NicState, StateAction,
 };
+#[cfg(fuzzing)]
+pub use types::{parse_instances, parse_networks, parse_state};
 
 /// Where LXD's socket lives: Debian's `lxd` package, the snap, then Incus (LXD's fork, which
 /// serves the same `/1.0` API).
