@@ -72,6 +72,9 @@ pub struct NginxConfig {
     /// The loopback port of the server, defined in the upstream file, that answers 503 for a
     /// group with no running container.
     pub fallback_port: u16,
+    /// Which kernel hooks follow nginx's bytes: `auto` (the socket tracepoints from kernel
+    /// 6.3 on, the end of every system call before), `socket_tracepoints` or `system_calls`.
+    pub byte_hooks: crate::collector::features::ByteHooks,
 }
 
 impl Default for NginxConfig {
@@ -85,6 +88,7 @@ impl Default for NginxConfig {
             tls_ports: vec![443],
             upstream_file: "/etc/nginx/conf.d/lynx-upstreams.conf".into(),
             fallback_port: 9099,
+            byte_hooks: crate::collector::features::ByteHooks::Auto,
         }
     }
 }
@@ -120,6 +124,7 @@ impl NginxConfig {
             pid_file: self.pid_file.clone(),
             ports: self.ports.clone(),
             tls_ports: self.tls_ports.clone(),
+            byte_hooks: self.byte_hooks,
         }
     }
 

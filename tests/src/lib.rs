@@ -51,6 +51,7 @@ pub fn private_kernel_counters() -> KernelCounters {
         cgroup_root: layout.unified,
         pin_dir: None,
         count_host_network: false,
+        nginx_byte_hooks: Default::default(),
     })
     .expect("load and attach lynx's programs")
 }
