@@ -19,6 +19,7 @@ pub mod control;
 pub mod daemon;
 pub mod http_client;
 pub mod lxd;
+pub mod netns;
 pub mod nginx;
 
 /// `ticks` of the kernel's user-visible clock (`/proc` CPU times) as a duration.
@@ -159,11 +160,16 @@ pub struct TestCgroup {
 
 impl TestCgroup {
     pub fn create(name: &str) -> Self {
+        Self::at_root(&format!("lynx-test-{name}-{}", std::process::id()))
+    }
+
+    /// A cgroup named `leaf` below the root, as a container manager names them
+    /// (`lxc.payload.NAME`).
+    pub fn at_root(leaf: &str) -> Self {
         let layout = CgroupLayout::detect().expect("cgroup layout");
-        let leaf = format!("lynx-test-{name}-{}", std::process::id());
-        let v2 = layout.unified.join(&leaf);
+        let v2 = layout.unified.join(leaf);
         fs::create_dir(&v2).unwrap_or_else(|e| panic!("create {}: {e}", v2.display()));
-        let cpuacct = layout.v1.get("cpuacct").map(|root| root.join(&leaf));
+        let cpuacct = layout.v1.get("cpuacct").map(|root| root.join(leaf));
         if let Some(dir) = &cpuacct {
             fs::create_dir(dir).unwrap_or_else(|e| panic!("create {}: {e}", dir.display()));
         }
@@ -194,6 +200,26 @@ impl TestCgroup {
             .and_then(|n| n.trim().parse().ok())
             .expect("cpu.stat has usage_usec");
         usec * 1000
+    }
+
+    /// The file `name` of its v2 directory (`memory.current`, `io.stat`...).
+    pub fn v2_file(&self, name: &str) -> PathBuf {
+        self.v2.join(name)
+    }
+
+    /// Freezes (or thaws) the cgroup through cgroup v2's `cgroup.freeze`, and waits until the
+    /// kernel reports it done in `cgroup.events`.
+    pub fn freeze(&self, frozen: bool) {
+        let value = if frozen { "1" } else { "0" };
+        fs::write(self.v2.join("cgroup.freeze"), value).expect("write cgroup.freeze");
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while !read(&self.v2.join("cgroup.events")).contains(&format!("frozen {value}")) {
+            assert!(
+                Instant::now() < deadline,
+                "cgroup.freeze {value} not done in 10 s"
+            );
+            sleep(Duration::from_millis(10));
+        }
     }
 
     /// CPU time from the v1 `cpuacct.usage`, in nanoseconds, on a hybrid host.

@@ -1,6 +1,7 @@
 //! `cargo xtask`: set-up, build, run, test and bench Lynx, each one command on a fresh host.
 mod bench;
 mod build;
+mod kernel_matrix;
 mod setup;
 
 use std::process::ExitCode;
@@ -34,8 +35,12 @@ enum Command {
         #[arg(last = true)]
         args: Vec<String>,
     },
-    /// Set up, build, check formatting and lints, run unit and privileged tests.
+    /// Set up, build, check formatting and lints, run unit and privileged tests, then the
+    /// kernel matrix (the tests that need no LXD, in VMs of Debian's 6.1 and 6.12 kernels).
     Test {
+        /// Run only this part (CI runs both).
+        #[arg(long, value_enum)]
+        only: Option<build::Part>,
         /// Arguments passed to the test binaries, e.g. a test name filter.
         #[arg(last = true)]
         args: Vec<String>,
@@ -71,9 +76,9 @@ fn run(command: Command) -> Result<()> {
             };
             build::run_checked(std::process::Command::new(lynx).args(args))
         }
-        Command::Test { args } => {
+        Command::Test { args, only } => {
             let toolchain = setup::setup(setup::TEST_PACKAGES)?;
-            build::test_all(&toolchain, &args)
+            build::test_all(&toolchain, &args, only)
         }
         Command::Bench => {
             let toolchain = setup::setup(&[setup::TEST_PACKAGES, setup::BENCH_PACKAGES].concat())?;

@@ -26,12 +26,22 @@ pub enum Toolchain {
     SystemRustc(PathBuf),
 }
 
-/// A Debian package and the command that shows it is installed.
+/// A Debian package and the command that shows it is installed (or, for a package that
+/// brings no command, an absolute path it installs).
 #[derive(Clone, Copy)]
 pub struct Package {
     pub name: &'static str,
     pub provides: &'static str,
     pub why: &'static str,
+}
+
+impl Package {
+    fn is_installed(&self) -> bool {
+        if self.provides.starts_with('/') {
+            return Path::new(self.provides).exists();
+        }
+        command_succeeds(Command::new("sh").args(["-c", &format!("command -v {}", self.provides)]))
+    }
 }
 
 /// What the privileged tests drive.
@@ -86,6 +96,32 @@ pub const TEST_PACKAGES: &[Package] = &[
         provides: "curl",
         why: "the tests' TLS client",
     },
+    Package {
+        name: "iproute2",
+        provides: "ip",
+        why: "the tests make network namespaces and veth pairs (ip netns, ip link)",
+    },
+    Package {
+        name: "qemu-system-x86",
+        provides: "qemu-system-x86_64",
+        why: "the kernel matrix boots Debian's 6.1 and 6.12 kernels in virtual machines",
+    },
+    Package {
+        name: "kmod",
+        provides: "depmod",
+        why: "the kernel matrix indexes the guest kernels' modules (depmod) and loads them in \
+              the guests (modprobe)",
+    },
+    Package {
+        name: "python3-venv",
+        provides: "/usr/lib/python3.11/ensurepip",
+        why: "the kernel matrix installs virtme-ng (PyPI) in a venv of Debian's python3",
+    },
+    Package {
+        name: "file",
+        provides: "file",
+        why: "virtme-ng reads a guest kernel's version with file",
+    },
 ];
 
 /// What the benches compare against (they also drive the test rigs).
@@ -113,9 +149,7 @@ pub fn setup(packages: &[Package]) -> Result<Toolchain> {
     let toolchain = find_toolchain(&mut apt)?;
     ensure_bpf_linker(&toolchain, &mut apt)?;
     for package in packages {
-        if !command_succeeds(
-            Command::new("sh").args(["-c", &format!("command -v {}", package.provides)]),
-        ) {
+        if !package.is_installed() {
             apt.install(&[package.name], package.why)?;
         }
     }
