@@ -125,7 +125,8 @@ impl DaemonUnderTest {
         let first = self.snapshot().map(|s| s.host.timestamp);
         let mut seen = 0;
         let mut last = first;
-        self.wait_for("two fresh snapshots", Duration::from_secs(30), |snapshot| {
+        let timeout = Duration::from_secs(30) * crate::SLOWDOWN;
+        self.wait_for("two fresh snapshots", timeout, |snapshot| {
             if Some(&snapshot.host.timestamp) != last.as_ref() {
                 seen += 1;
                 last = Some(snapshot.host.timestamp.clone());

@@ -22,6 +22,11 @@ pub mod lxd;
 pub mod netns;
 pub mod nginx;
 
+/// How much slower than on the host the tests' waits may take: the kernel matrix's guests
+/// (the `guest` feature) run on emulated CPUs, where loading the programs alone takes 10 to
+/// 20 s.
+pub const SLOWDOWN: u32 = if cfg!(feature = "guest") { 6 } else { 1 };
+
 /// `ticks` of the kernel's user-visible clock (`/proc` CPU times) as a duration.
 pub fn clock_ticks(ticks: u64) -> Duration {
     // SAFETY: sysconf has no preconditions.

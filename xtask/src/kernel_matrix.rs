@@ -29,9 +29,10 @@ const KERNELS: [(&str, &str); 2] = [
 /// virtme-ng, pinned: the version whose options and guest set-up were verified here.
 const VIRTME_NG: &str = "virtme-ng==1.42";
 /// The test binaries (of `lynx-tests`) the guests run.
-pub const GUEST_TESTS: [&str; 2] = ["cpu_time", "guest_kernel"];
-/// Modules of the guest kernel the tests need: the test's disk and its veth pairs.
-const GUEST_MODULES: [&str; 2] = ["virtio_blk", "veth"];
+pub const GUEST_TESTS: [&str; 1] = ["guest_kernel"];
+/// Modules of the guest kernel the tests need: the test's disk, its veth pairs, and the
+/// socket listing the daemon asks for (`sock_diag` for TCP).
+const GUEST_MODULES: [&str; 3] = ["virtio_blk", "veth", "tcp_diag"];
 /// Serial of the virtio disk the block I/O test writes to.
 const DISK_SERIAL: &str = "lynxio";
 /// Size of that disk: room for the test's 64 MiB.
@@ -358,7 +359,7 @@ mod tests {
         let script = guest_script(
             &kernel,
             &[
-                "/w/target/debug/deps/cpu_time-1".into(),
+                "/w/target/debug/deps/a-1".into(),
                 "/w/t/guest_kernel-2".into(),
             ],
             &["busy".into()],
@@ -375,10 +376,7 @@ mod tests {
                 "modprobe -d '/w/target/kernel-matrix/6.1.0-57-amd64' -a virtio_blk veth"
             )
         );
-        assert!(
-            script
-                .contains("'/w/target/debug/deps/cpu_time-1' --test-threads=1 'busy' || failed=1")
-        );
+        assert!(script.contains("'/w/target/debug/deps/a-1' --test-threads=1 'busy' || failed=1"));
         assert!(script.contains("'/w/t/guest_kernel-2' --test-threads=1 'busy' || failed=1"));
         assert!(
             script.trim_end().ends_with("echo $failed > '/run/status'"),

@@ -486,13 +486,20 @@ impl KernelCounters {
             btf.has_tracepoint(HTTP_RECV_TRACEPOINT) && btf.has_tracepoint(HTTP_SEND_TRACEPOINT),
             btf.has_tracepoint(HTTP_EXIT_TRACEPOINT),
         );
-        let (hooks, programs, note): (&[&str], &'static [&'static str], _) = match path {
-            Ok(BytePath::SocketTracepoints) | Err(_) => (
+        // A path the kernel lacks is reported as the one asked for (or, for `auto`, the
+        // usual one).
+        let shown = match (&path, wanted) {
+            (Ok(path), _) => *path,
+            (Err(_), ByteHooks::SystemCalls) => BytePath::SystemCalls,
+            (Err(_), _) => BytePath::SocketTracepoints,
+        };
+        let (hooks, programs, note): (&[&str], &'static [&'static str], _) = match shown {
+            BytePath::SocketTracepoints => (
                 &["tp_btf/sock_recv_length", "tp_btf/sock_send_length"],
                 &SOCKET_TRANSFER_PROGRAMS,
                 None,
             ),
-            Ok(BytePath::SystemCalls) => (
+            BytePath::SystemCalls => (
                 &["tp_btf/sys_exit"],
                 &SYSTEM_CALL_TRANSFER_PROGRAMS,
                 (wanted == ByteHooks::Auto).then(|| {
