@@ -264,7 +264,8 @@ pub fn nginx_counts_exactly_over_namespaces(
     extra: &str,
     per_mode: usize,
 ) {
-    const CLIENTS: usize = 8;
+    // Each client's keep-alive connection takes at most nginx's `keepalive_requests` (1,000).
+    const CLIENTS: usize = 10;
     let backends = [TestNetns::create(1), TestNetns::create(2)];
     let _servers: Vec<ChildGuard> = (1..)
         .zip(&backends)
@@ -284,6 +285,7 @@ pub fn nginx_counts_exactly_over_namespaces(
     let (status_before, lynx_before) = (nginx.stub_status(), daemon.next_snapshot().nginx);
     let opens_before: Vec<u64> = backends.iter().map(TestNetns::passive_opens).collect();
     let per_client = per_mode / CLIENTS;
+    assert!(per_client <= 1_000, "{per_client} requests a keep-alive connection");
     let started = Instant::now();
     let keep_alive = crate::http_client::keep_alive_clients(
         Ipv4Addr::LOCALHOST,
