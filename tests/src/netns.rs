@@ -5,10 +5,9 @@
 //! the pair. Removed, with whatever runs in them, on drop.
 use std::{
     fs,
-    io::{Read, Write},
     net::{Ipv4Addr, SocketAddr, TcpStream},
     process::{Command, Stdio},
-    thread::{self, JoinHandle, sleep},
+    thread::sleep,
     time::{Duration, Instant},
 };
 
@@ -218,39 +217,6 @@ fn ip(args: &[&str]) {
     );
 }
 
-/// `clients` threads, each making `requests` GETs of `path`, each on a connection of its own
-/// with `Connection: close`, waiting for every answer. Each thread yields its 2xx answers.
-pub fn close_clients(
-    ip: Ipv4Addr,
-    port: u16,
-    path: &'static str,
-    clients: usize,
-    requests: usize,
-) -> Vec<JoinHandle<u64>> {
-    (0..clients)
-        .map(|_| {
-            thread::spawn(move || {
-                let request =
-                    format!("GET {path} HTTP/1.1\r\nHost: lynx\r\nConnection: close\r\n\r\n");
-                let mut ok = 0;
-                for _ in 0..requests {
-                    let mut stream = TcpStream::connect((ip, port)).expect("connect to nginx");
-                    stream
-                        .set_read_timeout(Some(Duration::from_secs(10)))
-                        .expect("read timeout");
-                    stream
-                        .write_all(request.as_bytes())
-                        .expect("send a request");
-                    let mut answer = Vec::new();
-                    stream.read_to_end(&mut answer).expect("read an answer");
-                    ok += u64::from(answer.starts_with(b"HTTP/1.1 200"));
-                }
-                ok
-            })
-        })
-        .collect()
-}
-
 /// nginx (Debian's), in a cgroup of its own, proxying to busybox httpd in two namespaces of
 /// the test's, under `per_mode` requests with keep-alive and as many with a connection each,
 /// from clients that wait for every answer (so that every request nginx counts reaches a
@@ -285,7 +251,10 @@ pub fn nginx_counts_exactly_over_namespaces(
     let (status_before, lynx_before) = (nginx.stub_status(), daemon.next_snapshot().nginx);
     let opens_before: Vec<u64> = backends.iter().map(TestNetns::passive_opens).collect();
     let per_client = per_mode / CLIENTS;
-    assert!(per_client <= 1_000, "{per_client} requests a keep-alive connection");
+    assert!(
+        per_client <= 1_000,
+        "{per_client} requests a keep-alive connection"
+    );
     let started = Instant::now();
     let keep_alive = crate::http_client::keep_alive_clients(
         Ipv4Addr::LOCALHOST,
@@ -298,7 +267,13 @@ pub fn nginx_counts_exactly_over_namespaces(
         .into_iter()
         .map(|c| c.join().expect("a client"))
         .sum();
-    let close = close_clients(Ipv4Addr::LOCALHOST, nginx.port, "/", CLIENTS, per_client);
+    let close = crate::http_client::close_clients(
+        Ipv4Addr::LOCALHOST,
+        nginx.port,
+        "/",
+        CLIENTS,
+        per_client,
+    );
     let ok_close: u64 = close.into_iter().map(|c| c.join().expect("a client")).sum();
     let sent = 2 * (CLIENTS * per_client) as u64;
     eprintln!(

@@ -395,7 +395,10 @@ fn check_against(metrics: &Metrics, snapshot: &Snapshot) {
         &[],
         Some(snapshot.collector.sample_ms / 1000.0),
     );
-    assert!(!snapshot.features.is_empty(), "the snapshot names its features");
+    assert!(
+        !snapshot.features.is_empty(),
+        "the snapshot names its features"
+    );
     for (family, feature) in &snapshot.features {
         let hooks = feature.hooks.join(",");
         expect(

@@ -376,8 +376,14 @@ mod tests {
                 "modprobe -d '/w/target/kernel-matrix/6.1.0-57-amd64' -a virtio_blk veth"
             )
         );
-        assert!(script.contains("'/w/target/debug/deps/a-1' --test-threads=1 --show-output 'busy' || failed=1"));
-        assert!(script.contains("'/w/t/guest_kernel-2' --test-threads=1 --show-output 'busy' || failed=1"));
+        assert!(script.contains(
+            "'/w/target/debug/deps/a-1' --test-threads=1 --show-output 'busy' || failed=1"
+        ));
+        assert!(
+            script.contains(
+                "'/w/t/guest_kernel-2' --test-threads=1 --show-output 'busy' || failed=1"
+            )
+        );
         assert!(
             script.trim_end().ends_with("echo $failed > '/run/status'"),
             "{script}"
