@@ -38,7 +38,7 @@ const DISK_SERIAL: &str = "lynxio";
 /// Size of that disk: room for the test's 64 MiB.
 const DISK_BYTES: u64 = 96 << 20;
 /// How long one guest may take from boot to its last test.
-const GUEST_DEADLINE: Duration = Duration::from_secs(12 * 60);
+const GUEST_DEADLINE: Duration = Duration::from_secs(20 * 60);
 
 /// One kernel of the matrix, unpacked.
 pub struct GuestKernel {
