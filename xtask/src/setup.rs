@@ -102,6 +102,11 @@ pub const TEST_PACKAGES: &[Package] = &[
         why: "the tests make network namespaces and veth pairs (ip netns, ip link)",
     },
     Package {
+        name: "procps",
+        provides: "sysctl",
+        why: "the tests turn IPv6 off in the network namespaces they make",
+    },
+    Package {
         name: "qemu-system-x86",
         provides: "qemu-system-x86_64",
         why: "the kernel matrix boots Debian's 6.1 and 6.12 kernels in virtual machines",
