@@ -222,8 +222,10 @@ fn host_tests(
     Ok(child.wait()?.success())
 }
 
-/// Runs the guest test binaries in a virtual machine of each kernel of the matrix. A guest
-/// that does not finish counts as a failed test.
+/// Runs the guest test binaries in a virtual machine of each kernel of the matrix, all at
+/// once (one emulated CPU each: emulation scales poorly past one CPU a guest, so two guests of
+/// one CPU get through more than one of two). A guest that does not finish counts as a failed
+/// test.
 fn kernel_matrix(
     object: &Path,
     lynx: &Path,
@@ -234,9 +236,23 @@ fn kernel_matrix(
     let tests = guest_test_binaries(object)?;
     let kernels = kernel_matrix::kernels()?;
     let virtme = kernel_matrix::virtme_run()?;
-    for kernel in &kernels {
+    let outcomes: Vec<_> = std::thread::scope(|scope| {
+        let guests: Vec<_> = kernels
+            .iter()
+            .map(|kernel| {
+                let (virtme, tests) = (&virtme, &tests);
+                scope
+                    .spawn(move || kernel_matrix::run_guest(virtme, kernel, tests, test_args, lynx))
+            })
+            .collect();
+        guests
+            .into_iter()
+            .map(|guest| guest.join().expect("a guest's thread does not panic"))
+            .collect()
+    });
+    for (kernel, outcome) in kernels.iter().zip(outcomes) {
         let what = format!("kernel {} ({})", kernel.series, kernel.release);
-        match kernel_matrix::run_guest(&virtme, kernel, &tests, test_args, lynx) {
+        match outcome {
             Ok(outcome) => {
                 for line in outcome.log.lines() {
                     println!("[{}] {line}", kernel.series);

@@ -4,7 +4,8 @@
 //! Each kernel is Debian's own package, the newest apt offers of its series, downloaded with
 //! `apt-get download` and unpacked under `target/kernel-matrix/` (never committed; kept as a
 //! cache). virtme-ng (PyPI, pinned, in a venv there too) boots it in qemu under software
-//! emulation (KVM hangs the guest on these machines) with the host's root filesystem shared
+//! emulation (KVM hangs the guest on these machines), one emulated CPU a guest, the guests
+//! side by side, with the host's root filesystem shared
 //! read-only, a virtio disk for the block I/O test and a directory the guest writes its test
 //! output to. The guest loads its kernel's modules from the unpacked package (`modprobe -d`):
 //! the host has none of them and its root is read-only in the guest.
