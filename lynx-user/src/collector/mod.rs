@@ -9,6 +9,7 @@ pub mod host;
 pub mod kernel;
 pub mod lxd_instances;
 pub mod nginx;
+mod pins;
 pub mod preflight;
 pub mod sockets;
 
