@@ -78,6 +78,9 @@ pub struct NginxConfig {
     /// How long `nginx -t` may take before it is killed and the change given up.
     #[serde(deserialize_with = "timeout")]
     pub test_timeout: Duration,
+    /// Which kernel hooks follow nginx's bytes: `auto` (the socket tracepoints from kernel
+    /// 6.3 on, the end of every system call before), `socket_tracepoints` or `system_calls`.
+    pub byte_hooks: crate::collector::features::ByteHooks,
 }
 
 impl Default for NginxConfig {
@@ -92,6 +95,7 @@ impl Default for NginxConfig {
             upstream_file: "/etc/nginx/conf.d/lynx-upstreams.conf".into(),
             fallback_port: 9099,
             test_timeout: Duration::from_secs(10),
+            byte_hooks: crate::collector::features::ByteHooks::Auto,
         }
     }
 }
@@ -127,6 +131,7 @@ impl NginxConfig {
             control: self.control(),
             ports: self.ports.clone(),
             tls_ports: self.tls_ports.clone(),
+            byte_hooks: self.byte_hooks,
         }
     }
 

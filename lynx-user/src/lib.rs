@@ -8,9 +8,9 @@ pub mod command;
 pub mod config;
 pub mod controller;
 pub mod daemon;
-pub mod generate;
 #[cfg(fuzzing)]
 pub mod fuzz;
+pub mod generate;
 pub mod lxd;
 pub mod manage;
 pub mod model;

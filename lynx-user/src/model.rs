@@ -8,6 +8,7 @@ use lynx_common::{
 };
 use serde::{Deserialize, Serialize};
 
+pub use crate::collector::features::{Family, Feature, FeatureState, Features};
 pub use crate::collector::kernel::Drops as KernelDrops;
 use crate::collector::{ContainerFiles, InstanceInfo, Sample, containers::Owner};
 
@@ -23,6 +24,11 @@ pub struct Snapshot {
     pub containers: Vec<Container>,
     pub nginx: Nginx,
     pub kernel_drops: KernelDrops,
+    /// Which counter families this kernel supports, and through which hooks: a family that
+    /// is `unavailable` reads as zero, for the reason given. Empty in documents written
+    /// before it was added.
+    #[serde(default)]
+    pub features: Features,
     pub collector: CollectorStats,
     /// One entry per `[[groups]]` of the daemon's config; empty without groups and from
     /// `lynx snapshot`, which runs no controller.
@@ -384,6 +390,7 @@ pub fn snapshot(previous: &Sample, current: &Sample) -> Snapshot {
         nginx: nginx(previous, current, &containers),
         containers,
         kernel_drops: current.drops,
+        features: current.features.clone(),
         collector: CollectorStats {
             sample_ms: round2(current.duration.as_secs_f64() * 1000.0),
         },
@@ -561,6 +568,36 @@ pub(crate) mod fixtures {
         }
     }
 
+    /// Every family active, nginx's bytes followed at the socket tracepoints (kernel 6.3 on).
+    pub fn features() -> Features {
+        Features::from([
+            (
+                Family::Cpu,
+                Feature::active(&["tp_btf/sched_switch", "perf_event/cpu-clock"]),
+            ),
+            (
+                Family::BlockIo,
+                Feature::active(&["tp_btf/block_bio_queue"]),
+            ),
+            (
+                Family::Network,
+                Feature::active(&["cgroup_skb/ingress", "cgroup_skb/egress"]),
+            ),
+            (
+                Family::NginxConnections,
+                Feature::active(&[
+                    "sock_ops",
+                    "cgroup/sock_release",
+                    "tp_btf/sched_process_fork",
+                ]),
+            ),
+            (
+                Family::NginxRequests,
+                Feature::active(&["tp_btf/sock_recv_length", "tp_btf/sock_send_length"]),
+            ),
+        ])
+    }
+
     /// A snapshot taken at `timestamp` of `containers` as given (the caller adds the `host`
     /// entry), with the host's container counts taken from their statuses.
     pub fn snapshot(timestamp: &str, containers: Vec<Container>) -> Snapshot {
@@ -591,6 +628,7 @@ pub(crate) mod fixtures {
             containers,
             nginx: Nginx::default(),
             kernel_drops: KernelDrops::default(),
+            features: features(),
             collector: CollectorStats { sample_ms: 0.87 },
             groups: Vec::new(),
             history_error: None,
@@ -676,6 +714,7 @@ mod tests {
             instances,
             nginx: NginxSample::default(),
             drops: Drops::default(),
+            features: fixtures::features(),
             host_network_counted: false,
             duration: Duration::from_micros(1500),
         }

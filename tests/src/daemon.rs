@@ -236,7 +236,7 @@ pub fn next_snapshot_at(path: &Path, log: &dyn Fn() -> String) -> Snapshot {
     wait_for_snapshot(
         path,
         "two fresh snapshots",
-        Duration::from_secs(30),
+        Duration::from_secs(30) * crate::SLOWDOWN,
         log,
         |snapshot| {
             if Some(&snapshot.host.timestamp) != last.as_ref() {

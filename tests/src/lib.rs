@@ -20,10 +20,16 @@ pub mod control;
 pub mod daemon;
 pub mod http_client;
 pub mod lxd;
+pub mod netns;
 pub mod nginx;
 pub mod package;
 pub mod service;
 pub mod tmux;
+
+/// How much slower than on the host the tests' waits may take: the kernel matrix's guests
+/// (the `guest` feature) run on emulated CPUs, where loading the programs alone takes 10 to
+/// 20 s.
+pub const SLOWDOWN: u32 = if cfg!(feature = "guest") { 6 } else { 1 };
 
 /// `ticks` of the kernel's user-visible clock (`/proc` CPU times) as a duration.
 pub fn clock_ticks(ticks: u64) -> Duration {
@@ -55,6 +61,7 @@ pub fn private_kernel_counters() -> KernelCounters {
         cgroup_root: layout.unified,
         pin_dir: None,
         count_host_network: false,
+        nginx_byte_hooks: Default::default(),
     })
     .expect("load and attach lynx's programs")
 }
@@ -193,11 +200,16 @@ pub struct TestCgroup {
 
 impl TestCgroup {
     pub fn create(name: &str) -> Self {
+        Self::at_root(&format!("lynx-test-{name}-{}", std::process::id()))
+    }
+
+    /// A cgroup named `leaf` below the root, as a container manager names them
+    /// (`lxc.payload.NAME`).
+    pub fn at_root(leaf: &str) -> Self {
         let layout = CgroupLayout::detect().expect("cgroup layout");
-        let leaf = format!("lynx-test-{name}-{}", std::process::id());
-        let v2 = layout.unified.join(&leaf);
+        let v2 = layout.unified.join(leaf);
         fs::create_dir(&v2).unwrap_or_else(|e| panic!("create {}: {e}", v2.display()));
-        let cpuacct = layout.v1.get("cpuacct").map(|root| root.join(&leaf));
+        let cpuacct = layout.v1.get("cpuacct").map(|root| root.join(leaf));
         if let Some(dir) = &cpuacct {
             fs::create_dir(dir).unwrap_or_else(|e| panic!("create {}: {e}", dir.display()));
         }
@@ -222,6 +234,26 @@ impl TestCgroup {
     /// CPU time from the v2 `cpu.stat` `usage_usec`, in nanoseconds.
     pub fn v2_usage_ns(&self) -> u64 {
         cpu_stat_usage_ns(&self.v2)
+    }
+
+    /// The file `name` of its v2 directory (`memory.current`, `io.stat`...).
+    pub fn v2_file(&self, name: &str) -> PathBuf {
+        self.v2.join(name)
+    }
+
+    /// Freezes (or thaws) the cgroup through cgroup v2's `cgroup.freeze`, and waits until the
+    /// kernel reports it done in `cgroup.events`.
+    pub fn freeze(&self, frozen: bool) {
+        let value = if frozen { "1" } else { "0" };
+        fs::write(self.v2.join("cgroup.freeze"), value).expect("write cgroup.freeze");
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while !read(&self.v2.join("cgroup.events")).contains(&format!("frozen {value}")) {
+            assert!(
+                Instant::now() < deadline,
+                "cgroup.freeze {value} not done in 10 s"
+            );
+            sleep(Duration::from_millis(10));
+        }
     }
 
     /// CPU time from the v1 `cpuacct.usage`, in nanoseconds, on a hybrid host.

@@ -171,7 +171,7 @@ http {{
             port,
             tls_port,
         };
-        let deadline = Instant::now() + Duration::from_secs(10);
+        let deadline = Instant::now() + Duration::from_secs(10) * crate::SLOWDOWN;
         while TcpStream::connect((Ipv4Addr::LOCALHOST, port)).is_err() {
             assert!(
                 Instant::now() < deadline,

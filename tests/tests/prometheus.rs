@@ -403,6 +403,18 @@ fn check_against(metrics: &Metrics, snapshot: &Snapshot) {
         &[],
         Some(snapshot.collector.sample_ms / 1000.0),
     );
+    assert!(
+        !snapshot.features.is_empty(),
+        "the snapshot names its features"
+    );
+    for (family, feature) in &snapshot.features {
+        let hooks = feature.hooks.join(",");
+        expect(
+            "lynx_feature_active",
+            &[("family", family.name()), ("hooks", &hooks)],
+            Some(f64::from(u8::from(feature.is_active()))),
+        );
+    }
     let drops = &snapshot.kernel_drops;
     for (map, count) in [
         ("cgroup_cpu", drops.cgroup_cpu_map_full),

@@ -31,9 +31,10 @@ const TRACEFS: &str = "/sys/kernel/tracing";
 const LYNX_PROGRAM_NAME: &str = "lynx_sched_swit";
 
 /// The benches that drive the test rigs, each a binary of `tests/src/bin/`.
-const RIG_BENCHES: [&str; 4] = [
+const RIG_BENCHES: [&str; 5] = [
     "bench_containers",
     "bench_nginx",
+    "bench_byte_hooks",
     "bench_control",
     "bench_web",
 ];

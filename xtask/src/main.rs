@@ -2,6 +2,7 @@
 mod bench;
 mod build;
 mod fuzz;
+mod kernel_matrix;
 mod package;
 mod setup;
 
@@ -36,9 +37,13 @@ enum Command {
         #[arg(last = true)]
         args: Vec<String>,
     },
-    /// Set up, build, check formatting and lints, run unit and privileged tests, then run
-    /// each fuzz target for 30 s (not when a test filter is given).
+    /// Set up, build, check formatting and lints, run unit and privileged tests, then the
+    /// kernel matrix (the tests that need no LXD, in VMs of Debian's 6.1 and 6.12 kernels),
+    /// then each fuzz target for 30 s (not when a test filter is given).
     Test {
+        /// Run only this part (CI runs both).
+        #[arg(long, value_enum)]
+        only: Option<build::Part>,
         /// Arguments passed to the test binaries, e.g. a test name filter.
         #[arg(last = true)]
         args: Vec<String>,
@@ -94,14 +99,14 @@ fn run(command: Command) -> Result<()> {
             };
             build::run_checked(std::process::Command::new(lynx).args(args))
         }
-        Command::Test { args } => {
+        Command::Test { args, only } => {
             let toolchain =
                 setup::setup(&[setup::TEST_PACKAGES, setup::PACKAGE_PACKAGES].concat())?;
             let compiler = fuzz::setup(&mut setup::Apt::default())?;
             let packages = package::for_tests(&toolchain)?;
-            let object = build::test_all(&toolchain, &args, &packages)?;
+            let object = build::test_all(&toolchain, &args, only, &packages)?;
             // A filtered run is for one test; the whole suite fuzzes too.
-            if args.is_empty() {
+            if args.is_empty() && only != Some(build::Part::Guests) {
                 fuzz::run(&compiler, &object, FUZZ_SECONDS_IN_TEST, &[])?;
             }
             Ok(())

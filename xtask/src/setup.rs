@@ -67,9 +67,9 @@ pub const TEST_PACKAGES: &[Package] = &[
     },
     Package {
         name: "coreutils",
-        programs: &["sleep", "id", "chmod", "chown", "sha256sum"],
+        programs: &["sleep", "id", "chmod", "chown", "sha256sum", "dd"],
         why: "idle processes in test cgroups; file owners and modes, and the eBPF object's \
-              hash, in the package tests",
+              hash, in the package tests; block writes in the guest tests",
     },
     Package {
         name: "libc-bin",
@@ -98,8 +98,9 @@ pub const TEST_PACKAGES: &[Package] = &[
     },
     Package {
         name: "procps",
-        programs: &["pgrep"],
-        why: "the `lynx top` test finds the process it drives",
+        programs: &["pgrep", "sysctl"],
+        why: "the `lynx top` test finds the process it drives; the tests turn IPv6 off in the \
+              network namespaces they make",
     },
     Package {
         name: "tar",
@@ -186,6 +187,32 @@ pub const TEST_PACKAGES: &[Package] = &[
         name: "bash-completion",
         programs: &["/usr/share/bash-completion/bash_completion"],
         why: "the package test presses TAB after `lynx ` in a login bash, which loads it",
+    },
+    Package {
+        name: "iproute2",
+        programs: &["ip"],
+        why: "the tests make network namespaces and veth pairs (ip netns, ip link)",
+    },
+    Package {
+        name: "qemu-system-x86",
+        programs: &["qemu-system-x86_64"],
+        why: "the kernel matrix boots Debian's 6.1 and 6.12 kernels in virtual machines",
+    },
+    Package {
+        name: "kmod",
+        programs: &["depmod"],
+        why: "the kernel matrix indexes the guest kernels' modules (depmod) and loads them in \
+              the guests (modprobe)",
+    },
+    Package {
+        name: "python3-venv",
+        programs: &["/usr/lib/python3.11/ensurepip"],
+        why: "the kernel matrix installs virtme-ng (PyPI) in a venv of Debian's python3",
+    },
+    Package {
+        name: "file",
+        programs: &["file"],
+        why: "virtme-ng reads a guest kernel's version with file",
     },
 ];
 
@@ -394,8 +421,8 @@ mod tests {
     }
 
     /// Programs the suite runs that are not Debian packages set-up installs: the toolchain
-    /// xtask runs with, what set-up builds with it, and the installer.
-    const TOOLCHAIN_PROGRAMS: &[&str] = &["cargo", "rustup", "bpf-linker", "apt-get"];
+    /// xtask runs with, what set-up builds with it, and the installer (apt).
+    const TOOLCHAIN_PROGRAMS: &[&str] = &["cargo", "rustup", "bpf-linker", "apt-get", "apt-cache"];
 
     /// Every program the tests, benches and xtask start by name (`Command::new("...")` and the
     /// rigs' `system_command`/`require`) is in a package list, so a fresh host gets it from

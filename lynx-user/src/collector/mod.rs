@@ -4,10 +4,12 @@
 pub mod btf;
 pub mod cgroupfs;
 pub mod containers;
+pub mod features;
 pub mod host;
 pub mod kernel;
 pub mod lxd_instances;
 pub mod nginx;
+mod pins;
 pub mod preflight;
 pub mod sockets;
 
@@ -21,6 +23,7 @@ use std::{
 
 use cgroupfs::{CgroupError, CgroupLayout, CgroupResolver};
 use containers::{MemoryUsage, Owner};
+use features::{ByteHooks, Features};
 use host::{HostError, HostSample};
 use kernel::{Drops, KernelCounters, KernelError, LoadOptions, NginxTarget};
 use lynx_common::{
@@ -118,6 +121,8 @@ pub struct Sample {
     pub instances: Option<Vec<InstanceInfo>>,
     pub nginx: NginxSample,
     pub drops: Drops,
+    /// Which counter families the kernel supports, and through which hooks.
+    pub features: Features,
     /// Whether the traffic of cgroups outside containers (the host's own sockets, systemd
     /// services) was counted, or only containers'.
     pub host_network_counted: bool,
@@ -150,6 +155,8 @@ pub struct NginxOptions {
     pub control: crate::nginx::NginxControl,
     pub ports: Vec<u16>,
     pub tls_ports: Vec<u16>,
+    /// Which hooks follow its bytes.
+    pub byte_hooks: ByteHooks,
 }
 
 /// How the collector starts.
@@ -194,6 +201,7 @@ impl Collector {
             cgroup_root: layout.unified.clone(),
             pin_dir: options.pin_dir,
             count_host_network: options.count_host_network,
+            nginx_byte_hooks: options.nginx.byte_hooks,
         })?;
         kernel.set_nginx_ports(&options.nginx.ports, &options.nginx.tls_ports)?;
         tracing::info!(
@@ -277,6 +285,7 @@ impl Collector {
                 earlier,
             },
             drops: kernel.drops,
+            features: self.kernel.features().clone(),
             host_network_counted: self.count_host_network,
             duration: started.elapsed(),
         })

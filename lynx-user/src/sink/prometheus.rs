@@ -5,7 +5,7 @@
 use std::fmt::{self, Write as _};
 
 use super::history::parse_timestamp;
-use crate::model::{Autoscaler, Container, Group, Nginx, NginxEndpoint, Snapshot};
+use crate::model::{Autoscaler, Container, Features, Group, Nginx, NginxEndpoint, Snapshot};
 
 /// `Content-Type` of `/metrics`.
 pub const METRICS_CONTENT_TYPE: &str = "text/plain; version=0.0.4; charset=utf-8";
@@ -204,6 +204,7 @@ pub fn render(snapshot: &Snapshot) -> String {
     ] {
         out.sample("lynx_kernel_drops_total", &[("map", map)], count);
     }
+    render_features(&mut out, &snapshot.features);
     out.gauge(
         "lynx_collector_sample_seconds",
         "Wall time lynx took to read the kernel maps, cgroupfs and procfs for this snapshot.",
@@ -213,6 +214,27 @@ pub fn render(snapshot: &Snapshot) -> String {
         render_groups(&mut out, &snapshot.groups);
     }
     out.text
+}
+
+/// Which counter families the kernel supports: 1 counted, 0 unavailable (the snapshot's
+/// `features` object says why), with the hooks that count them.
+fn render_features(out: &mut Exposition, features: &Features) {
+    if features.is_empty() {
+        return;
+    }
+    out.family(
+        "lynx_feature_active",
+        Type::Gauge,
+        "1 when the kernel supports a counter family and Lynx counts it; 0 when it is unavailable and its counters read zero (the snapshot's features object says why).",
+    );
+    for (family, feature) in features {
+        let hooks = feature.hooks.join(",");
+        out.sample(
+            "lynx_feature_active",
+            &[("family", family.name()), ("hooks", &hooks)],
+            u8::from(feature.is_active()),
+        );
+    }
 }
 
 /// nginx's counters per endpoint: `side` is `client` (a listening port) or `upstream` (an
@@ -533,7 +555,7 @@ impl fmt::Display for Decimal {
 #[cfg(test)]
 pub(crate) mod tests {
     use super::*;
-    use crate::model::{BlockIo, Container, Cpu, Memory, Network, fixtures};
+    use crate::model::{BlockIo, Container, Cpu, Family, Feature, Memory, Network, fixtures};
 
     /// A snapshot with a container, the host, nginx and a group: what [`FIXTURE_METRICS`]
     /// renders.
@@ -582,6 +604,13 @@ pub(crate) mod tests {
         };
         let mut snapshot = fixtures::snapshot("2026-11-22T04:22:02.196581371Z", vec![web1, host]);
         snapshot.kernel_drops.cgroup_net_map_full = 3;
+        snapshot.features.insert(
+            Family::BlockIo,
+            Feature::unavailable(
+                &["tp_btf/block_bio_queue"],
+                "missing kernel feature: tracepoint block_bio_queue (kernel 5.4.0)".into(),
+            ),
+        );
         snapshot.nginx = Nginx {
             master_pid: Some(900),
             listen: vec![NginxEndpoint {
@@ -720,6 +749,13 @@ lynx_kernel_drops_total{map="cgroup_net"} 3
 lynx_kernel_drops_total{map="cgroup_io"} 0
 lynx_kernel_drops_total{map="nginx_endpoints"} 0
 lynx_kernel_drops_total{map="nginx_flows"} 0
+# HELP lynx_feature_active 1 when the kernel supports a counter family and Lynx counts it; 0 when it is unavailable and its counters read zero (the snapshot's features object says why).
+# TYPE lynx_feature_active gauge
+lynx_feature_active{family="cpu",hooks="tp_btf/sched_switch,perf_event/cpu-clock"} 1
+lynx_feature_active{family="block_io",hooks="tp_btf/block_bio_queue"} 0
+lynx_feature_active{family="network",hooks="cgroup_skb/ingress,cgroup_skb/egress"} 1
+lynx_feature_active{family="nginx_connections",hooks="sock_ops,cgroup/sock_release,tp_btf/sched_process_fork"} 1
+lynx_feature_active{family="nginx_requests",hooks="tp_btf/sock_recv_length,tp_btf/sock_send_length"} 1
 # HELP lynx_collector_sample_seconds Wall time lynx took to read the kernel maps, cgroupfs and procfs for this snapshot.
 # TYPE lynx_collector_sample_seconds gauge
 lynx_collector_sample_seconds 0.00087
