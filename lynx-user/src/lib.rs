@@ -7,6 +7,7 @@ pub mod collector;
 pub mod config;
 pub mod controller;
 pub mod daemon;
+pub mod docker;
 pub mod lxd;
 pub mod manage;
 pub mod model;
@@ -16,3 +17,4 @@ pub mod stop;
 #[cfg(test)]
 mod test_support;
 pub mod tui;
+pub mod unix_http;
