@@ -13,7 +13,7 @@ use crate::{
     collector::{
         CollectError, Collector, CollectorOptions, NginxOptions, lxd_instances::LxdInstances,
     },
-    config::HistoryConfig,
+    config::{DockerConfig, HistoryConfig},
     controller::{ControlOptions, Controller},
     model,
     sink::{
@@ -36,6 +36,7 @@ pub struct DaemonOptions {
     pub count_host_network: bool,
     /// LXD API sockets to try.
     pub lxd_sockets: Vec<PathBuf>,
+    pub docker: DockerConfig,
     pub history: HistoryConfig,
     /// Prometheus endpoint address; empty for none.
     pub prometheus_listen: String,
@@ -131,6 +132,7 @@ pub fn run(options: &DaemonOptions, stop: &AtomicBool) -> Result<(), DaemonError
             options.lxd_sockets.clone(),
             options.interval,
         ))),
+        docker: Some(Box::new(options.docker.watch())),
         count_host_network: options.count_host_network,
     })?;
     let mut sinks: Vec<Box<dyn Sink>> = vec![
