@@ -427,7 +427,7 @@ fn engine_of(config: &Config, name: &str) -> Result<Engine, CliError> {
         true => LxdClient::discover(&config.lxd.sockets)
             .map(|lxd| lxd.instances())
             .transpose()?
-            .map(|instances| instances.iter().any(|i| &i.name == name)),
+            .map(|instances| instances.iter().any(|i| i.name == *name)),
     };
     Ok(manage::engine_of(name, docker.as_ref(), answered, in_lxd)?)
 }

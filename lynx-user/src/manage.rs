@@ -128,7 +128,8 @@ pub fn containers_table(
     let lxd = instances.iter().map(|i| {
         let uptime = match (&i.status, &i.last_used_at) {
             (InstanceStatus::Running | InstanceStatus::Frozen, Some(started)) => {
-                OffsetDateTime::parse(started, &Rfc3339).map_or_else(|_| "-".into(), |t| since(t, now))
+                OffsetDateTime::parse(started, &Rfc3339)
+                    .map_or_else(|_| "-".into(), |t| since(t, now))
             }
             _ => "-".to_owned(),
         };
@@ -144,7 +145,9 @@ pub fn containers_table(
     });
     let docker = containers.iter().map(|c| {
         let uptime = match (&c.state, c.started_at) {
-            (ContainerState::Running | ContainerState::Paused, Some(started)) => since(started, now),
+            (ContainerState::Running | ContainerState::Paused, Some(started)) => {
+                since(started, now)
+            }
             _ => "-".to_owned(),
         };
         vec![
@@ -160,7 +163,9 @@ pub fn containers_table(
         ]
     });
     table(
-        &["NAME", "ENGINE", "STATUS", "IPV4", "IPV6", "IMAGE", "UPTIME"],
+        &[
+            "NAME", "ENGINE", "STATUS", "IPV4", "IPV6", "IMAGE", "UPTIME",
+        ],
         lxd.chain(docker),
     )
 }
@@ -364,10 +369,23 @@ mod tests {
         assert_eq!(
             lines,
             [
-                vec!["NAME", "ENGINE", "STATUS", "IPV4", "IPV6", "IMAGE", "UPTIME"],
-                vec!["web1", "lxd", "Running", "10.0.0.2", "-", "busybox", "2m", "0s"],
+                vec![
+                    "NAME", "ENGINE", "STATUS", "IPV4", "IPV6", "IMAGE", "UPTIME"
+                ],
+                vec![
+                    "web1", "lxd", "Running", "10.0.0.2", "-", "busybox", "2m", "0s"
+                ],
                 vec!["web2", "lxd", "Stopped", "10.0.0.2", "-", "busybox", "-"],
-                vec!["api", "docker", "paused", "-", "-", "busybox:1.36", "3h", "0m"],
+                vec![
+                    "api",
+                    "docker",
+                    "paused",
+                    "-",
+                    "-",
+                    "busybox:1.36",
+                    "3h",
+                    "0m"
+                ],
                 vec!["job", "docker", "exited", "-", "-", "busybox:1.36", "-"],
             ]
         );
@@ -383,7 +401,10 @@ mod tests {
             Ok(Engine::Lxd),
             "LXD says what is wrong"
         );
-        assert_eq!(engine_of("api", Some(&api), true, Some(false)), Ok(Engine::Docker));
+        assert_eq!(
+            engine_of("api", Some(&api), true, Some(false)),
+            Ok(Engine::Docker)
+        );
         assert_eq!(engine_of("api", Some(&api), true, None), Ok(Engine::Docker));
         assert_eq!(
             engine_of("api", Some(&api), true, Some(true))

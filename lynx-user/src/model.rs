@@ -360,69 +360,69 @@ pub fn snapshot(previous: &Sample, current: &Sample) -> Snapshot {
     let network_counted = |owner: &Owner| current.host_network_counted || owner.is_container();
 
     let container = |owner: &Owner, files: Option<&ContainerFiles>, known: Option<Known>| {
-            let totals = now.get(owner).copied().unwrap_or_default();
-            let prior = before.get(owner).copied().unwrap_or_default();
-            let info = known_info(known);
-            let status = match (known, files) {
-                (Some(_), _) => info.status.clone(),
-                (None, Some(files)) if files.frozen => "Frozen".to_owned(),
-                (None, _) => "Running".to_owned(),
-            };
-            let kind = match owner {
-                Owner::Lxc(_) if known.is_some() => "lxd",
-                Owner::Lxc(_) => "lxc",
-                Owner::Docker(_) => "docker",
-                Owner::Service(_) => "service",
-                Owner::Host => "host",
-            };
-            Container {
-                name: match known {
-                    Some(_) => info.name,
-                    None => owner.name().to_owned(),
-                },
-                kind: kind.to_owned(),
-                status,
-                pid: info.pid,
-                ipv4: info.ipv4,
-                ipv6: info.ipv6,
-                image: info.image,
-                created_at: info.created_at,
-                last_used_at: info.last_used_at,
-                uptime_s: files.and_then(|f| f.uptime_s),
-                cgroup: files.map(|f| f.top.clone()),
-                processes: files.map(|f| f.processes),
-                cpu: Cpu {
-                    ns: totals.cpu_ns,
-                    percent: round2(rate(totals.cpu_ns, prior.cpu_ns) / 1e9 * 100.0),
-                },
-                memory: files.and_then(|f| f.memory).map(|m| Memory {
-                    used_bytes: m.used_bytes,
-                    limit_bytes: m.limit_bytes,
-                    percent_of_host: round2(percent(m.used_bytes as f64, host_memory_bytes as f64)),
-                    swap_bytes: m.swap_bytes,
-                }),
-                block_io: BlockIo {
-                    read_bytes: totals.io.read_bytes,
-                    write_bytes: totals.io.write_bytes,
-                    read_ops: totals.io.read_ops,
-                    write_ops: totals.io.write_ops,
-                    read_bytes_per_s: round2(rate(totals.io.read_bytes, prior.io.read_bytes)),
-                    write_bytes_per_s: round2(rate(totals.io.write_bytes, prior.io.write_bytes)),
-                },
-                network: network_counted(owner).then(|| Network {
-                    rx_bytes: totals.net.rx_bytes,
-                    tx_bytes: totals.net.tx_bytes,
-                    rx_packets: totals.net.rx_packets,
-                    tx_packets: totals.net.tx_packets,
-                    rx_bytes_per_s: round2(rate(totals.net.rx_bytes, prior.net.rx_bytes)),
-                    tx_bytes_per_s: round2(rate(totals.net.tx_bytes, prior.net.tx_bytes)),
-                }),
-                docker: match known {
-                    Some(Known::Docker(c)) => Some(c.into()),
-                    _ => None,
-                },
-            }
+        let totals = now.get(owner).copied().unwrap_or_default();
+        let prior = before.get(owner).copied().unwrap_or_default();
+        let info = known_info(known);
+        let status = match (known, files) {
+            (Some(_), _) => info.status.clone(),
+            (None, Some(files)) if files.frozen => "Frozen".to_owned(),
+            (None, _) => "Running".to_owned(),
         };
+        let kind = match owner {
+            Owner::Lxc(_) if known.is_some() => "lxd",
+            Owner::Lxc(_) => "lxc",
+            Owner::Docker(_) => "docker",
+            Owner::Service(_) => "service",
+            Owner::Host => "host",
+        };
+        Container {
+            name: match known {
+                Some(_) => info.name,
+                None => owner.name().to_owned(),
+            },
+            kind: kind.to_owned(),
+            status,
+            pid: info.pid,
+            ipv4: info.ipv4,
+            ipv6: info.ipv6,
+            image: info.image,
+            created_at: info.created_at,
+            last_used_at: info.last_used_at,
+            uptime_s: files.and_then(|f| f.uptime_s),
+            cgroup: files.map(|f| f.top.clone()),
+            processes: files.map(|f| f.processes),
+            cpu: Cpu {
+                ns: totals.cpu_ns,
+                percent: round2(rate(totals.cpu_ns, prior.cpu_ns) / 1e9 * 100.0),
+            },
+            memory: files.and_then(|f| f.memory).map(|m| Memory {
+                used_bytes: m.used_bytes,
+                limit_bytes: m.limit_bytes,
+                percent_of_host: round2(percent(m.used_bytes as f64, host_memory_bytes as f64)),
+                swap_bytes: m.swap_bytes,
+            }),
+            block_io: BlockIo {
+                read_bytes: totals.io.read_bytes,
+                write_bytes: totals.io.write_bytes,
+                read_ops: totals.io.read_ops,
+                write_ops: totals.io.write_ops,
+                read_bytes_per_s: round2(rate(totals.io.read_bytes, prior.io.read_bytes)),
+                write_bytes_per_s: round2(rate(totals.io.write_bytes, prior.io.write_bytes)),
+            },
+            network: network_counted(owner).then(|| Network {
+                rx_bytes: totals.net.rx_bytes,
+                tx_bytes: totals.net.tx_bytes,
+                rx_packets: totals.net.rx_packets,
+                tx_packets: totals.net.tx_packets,
+                rx_bytes_per_s: round2(rate(totals.net.rx_bytes, prior.net.rx_bytes)),
+                tx_bytes_per_s: round2(rate(totals.net.tx_bytes, prior.net.tx_bytes)),
+            }),
+            docker: match known {
+                Some(Known::Docker(c)) => Some(c.into()),
+                _ => None,
+            },
+        }
+    };
 
     let instances = current.instances.as_deref().unwrap_or_default();
     let known = |owner: &Owner| match owner {

@@ -215,7 +215,8 @@ impl Watcher {
     /// up before, when its socket going away (a clean engine stop removes it) is an outage.
     fn publish_down(&mut self, error: Option<&DockerError>) {
         self.containers.clear();
-        let absent = error.is_none() && self.logged != Some(Logged::Up) && self.logged != Some(Logged::Down);
+        let absent =
+            error.is_none() && self.logged != Some(Logged::Up) && self.logged != Some(Logged::Down);
         let now = if absent { Logged::Absent } else { Logged::Down };
         if self.logged != Some(now) {
             let tried = self

@@ -185,7 +185,12 @@ impl DockerClient {
         response.map_err(|error| self.http_error(endpoint(), timeout, error))
     }
 
-    pub(super) fn io_error(&self, endpoint: String, after: Duration, source: io::Error) -> DockerError {
+    pub(super) fn io_error(
+        &self,
+        endpoint: String,
+        after: Duration,
+        source: io::Error,
+    ) -> DockerError {
         match source.kind() {
             io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut => {
                 DockerError::Timeout { endpoint, after }

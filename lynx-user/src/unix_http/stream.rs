@@ -83,7 +83,9 @@ impl<R: Read> ChunkedLines<R> {
             }
             let mut buffer = [0u8; 8192];
             match self.input.read(&mut buffer) {
-                Ok(0) if self.state == State::Size && self.raw.is_empty() && self.data.is_empty() => {
+                Ok(0)
+                    if self.state == State::Size && self.raw.is_empty() && self.data.is_empty() =>
+                {
                     return Ok(Line::End);
                 }
                 Ok(0) => return Err(HttpError::Closed("inside the body")),
@@ -113,11 +115,10 @@ impl<R: Read> ChunkedLines<R> {
                     };
                     // Chunk extensions (`;name=value`) carry nothing we use.
                     let size = line.split(';').next().unwrap_or_default().trim();
-                    let size =
-                        u64::from_str_radix(size, 16).map_err(|_| HttpError::Malformed {
-                            what: "chunk size",
-                            line: line.clone(),
-                        })?;
+                    let size = u64::from_str_radix(size, 16).map_err(|_| HttpError::Malformed {
+                        what: "chunk size",
+                        line: line.clone(),
+                    })?;
                     self.state = if size == 0 {
                         State::Trailer
                     } else {
@@ -128,7 +129,9 @@ impl<R: Read> ChunkedLines<R> {
                     if self.raw.is_empty() {
                         return Ok(progressed);
                     }
-                    let take = usize::try_from(left).unwrap_or(usize::MAX).min(self.raw.len());
+                    let take = usize::try_from(left)
+                        .unwrap_or(usize::MAX)
+                        .min(self.raw.len());
                     self.data.extend(self.raw.drain(..take));
                     let left = left - take as u64;
                     self.state = if left == 0 {
@@ -204,7 +207,8 @@ mod tests {
     }
 
     fn lines(buffered: &[u8], pieces: &[Option<&'static [u8]>]) -> Vec<Result<Line, String>> {
-        let mut reader = ChunkedLines::new(Pieces(pieces.iter().copied().collect()), buffered.into());
+        let mut reader =
+            ChunkedLines::new(Pieces(pieces.iter().copied().collect()), buffered.into());
         let mut out = Vec::new();
         loop {
             let next = reader.next_line().map_err(|e| e.to_string());
