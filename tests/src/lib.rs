@@ -268,6 +268,15 @@ pub fn assert_close(measured: u64, expected: u64, tolerance: f64, what: &str) {
     );
 }
 
+/// The container called `name` in `snapshot`.
+pub fn entry<'a>(snapshot: &'a lynx::model::Snapshot, name: &str) -> &'a lynx::model::Container {
+    snapshot
+        .containers
+        .iter()
+        .find(|c| c.name == name)
+        .unwrap_or_else(|| panic!("{name} is not in the snapshot"))
+}
+
 /// A number in a file (cgroupfs, sysfs).
 pub fn read_number(path: &Path) -> u64 {
     fs::read_to_string(path)

@@ -8,23 +8,15 @@ use std::{
     time::Duration,
 };
 
-use lynx::model::{Container, Network, Snapshot};
+use lynx::model::{Container, Network};
 use lynx_tests::{
     KernelOracle, assert_close,
     daemon::DaemonUnderTest,
+    entry,
     lxd::{TestContainer, lxd},
     privileged, read_number,
 };
 use serde_json::Value;
-
-/// The container called `name` in `snapshot`.
-fn entry<'a>(snapshot: &'a Snapshot, name: &str) -> &'a Container {
-    snapshot
-        .containers
-        .iter()
-        .find(|c| c.name == name)
-        .unwrap_or_else(|| panic!("{name} is not in the snapshot"))
-}
 
 fn network(container: &Container) -> &Network {
     container

@@ -21,17 +21,10 @@ use lynx_tests::{
     KernelOracle, assert_close,
     daemon::DaemonUnderTest,
     docker::{DockerEngine, IMAGE},
+    entry,
     lxd::{TestContainer, lxd},
     lynx_bin, privileged,
 };
-
-fn entry<'a>(snapshot: &'a Snapshot, name: &str) -> &'a Container {
-    snapshot
-        .containers
-        .iter()
-        .find(|c| c.name == name)
-        .unwrap_or_else(|| panic!("{name} is not in the snapshot"))
-}
 
 /// A daemon collecting every 200 ms that watches `engine`, reading every container again
 /// only every minute, so that what changes sooner came from the event stream.
