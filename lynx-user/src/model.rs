@@ -1034,6 +1034,102 @@ mod tests {
     }
 
     #[test]
+    fn docker_containers_are_named_by_the_engine_and_by_id_without_it() {
+        let id = "530b8ee64a5f369f8345d88baa6cda59be1e0c411b891b32862859f11d7bb005";
+        let at = |text: &str| {
+            time::OffsetDateTime::parse(text, &time::format_description::well_known::Rfc3339)
+                .expect("a time")
+        };
+        let container = |name: &str, id: &str, state: ContainerState| docker::Container {
+            id: id.into(),
+            name: name.into(),
+            image: "busybox:1.36".into(),
+            image_id: "sha256:feed".into(),
+            state,
+            pid: Some(77),
+            command: vec!["sleep".into(), "3600".into()],
+            created_at: at("2026-12-07T15:15:50.1Z"),
+            started_at: Some(at("2026-12-07T15:15:51Z")),
+            labels: [("app".to_owned(), "demo".to_owned())].into(),
+            networks: vec![docker::NetworkAddresses {
+                name: "web".into(),
+                ipv4: Some(std::net::Ipv4Addr::new(172, 18, 0, 2)),
+                ipv6: None,
+            }],
+        };
+        let start = Instant::now();
+        let snapshot_with = |view: DockerView| {
+            let [before, after] = [start, start + Duration::from_secs(1)].map(|at| {
+                let mut sample = sample(at, 1, vec![], None);
+                let mut files = files("any", true);
+                (files.owner, files.top) = (Owner::Docker(id.into()), format!("/docker/{id}"));
+                sample.containers.push(files);
+                sample.docker = view.clone();
+                sample
+            });
+            snapshot(&before, &after)
+        };
+        let doc = snapshot_with(DockerView::Up(vec![
+            container("api", id, ContainerState::Paused),
+            container("job", &"f".repeat(64), ContainerState::Exited),
+        ]));
+        let api = doc
+            .containers
+            .iter()
+            .find(|c| c.name == "api")
+            .expect("api");
+        assert_eq!(
+            (api.kind.as_str(), api.status.as_str(), api.pid),
+            ("docker", "Frozen", Some(77))
+        );
+        assert_eq!(api.image.as_deref(), Some("busybox:1.36"));
+        assert_eq!(api.ipv4, ["172.18.0.2"]);
+        assert_eq!(api.created_at.as_deref(), Some("2026-12-07T15:15:50.1Z"));
+        assert_eq!(api.last_used_at.as_deref(), Some("2026-12-07T15:15:51Z"));
+        assert_eq!(
+            api.cgroup.as_deref(),
+            Some(format!("/docker/{id}").as_str())
+        );
+        let details = api.docker.as_ref().expect("Docker's fields");
+        assert_eq!(
+            (details.id.as_str(), details.state.as_str()),
+            (id, "paused")
+        );
+        assert_eq!(details.command, ["sleep", "3600"]);
+        let job = doc
+            .containers
+            .iter()
+            .find(|c| c.name == "job")
+            .expect("listed");
+        assert_eq!(
+            (job.status.as_str(), job.cgroup.as_ref()),
+            ("Stopped", None)
+        );
+        assert_eq!(doc.host.docker_available, Some(true));
+        assert_eq!(doc.host.containers_frozen, 2, "web2 and api");
+
+        let down = snapshot_with(DockerView::Down);
+        let by_id = down
+            .containers
+            .iter()
+            .find(|c| c.kind == "docker")
+            .expect("listed by cgroup");
+        assert_eq!(
+            (by_id.name.as_str(), by_id.docker.as_ref()),
+            ("530b8ee64a5f", None)
+        );
+        assert_eq!(by_id.status, "Frozen", "from the cgroup");
+        assert_eq!(down.host.docker_available, Some(false));
+        let absent = snapshot_with(DockerView::Absent);
+        assert_eq!(absent.host.docker_available, None);
+        let json = serde_json::to_string(&absent).expect("serialises");
+        assert!(
+            !json.contains("docker_available") && !json.contains("\"docker\":"),
+            "left out without an engine: {json}"
+        );
+    }
+
+    #[test]
     fn empty_leftover_cgroups_are_not_containers() {
         let start = Instant::now();
         let mut after = sample(start + Duration::from_secs(1), 1, vec![], None);
