@@ -115,7 +115,8 @@ fn docker_containers_agree_with_the_engine_and_the_kernel() {
     let (cpu_before, io_before) = (busy.cpu_ns(), disk.io());
     thread::scope(|scope| {
         scope.spawn(|| {
-            engine.docker(&[
+            // busybox timeout exits 143 when it ends the loop: the status says nothing here.
+            engine.try_docker(&[
                 "exec",
                 "lynx-busy",
                 "timeout",
@@ -385,8 +386,8 @@ fn lynx_containers_acts_on_docker_containers() {
 }
 
 #[test]
-fn an_engine_killed_mid_run_is_survived() {
-    if !privileged("an_engine_killed_mid_run_is_survived") {
+fn docker_engine_killed_mid_run_is_survived() {
+    if !privileged("docker_engine_killed_mid_run_is_survived") {
         return;
     }
     let mut engine = DockerEngine::start("outage");
