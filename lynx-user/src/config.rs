@@ -42,6 +42,7 @@ pub enum ConfigError {
 pub struct Config {
     pub daemon: DaemonConfig,
     pub lxd: LxdConfig,
+    pub docker: DockerConfig,
     pub history: HistoryConfig,
     pub web: WebConfig,
     /// The older name of `[web] listen`, still read.
@@ -291,6 +292,47 @@ pub struct LxdConfig {
     pub reconcile_interval: Duration,
 }
 
+/// `[docker]`: where the Docker Engine API is.
+#[derive(Clone, Debug, PartialEq, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct DockerConfig {
+    /// The engine's unix socket. Left at the default while that is absent, Podman's
+    /// Docker-compatible socket is used if it exists.
+    pub socket: PathBuf,
+    /// How often every container is read again, in case an event was missed (changes come
+    /// from the engine's event stream as they happen).
+    #[serde(deserialize_with = "interval")]
+    pub reconcile_interval: Duration,
+}
+
+impl Default for DockerConfig {
+    fn default() -> Self {
+        Self {
+            socket: crate::docker::DEFAULT_SOCKET.into(),
+            reconcile_interval: Duration::from_secs(10),
+        }
+    }
+}
+
+impl DockerConfig {
+    /// The sockets to look for an engine at, in order.
+    pub fn sockets(&self) -> Vec<PathBuf> {
+        let mut sockets = vec![self.socket.clone()];
+        if self.socket == Path::new(crate::docker::DEFAULT_SOCKET) {
+            sockets.push(crate::docker::PODMAN_SOCKET.into());
+        }
+        sockets
+    }
+
+    /// The engine's containers, watched in the background.
+    pub fn watch(&self) -> crate::collector::docker_containers::DockerContainers {
+        crate::collector::docker_containers::DockerContainers::spawn(
+            self.sockets(),
+            self.reconcile_interval,
+        )
+    }
+}
+
 impl Default for DaemonConfig {
     fn default() -> Self {
         Self {
@@ -492,6 +534,24 @@ mod tests {
         assert_eq!(config.daemon.interval, Duration::from_millis(250));
         assert_eq!(config.daemon.snapshot_path, Path::new("/tmp/s.json"));
         assert_eq!(config.lxd, LxdConfig::default());
+    }
+
+    #[test]
+    fn podman_is_tried_only_for_the_default_docker_socket() {
+        assert_eq!(
+            DockerConfig::default().sockets(),
+            [
+                PathBuf::from("/var/run/docker.sock"),
+                PathBuf::from("/run/podman/podman.sock")
+            ]
+        );
+        let config = parse("[docker]\nsocket = \"/srv/docker.sock\"\n").expect("valid");
+        assert_eq!(config.docker.sockets(), [PathBuf::from("/srv/docker.sock")]);
+        let error = parse("[docker]\nsockets = []\n").unwrap_err();
+        assert!(
+            error.starts_with("lynx.toml: line 2, column 1: unknown field `sockets`"),
+            "{error}"
+        );
     }
 
     #[test]

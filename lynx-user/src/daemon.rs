@@ -17,7 +17,7 @@ use crate::{
     collector::{
         CollectError, Collector, CollectorOptions, NginxOptions, lxd_instances::LxdInstances,
     },
-    config::{ConfigError, HistoryConfig},
+    config::{ConfigError, DockerConfig, HistoryConfig},
     controller::{ControlOptions, Controller},
     model,
     sink::{
@@ -39,6 +39,7 @@ pub struct DaemonOptions {
     pub count_host_network: bool,
     /// LXD API sockets to try.
     pub lxd_sockets: Vec<PathBuf>,
+    pub docker: DockerConfig,
     pub history: HistoryConfig,
     /// The HTTP server (`/metrics`, `/snapshot`); `None` for none.
     pub web: Option<WebOptions>,
@@ -90,6 +91,10 @@ pub fn run(
         instances: Some({
             let (sockets, interval) = (options.lxd_sockets.clone(), options.interval);
             Box::new(move || Box::new(LxdInstances::spawn(sockets, interval)))
+        }),
+        docker: Some({
+            let docker = options.docker.clone();
+            Box::new(move || Box::new(docker.watch()))
         }),
         count_host_network: options.count_host_network,
     })?;
@@ -216,6 +221,7 @@ impl Running {
                 new.lxd_sockets != old.lxd_sockets,
                 "[lxd] sockets (for the collector)",
             ),
+            (new.docker != old.docker, "[docker]"),
         ]
         .into_iter()
         .filter_map(|(changed, key)| changed.then_some(key))

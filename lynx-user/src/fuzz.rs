@@ -13,8 +13,9 @@ use tokio::io::AsyncWriteExt;
 use crate::{
     collector::sockets,
     config::Config,
-    lxd::{self, events::EventStream, http},
+    lxd::{self, events::EventStream},
     model::Snapshot,
+    unix_http as http,
     web::{self, WebOptions},
 };
 

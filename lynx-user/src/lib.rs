@@ -8,6 +8,7 @@ pub mod command;
 pub mod config;
 pub mod controller;
 pub mod daemon;
+pub mod docker;
 #[cfg(fuzzing)]
 pub mod fuzz;
 pub mod generate;
@@ -21,4 +22,5 @@ pub mod stop;
 #[cfg(test)]
 mod test_support;
 pub mod tui;
+pub mod unix_http;
 pub mod web;

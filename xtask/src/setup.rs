@@ -120,7 +120,22 @@ pub const TEST_PACKAGES: &[Package] = &[
     Package {
         name: "busybox-static",
         programs: &["busybox"],
-        why: "the LXD rig builds its container image from a static busybox",
+        why: "the LXD and Docker rigs build their container images from a static busybox",
+    },
+    Package {
+        name: "docker.io",
+        programs: &["dockerd", "docker"],
+        why: "the Docker rig runs a real Docker Engine of its own",
+    },
+    Package {
+        name: "containerd",
+        programs: &["containerd"],
+        why: "the Docker Engine runs its containers through containerd (a hard dependency of docker.io)",
+    },
+    Package {
+        name: "runc",
+        programs: &["runc"],
+        why: "containerd's container runtime (a hard dependency of docker.io)",
     },
     Package {
         name: "nginx-light",

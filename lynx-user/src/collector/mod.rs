@@ -4,6 +4,7 @@
 pub mod btf;
 pub mod cgroupfs;
 pub mod containers;
+pub mod docker_containers;
 pub mod features;
 pub mod host;
 pub mod kernel;
@@ -30,6 +31,8 @@ use lynx_common::{
     IoCounters, NetCounters,
     http::{Endpoint, EndpointCounters},
 };
+
+use crate::docker;
 
 /// Errors of collecting a sample.
 #[derive(Debug, thiserror::Error)]
@@ -94,6 +97,33 @@ pub trait InstanceSource {
     fn instances(&mut self) -> Result<Vec<InstanceInfo>, String>;
 }
 
+/// What the Docker Engine says, as of its watcher's latest read.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub enum DockerView {
+    /// No engine on this host: no socket, and none answered since Lynx started.
+    #[default]
+    Absent,
+    /// An engine that answered before, or whose socket exists, does not answer now.
+    Down,
+    /// Every container the engine has, running or not.
+    Up(Vec<docker::Container>),
+}
+
+impl DockerView {
+    /// The container with this full id, when the engine answers and knows it.
+    pub fn container(&self, id: &str) -> Option<&docker::Container> {
+        match self {
+            Self::Up(containers) => containers.iter().find(|c| c.id == id),
+            Self::Absent | Self::Down => None,
+        }
+    }
+}
+
+/// A source of the Docker Engine's view that may be down for a while.
+pub trait DockerSource {
+    fn view(&mut self) -> DockerView;
+}
+
 /// What cgroupfs says about one container's subtree.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct ContainerFiles {
@@ -119,6 +149,7 @@ pub struct Sample {
     pub containers: Vec<ContainerFiles>,
     /// `None` when no instance source answered.
     pub instances: Option<Vec<InstanceInfo>>,
+    pub docker: DockerView,
     pub nginx: NginxSample,
     pub drops: Drops,
     /// Which counter families the kernel supports, and through which hooks.
@@ -168,6 +199,9 @@ pub struct CollectorOptions {
     /// the kernel programs are attached: a start refused for want of privilege touches
     /// nothing else.
     pub instances: Option<Box<dyn FnOnce() -> Box<dyn InstanceSource>>>,
+    /// Makes the Docker Engine's source, or `None` to recognise Docker containers by cgroup
+    /// only; called when `instances` is.
+    pub docker: Option<Box<dyn FnOnce() -> Box<dyn DockerSource>>>,
     /// Count the network traffic of every socket on the host, not only containers'.
     pub count_host_network: bool,
 }
@@ -180,6 +214,7 @@ pub struct Collector {
     instances: Option<Box<dyn InstanceSource>>,
     /// Whether the instance source answered last time, to log outages once.
     instances_up: Option<bool>,
+    docker: Option<Box<dyn DockerSource>>,
     nginx: NginxOptions,
     /// What the kernel follows now, and why nginx was not found last time (logged once).
     nginx_target: NginxTarget,
@@ -216,6 +251,7 @@ impl Collector {
             kernel,
             instances: options.instances.map(|make| make()),
             instances_up: None,
+            docker: options.docker.map(|make| make()),
             nginx: options.nginx,
             nginx_target: NginxTarget::default(),
             nginx_missing: None,
@@ -268,7 +304,11 @@ impl Collector {
         cgroups.sort_by(|a, b| a.path.cmp(&b.path));
 
         let instances = self.read_instances();
-        let containers = self.container_files(tops, &cgroups, instances.as_deref());
+        let docker = self
+            .docker
+            .as_mut()
+            .map_or(DockerView::Absent, |source| source.view());
+        let containers = self.container_files(tops, &cgroups, instances.as_deref(), &docker);
         let taken = Instant::now();
         let earlier = self.remember_requests(taken, &kernel.nginx);
         Ok(Sample {
@@ -278,6 +318,7 @@ impl Collector {
             cgroups,
             containers,
             instances,
+            docker,
             nginx: NginxSample {
                 master,
                 endpoints: kernel.nginx,
@@ -411,6 +452,7 @@ impl Collector {
         discovered: Vec<(Owner, String)>,
         cgroups: &[CgroupSample],
         instances: Option<&[InstanceInfo]>,
+        docker: &DockerView,
     ) -> Vec<ContainerFiles> {
         let mut tops: BTreeMap<Owner, String> = discovered.into_iter().collect();
         for cgroup in cgroups.iter().filter(|c| c.owner != Owner::Host) {
@@ -420,9 +462,13 @@ impl Collector {
         }
         tops.into_iter()
             .map(|(owner, top)| {
-                let init_pid = instances
-                    .and_then(|all| all.iter().find(|i| i.name == owner.name()))
-                    .and_then(|instance| instance.pid);
+                let init_pid = match &owner {
+                    Owner::Lxc(name) => instances
+                        .and_then(|all| all.iter().find(|i| &i.name == name))
+                        .and_then(|instance| instance.pid),
+                    Owner::Docker(id) => docker.container(id).and_then(|c| c.pid),
+                    Owner::Service(_) | Owner::Host => None,
+                };
                 let summary = containers::processes(&self.layout, &top);
                 ContainerFiles {
                     memory: containers::memory(&self.layout, &top),

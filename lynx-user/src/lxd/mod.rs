@@ -23,12 +23,13 @@
 //! [`LxdError::Api`] carries. Requests are for the `default` project.
 mod client;
 pub mod events;
-pub mod http;
 #[cfg(test)]
 mod tests;
 mod types;
 
 use std::{io, path::PathBuf, time::Duration};
+
+use crate::unix_http as http;
 
 pub use client::{DEFAULT_CONNECT_TIMEOUT, DEFAULT_IO_TIMEOUT, LxdClient};
 pub use types::{

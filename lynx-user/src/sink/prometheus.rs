@@ -74,6 +74,14 @@ pub fn render(snapshot: &Snapshot) -> String {
         "1 when LXD's latest poll answered; without it containers are recognised by cgroup only.",
         u8::from(host.lxd_available),
     );
+    // Only on a host with a Docker Engine.
+    if let Some(available) = host.docker_available {
+        out.gauge(
+            "lynx_docker_available",
+            "1 when the Docker Engine answers; without it Docker containers are named by their id.",
+            u8::from(available),
+        );
+    }
 
     let containers = &snapshot.containers;
     out.family(
