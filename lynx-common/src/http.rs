@@ -59,12 +59,20 @@ pub const PORT_TLS: u32 = 2;
 /// Read-only global set by the loader from BTF: `task_struct.tgid`.
 pub const TASK_TGID_OFFSET_GLOBAL: &str = "TASK_TGID_OFFSET";
 
+/// Read-only global set by the loader from BTF: [`FdWalk`], for [`HTTP_EXIT_PROGRAM`].
+pub const FD_WALK_GLOBAL: &str = "FD_WALK";
+
 /// BTF tracepoint program on `sock_recv_length`: what nginx's sockets received.
 pub const HTTP_RECV_PROGRAM: &str = "lynx_http_recv";
 pub const HTTP_RECV_TRACEPOINT: &str = "sock_recv_length";
 /// BTF tracepoint program on `sock_send_length`: what nginx's sockets sent.
 pub const HTTP_SEND_PROGRAM: &str = "lynx_http_send";
 pub const HTTP_SEND_TRACEPOINT: &str = "sock_send_length";
+/// BTF tracepoint program on `sys_exit`: what nginx's sockets received and sent, on kernels
+/// without `sock_recv_length` and `sock_send_length` (before 6.3). Runs at the end of every
+/// system call of the host, up to its cgroup check.
+pub const HTTP_EXIT_PROGRAM: &str = "lynx_http_exit";
+pub const HTTP_EXIT_TRACEPOINT: &str = "sys_exit";
 /// `sock_ops` program on nginx's cgroup: its TCP connections' start, and the end of those
 /// that close before nginx accepts them.
 pub const HTTP_SOCK_OPS_PROGRAM: &str = "lynx_http_conn";
@@ -89,6 +97,41 @@ pub struct HttpTarget {
     /// The cookie of nginx's network namespace: a connection to a followed port is nginx's
     /// only there (a container in a cgroup below nginx's has its own namespace).
     pub netns_cookie: u64,
+}
+
+/// Byte offsets in the running kernel's structs, read from its BTF by the loader, of the walk
+/// from one of the current task's file descriptors to its socket's cookie
+/// (`task->files->fdt->fd[fd]`, a socket file's `private_data`, `->sk`,
+/// `->__sk_common.skc_cookie`): what [`HTTP_EXIT_PROGRAM`] needs to tell which followed socket
+/// a system call moved bytes through. The cookie is the one `bpf_get_socket_cookie` gave the
+/// socket when its flow started (0 until then: not followed).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct FdWalk {
+    pub task_files: u64,
+    pub files_fdt: u64,
+    pub fdt_max_fds: u64,
+    pub fdt_fd: u64,
+    pub file_inode: u64,
+    pub inode_mode: u64,
+    pub file_private_data: u64,
+    pub socket_sk: u64,
+    pub sock_cookie: u64,
+}
+
+impl FdWalk {
+    /// The value before the loader sets it.
+    pub const UNSET: Self = Self {
+        task_files: 0,
+        files_fdt: 0,
+        fdt_max_fds: 0,
+        fdt_fd: 0,
+        file_inode: 0,
+        inode_mode: 0,
+        file_private_data: 0,
+        socket_sk: 0,
+        sock_cookie: 0,
+    };
 }
 
 /// One followed socket. The framing state describes the direction that carries requests:
@@ -221,6 +264,7 @@ impl crate::Accumulate for EndpointCounters {
 mod pod {
     // SAFETY: `#[repr(C)]`, explicit padding, every bit pattern valid.
     unsafe impl aya::Pod for super::HttpTarget {}
+    unsafe impl aya::Pod for super::FdWalk {}
     unsafe impl aya::Pod for super::HttpFlow {}
     unsafe impl aya::Pod for super::HttpFlowEntry {}
     unsafe impl aya::Pod for super::Endpoint {}

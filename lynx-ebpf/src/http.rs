@@ -1,6 +1,6 @@
 //! nginx's HTTP traffic: the bookkeeping shared by [`crate::http_sock_ops`],
-//! [`crate::http_recv`], [`crate::http_send`] and [`crate::nginx_fork`] (design:
-//! `docs/design/nginx-counting.md`).
+//! [`crate::http_recv`], [`crate::http_send`], [`crate::http_exit`] and [`crate::nginx_fork`]
+//! (design: `docs/design/nginx-counting.md`).
 //!
 //! nginx's sockets are followed where the socket layer hands bytes to nginx or takes them from
 //! it, so the byte stream is the one nginx read or wrote, in order, without retransmissions,
@@ -9,13 +9,14 @@
 //! - A TCP connection established on a followed port of a listening socket in nginx's cgroup
 //!   and network namespace: a client flow, counted by nginx's local port.
 //! - A TCP connection an nginx process starts: an upstream flow, by peer address and port.
-//! - Bytes received: counted; on a client flow, requests are parsed.
+//! - Bytes received (at the socket tracepoints from kernel 6.3, at the end of nginx's system
+//!   calls before): counted; on a client flow, requests are parsed.
 //! - Bytes sent: counted; on an upstream flow, requests are parsed.
 //! - nginx closing the socket, or the state of a client connection nginx never accepted
 //!   reaching `TCP_CLOSE`: the flow ends.
 use aya_ebpf::{
     bindings::BPF_NOEXIST,
-    helpers::{bpf_get_current_cgroup_id, bpf_get_current_pid_tgid},
+    helpers::{bpf_get_current_cgroup_id, bpf_get_current_task_btf},
 };
 use lynx_common::{
     DROP_HTTP_ENDPOINTS_FULL, DROP_HTTP_FLOWS_FULL,
@@ -58,10 +59,14 @@ pub fn is_nginx_netns(netns_cookie: u64) -> bool {
         .is_some_and(|target| target.netns_cookie == netns_cookie)
 }
 
-/// Whether the current task is one of nginx's processes.
+/// Whether the current task is one of nginx's processes. Read from the task itself:
+/// `bpf_get_current_pid_tgid` is refused to `sock_ops` programs before kernel 6.10, while
+/// `bpf_get_current_task_btf` is offered to every program type (with `CAP_PERFMON`).
 #[inline(always)]
 pub fn is_nginx_process() -> bool {
-    is_nginx_tgid((bpf_get_current_pid_tgid() >> 32) as u32)
+    // SAFETY: no preconditions; the result is the current task, a trusted BTF pointer.
+    let task = unsafe { bpf_get_current_task_btf() } as *const u8;
+    is_nginx_tgid(task_tgid(task))
 }
 
 #[inline(always)]

@@ -16,6 +16,7 @@ mod host_net_egress;
 mod host_net_ingress;
 mod http;
 mod http_call;
+mod http_exit;
 mod http_parse;
 mod http_recv;
 mod http_release;

@@ -14,9 +14,10 @@ use crate::{
     config::{Config, ConfigError, DEFAULT_CONFIG_PATH},
     controller::ControlOptions,
     daemon::{self, DaemonError, DaemonLock, DaemonOptions},
+    docker::{DockerClient, DockerError},
     generate,
     lxd::{LxdClient, LxdError, StateAction},
-    manage::{self, ImageRefError},
+    manage::{self, ContainerRefError, Engine, ImageRefError},
     model,
     sink::history::{self, HistoryError},
     stop::sleep_until,
@@ -42,7 +43,7 @@ pub struct Cli {
 pub enum Command {
     /// Collect every interval and write the snapshot file until SIGTERM or Ctrl-C; with
     /// `[[groups]]` configured, also keep nginx's upstreams following the containers and
-    /// scale the groups that autoscale.
+    /// scale the groups that autoscale. SIGHUP re-reads the config.
     Daemon(DaemonArgs),
     /// Live full-screen view of the daemon's snapshot (no root needed); `--once`, or output
     /// that is not a terminal, prints one plain table.
@@ -57,7 +58,7 @@ pub enum Command {
         #[arg(long)]
         json: bool,
     },
-    /// Manage LXD containers through LXD's API.
+    /// Manage LXD and Docker containers through their engines' APIs.
     Containers {
         #[command(subcommand)]
         action: ContainerAction,
@@ -87,18 +88,20 @@ pub struct TopArgs {
 
 #[derive(Debug, Subcommand)]
 pub enum ContainerAction {
-    /// List containers: name, status, IPv4, IPv6, image, uptime.
+    /// List containers of LXD and Docker: name, engine, status, IPv4, IPv6, image, uptime.
     List,
     /// Start a container.
-    Start { name: String },
+    Start(Target),
     /// Stop a container cleanly, or kill it with `--force`.
     Stop(StopArgs),
     /// Stop (cleanly, or with `--force`) and start a container.
     Restart(StopArgs),
-    /// Freeze a container: its processes stop getting CPU time.
-    Freeze { name: String },
-    /// Unfreeze a frozen container.
-    Unfreeze { name: String },
+    /// Freeze (pause) a container: its processes stop getting CPU time.
+    #[command(visible_alias = "pause")]
+    Freeze(Target),
+    /// Unfreeze (unpause) a frozen container.
+    #[command(visible_alias = "unpause")]
+    Unfreeze(Target),
     /// Give a container's NIC a static IPv4 address on its LXD network; it applies from the
     /// container's next start.
     SetIpv4 {
@@ -110,13 +113,24 @@ pub enum ContainerAction {
     },
 }
 
+/// The container an action is for.
+#[derive(Debug, Args)]
+pub struct Target {
+    /// Its name (for Docker, its id or a unique prefix of the id too).
+    pub name: String,
+    /// The engine it belongs to; needed only for a name that both LXD and Docker have.
+    #[arg(long, value_enum)]
+    pub engine: Option<Engine>,
+}
+
 #[derive(Debug, Args)]
 pub struct StopArgs {
-    pub name: String,
+    #[command(flatten)]
+    pub target: Target,
     /// Kill the container instead of asking it to shut down.
     #[arg(long)]
     pub force: bool,
-    /// How long a clean shutdown may take before LXD gives up.
+    /// How long a clean shutdown may take before LXD gives up, or Docker kills it.
     #[arg(long, default_value = "30s", value_parser = parse_interval)]
     pub timeout: Duration,
 }
@@ -175,8 +189,16 @@ pub enum CliError {
     Daemon(#[from] DaemonError),
     #[error("no LXD socket answers (tried {tried})")]
     NoLxd { tried: String },
+    #[error("no Docker engine answers (tried {tried})")]
+    NoDocker { tried: String },
+    #[error("neither LXD (tried {lxd}) nor Docker (tried {docker}) answers")]
+    NoEngine { lxd: String, docker: String },
     #[error(transparent)]
     Lxd(#[from] LxdError),
+    #[error(transparent)]
+    Docker(#[from] DockerError),
+    #[error(transparent)]
+    ContainerRef(#[from] ContainerRefError),
     #[error(transparent)]
     Image(#[from] ImageRefError),
     #[error(transparent)]
@@ -194,9 +216,10 @@ pub enum CliError {
 }
 
 impl CliError {
-    /// 2 for bad input (config, a name that matches nothing) or a host that cannot run lynx
-    /// (privilege, kernel feature), 3 when LXD cannot be reached, 1 for any other failure
-    /// (LXD refused or failed the operation).
+    /// 2 for bad input (config, a name that matches nothing or is both an LXD and a Docker
+    /// container) or a host that cannot run lynx (privilege, kernel feature), 3 when the
+    /// engine (LXD, Docker) cannot be reached, 1 for any other failure (the engine refused or
+    /// failed the operation).
     pub fn exit_code(&self) -> u8 {
         match self {
             Self::Config(_) => 2,
@@ -206,14 +229,42 @@ impl CliError {
                 2
             }
             Self::Daemon(
-                DaemonError::AlreadyRunning { .. }
-                | DaemonError::Prometheus(_)
-                | DaemonError::History(_),
+                DaemonError::AlreadyRunning { .. } | DaemonError::UnsafeLockDir { .. },
             ) => 2,
             Self::Image(ImageRefError::NotFound(_) | ImageRefError::Ambiguous { .. }) => 2,
-            Self::NoLxd { .. } | Self::Lxd(LxdError::Connect { .. }) => 3,
+            Self::ContainerRef(_) => 2,
+            Self::NoLxd { .. }
+            | Self::NoDocker { .. }
+            | Self::NoEngine { .. }
+            | Self::Lxd(LxdError::Connect { .. })
+            | Self::Docker(DockerError::Connect { .. }) => 3,
             _ => 1,
         }
+    }
+}
+
+/// The config at `path` (`--config`), or at the default path when it exists.
+fn load_config(path: Option<&Path>) -> Result<Config, ConfigError> {
+    match path {
+        Some(path) => Config::load(path, true),
+        None => Config::load(Path::new(DEFAULT_CONFIG_PATH), false),
+    }
+}
+
+/// The daemon's options: the config, with the command line's flags over it.
+fn daemon_options(config: Config, args: &DaemonArgs) -> DaemonOptions {
+    DaemonOptions {
+        control: control_options(&config, args.dry_run),
+        interval: args.interval.unwrap_or(config.daemon.interval),
+        snapshot_path: args.output.clone().unwrap_or(config.daemon.snapshot_path),
+        pin_dir: config.daemon.pin_dir,
+        count_host_network: config.daemon.count_host_network,
+        lxd_sockets: config.lxd.sockets,
+        disk: config.disk,
+        docker: config.docker,
+        history: config.history,
+        web: config.web.options(),
+        nginx: config.nginx.counting(),
     }
 }
 
@@ -223,10 +274,7 @@ pub fn run(cli: Cli) -> Result<(), CliError> {
     if let Command::Generate { dir } = cli.command {
         return generate::generate(&dir).map_err(|source| CliError::Generate { dir, source });
     }
-    let config = match &cli.config {
-        Some(path) => Config::load(path, true)?,
-        None => Config::load(Path::new(DEFAULT_CONFIG_PATH), false)?,
-    };
+    let config = load_config(cli.config.as_deref())?;
     match cli.command {
         Command::Daemon(args) => {
             let stop = Arc::new(AtomicBool::new(false));
@@ -234,20 +282,17 @@ pub fn run(cli: Cli) -> Result<(), CliError> {
                 signal_hook::flag::register(signal, Arc::clone(&stop))
                     .map_err(CliError::Signals)?;
             }
-            let control = control_options(&config, args.dry_run);
-            let options = DaemonOptions {
-                interval: args.interval.unwrap_or(config.daemon.interval),
-                snapshot_path: args.output.unwrap_or(config.daemon.snapshot_path),
-                pin_dir: config.daemon.pin_dir,
-                count_host_network: config.daemon.count_host_network,
-                lxd_sockets: config.lxd.sockets,
-                disk: config.disk,
-                history: config.history,
-                prometheus_listen: config.prometheus.listen,
-                nginx: config.nginx.counting(),
-                control,
+            // SIGHUP re-reads the config rather than ending the daemon (its default action).
+            let reload = Arc::new(AtomicBool::new(false));
+            signal_hook::flag::register(signal_hook::consts::SIGHUP, Arc::clone(&reload))
+                .map_err(CliError::Signals)?;
+            let reread = || load_config(cli.config.as_deref()).map(|c| daemon_options(c, &args));
+            let options = daemon_options(config, &args);
+            let signals = daemon::Signals {
+                stop: &stop,
+                reload: &reload,
             };
-            Ok(daemon::run(&options, &stop)?)
+            Ok(daemon::run(options, &signals, &reread)?)
         }
         Command::Top(args) => Ok(tui::run(&tui::TopOptions {
             snapshot_path: config.daemon.snapshot_path,
@@ -266,7 +311,7 @@ pub fn run(cli: Cli) -> Result<(), CliError> {
             };
             print(&text)
         }
-        Command::Containers { action } => containers(&lxd_client(&config)?, action),
+        Command::Containers { action } => containers(&config, action),
         Command::Images { action } => images(&lxd_client(&config)?, action),
         Command::Generate { .. } => unreachable!("handled before the config is read"),
         Command::Snapshot(args) => {
@@ -285,11 +330,14 @@ pub fn run(cli: Cli) -> Result<(), CliError> {
             let mut collector = Collector::start(CollectorOptions {
                 nginx: config.nginx.counting(),
                 pin_dir: None,
-                instances: Some(Box::new(LxdInstances::spawn(
-                    config.lxd.sockets,
-                    args.interval,
-                    config.disk,
-                ))),
+                instances: Some(Box::new(move || {
+                    Box::new(LxdInstances::spawn(
+                        config.lxd.sockets,
+                        args.interval,
+                        config.disk,
+                    ))
+                })),
+                docker: Some(Box::new(move || Box::new(config.docker.watch()))),
                 count_host_network: config.daemon.count_host_network,
             })?;
             let first = collector.sample()?;
@@ -326,50 +374,119 @@ fn control_options(config: &Config, dry_run: bool) -> Option<ControlOptions> {
 
 fn lxd_client(config: &Config) -> Result<LxdClient, CliError> {
     LxdClient::discover(&config.lxd.sockets).ok_or_else(|| CliError::NoLxd {
-        tried: config
-            .lxd
-            .sockets
-            .iter()
-            .map(|s| s.display().to_string())
-            .collect::<Vec<_>>()
-            .join(", "),
+        tried: joined(&config.lxd.sockets),
     })
 }
 
-fn containers(lxd: &LxdClient, action: ContainerAction) -> Result<(), CliError> {
-    let (name, change) = match action {
-        ContainerAction::List => {
-            return print(&manage::containers_table(
-                &lxd.instances()?,
-                SystemTime::now(),
-            ));
-        }
+/// A client for the first Docker socket that exists; `None` on a host without one.
+fn docker_client(config: &Config) -> Option<DockerClient> {
+    config
+        .docker
+        .sockets()
+        .into_iter()
+        .find(|socket| socket.exists())
+        .map(DockerClient::new)
+}
+
+fn joined(paths: &[PathBuf]) -> String {
+    paths
+        .iter()
+        .map(|s| s.display().to_string())
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+fn containers(config: &Config, action: ContainerAction) -> Result<(), CliError> {
+    let (target, change) = match action {
+        ContainerAction::List => return list_containers(config),
         ContainerAction::SetIpv4 { name, address, nic } => {
-            lxd.set_ipv4(&name, &nic, address)?;
+            lxd_client(config)?.set_ipv4(&name, &nic, address)?;
             return print(&format!(
                 "{name}: {nic} gets {address} from its next start\n"
             ));
         }
-        ContainerAction::Start { name } => (name, (StateAction::Start, DEFAULT_ACTION_TIMEOUT)),
+        ContainerAction::Start(target) => (target, (StateAction::Start, DEFAULT_ACTION_TIMEOUT)),
         ContainerAction::Stop(StopArgs {
-            name,
+            target,
             force,
             timeout,
-        }) => (name, (StateAction::Stop { force }, timeout)),
+        }) => (target, (StateAction::Stop { force }, timeout)),
         ContainerAction::Restart(StopArgs {
-            name,
+            target,
             force,
             timeout,
-        }) => (name, (StateAction::Restart { force }, timeout)),
-        ContainerAction::Freeze { name } => (name, (StateAction::Freeze, DEFAULT_ACTION_TIMEOUT)),
-        ContainerAction::Unfreeze { name } => {
-            (name, (StateAction::Unfreeze, DEFAULT_ACTION_TIMEOUT))
+        }) => (target, (StateAction::Restart { force }, timeout)),
+        ContainerAction::Freeze(target) => (target, (StateAction::Freeze, DEFAULT_ACTION_TIMEOUT)),
+        ContainerAction::Unfreeze(target) => {
+            (target, (StateAction::Unfreeze, DEFAULT_ACTION_TIMEOUT))
         }
     };
     let (action, timeout) = change;
-    lxd.change_state(&name, action, timeout)?;
-    let status = lxd.instance_state(&name)?.status;
-    print(&format!("{name}: {}\n", status.as_str()))
+    let name = &target.name;
+    let engine = match target.engine {
+        Some(engine) => engine,
+        None => engine_of(config, name)?,
+    };
+    match engine {
+        Engine::Lxd => {
+            let lxd = lxd_client(config)?;
+            lxd.change_state(name, action, timeout)?;
+            let status = lxd.instance_state(name)?.status;
+            print(&format!("{name} (lxd): {}\n", status.as_str()))
+        }
+        Engine::Docker => {
+            let docker = docker_client(config).ok_or_else(|| CliError::NoDocker {
+                tried: joined(&config.docker.sockets()),
+            })?;
+            docker.change_state(name, action, timeout)?;
+            let state = match docker.inspect(name)? {
+                Some(container) => container.state.to_string(),
+                None => "removed".to_owned(),
+            };
+            print(&format!("{name} (docker): {state}\n"))
+        }
+    }
+}
+
+/// The engine `name` belongs to. Docker is asked first: on a host without it, or while it
+/// is down, every name is LXD's, as without Docker support; LXD is asked only when Docker
+/// answered, to find a name both have.
+fn engine_of(config: &Config, name: &str) -> Result<Engine, CliError> {
+    let (docker, answered) = match docker_client(config).map(|client| client.inspect(name)) {
+        None => (None, false),
+        Some(Err(error)) if error.is_unreachable() => (None, false),
+        Some(result) => (result?, true),
+    };
+    let in_lxd = match answered {
+        false => None,
+        true => LxdClient::discover(&config.lxd.sockets)
+            .map(|lxd| lxd.instances())
+            .transpose()?
+            .map(|instances| instances.iter().any(|i| i.name == *name)),
+    };
+    Ok(manage::engine_of(name, docker.as_ref(), answered, in_lxd)?)
+}
+
+/// Every container of the engines that answer.
+fn list_containers(config: &Config) -> Result<(), CliError> {
+    let instances = LxdClient::discover(&config.lxd.sockets)
+        .map(|lxd| lxd.instances())
+        .transpose()?;
+    let containers = match docker_client(config).map(|docker| docker.containers()) {
+        Some(Err(error)) if error.is_unreachable() => None,
+        other => other.transpose()?,
+    };
+    if instances.is_none() && containers.is_none() {
+        return Err(CliError::NoEngine {
+            lxd: joined(&config.lxd.sockets),
+            docker: joined(&config.docker.sockets()),
+        });
+    }
+    print(&manage::containers_table(
+        &instances.unwrap_or_default(),
+        &containers.unwrap_or_default(),
+        SystemTime::now(),
+    ))
 }
 
 fn images(lxd: &LxdClient, action: ImageAction) -> Result<(), CliError> {

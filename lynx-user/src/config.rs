@@ -2,6 +2,7 @@
 //! `lynx.example.toml`; unknown or mistyped keys are errors that name the key and line.
 use std::{
     fs, io,
+    net::SocketAddr,
     path::{Path, PathBuf},
     time::Duration,
 };
@@ -41,7 +42,10 @@ pub enum ConfigError {
 pub struct Config {
     pub daemon: DaemonConfig,
     pub lxd: LxdConfig,
+    pub docker: DockerConfig,
     pub history: HistoryConfig,
+    pub web: WebConfig,
+    /// The older name of `[web] listen`, still read.
     pub prometheus: PrometheusConfig,
     pub top: TopConfig,
     pub nginx: NginxConfig,
@@ -73,6 +77,12 @@ pub struct NginxConfig {
     /// The loopback port of the server, defined in the upstream file, that answers 503 for a
     /// group with no running container.
     pub fallback_port: u16,
+    /// How long `nginx -t` may take before it is killed and the change given up.
+    #[serde(deserialize_with = "timeout")]
+    pub test_timeout: Duration,
+    /// Which kernel hooks follow nginx's bytes: `auto` (the socket tracepoints from kernel
+    /// 6.3 on, the end of every system call before), `socket_tracepoints` or `system_calls`.
+    pub byte_hooks: crate::collector::features::ByteHooks,
 }
 
 impl Default for NginxConfig {
@@ -86,6 +96,8 @@ impl Default for NginxConfig {
             tls_ports: vec![443],
             upstream_file: "/etc/nginx/conf.d/lynx-upstreams.conf".into(),
             fallback_port: 9099,
+            test_timeout: Duration::from_secs(10),
+            byte_hooks: crate::collector::features::ByteHooks::Auto,
         }
     }
 }
@@ -118,9 +130,10 @@ impl NginxConfig {
     /// Which nginx the collector counts.
     pub fn counting(&self) -> crate::collector::NginxOptions {
         crate::collector::NginxOptions {
-            pid_file: self.pid_file.clone(),
+            control: self.control(),
             ports: self.ports.clone(),
             tls_ports: self.tls_ports.clone(),
+            byte_hooks: self.byte_hooks,
         }
     }
 
@@ -131,6 +144,7 @@ impl NginxConfig {
             main_config: self.main_config.clone(),
             prefix: self.prefix.clone(),
             pid_file: self.pid_file.clone(),
+            test_timeout: self.test_timeout,
         }
     }
 }
@@ -169,13 +183,82 @@ pub struct HistoryConfig {
     pub retention_days: u32,
 }
 
-/// `[prometheus]`: the `/metrics` and `/snapshot` endpoint of the daemon.
+/// `[web]`: the daemon's HTTP server (`/metrics`, `/snapshot`).
 #[derive(Clone, Debug, PartialEq, Deserialize)]
 #[serde(default, deny_unknown_fields)]
-pub struct PrometheusConfig {
-    /// Address to listen on; `""` turns the endpoint off. Loopback by default: expose it
-    /// deliberately.
+pub struct WebConfig {
+    /// `address:port` to listen on; `""` turns the server off. Loopback by default: expose
+    /// it deliberately.
     pub listen: String,
+    /// Host names clients may reach the server by, besides `localhost` and IP addresses: a
+    /// request whose `Host` header names another is refused (403), which stops web pages
+    /// that rebind their own name to this host.
+    pub allowed_hosts: Vec<String>,
+    /// Connections served at once; more are closed at once.
+    pub max_connections: u32,
+    /// The longest a connection may take in all: reading the request, answering, the client
+    /// reading the answer. A slower client is cut off.
+    #[serde(deserialize_with = "timeout")]
+    pub timeout: Duration,
+}
+
+impl Default for WebConfig {
+    fn default() -> Self {
+        Self {
+            listen: "127.0.0.1:9464".into(),
+            allowed_hosts: Vec::new(),
+            max_connections: 64,
+            timeout: Duration::from_secs(10),
+        }
+    }
+}
+
+impl WebConfig {
+    /// What the key at fault says and why.
+    fn check(&self) -> Result<(), (&'static str, String)> {
+        if !self.listen.is_empty() && self.listen.parse::<SocketAddr>().is_err() {
+            return Err((
+                "listen",
+                format!(
+                    "{:?} is not an IP address and port, as \"127.0.0.1:9464\"",
+                    self.listen
+                ),
+            ));
+        }
+        if !(1..=10_000).contains(&self.max_connections) {
+            return Err((
+                "max_connections",
+                format!("{} is outside 1..=10000", self.max_connections),
+            ));
+        }
+        if let Some(bad) = self.allowed_hosts.iter().find(|h| {
+            h.is_empty()
+                || !h
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b"-.:[]".contains(&b))
+        }) {
+            return Err(("allowed_hosts", format!("{bad:?} is not a host name")));
+        }
+        Ok(())
+    }
+
+    /// The server's options; `None` when it is off.
+    pub fn options(&self) -> Option<crate::web::WebOptions> {
+        Some(crate::web::WebOptions {
+            listen: self.listen.parse().ok()?,
+            allowed_hosts: self.allowed_hosts.clone(),
+            max_connections: self.max_connections as usize,
+            timeout: self.timeout,
+            retry: crate::web::RETRY,
+        })
+    }
+}
+
+/// `[prometheus]`: `listen` is the older name of `[web] listen`.
+#[derive(Clone, Debug, Default, PartialEq, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct PrometheusConfig {
+    pub listen: Option<String>,
 }
 
 /// `[top]`: the live view.
@@ -192,14 +275,6 @@ impl Default for HistoryConfig {
         Self {
             path: "/var/lib/lynx/history.db".into(),
             retention_days: 7,
-        }
-    }
-}
-
-impl Default for PrometheusConfig {
-    fn default() -> Self {
-        Self {
-            listen: "127.0.0.1:9464".into(),
         }
     }
 }
@@ -239,6 +314,47 @@ pub struct LxdConfig {
     /// How often the controller re-reads every instance, in case an event was missed.
     #[serde(deserialize_with = "interval")]
     pub reconcile_interval: Duration,
+}
+
+/// `[docker]`: where the Docker Engine API is.
+#[derive(Clone, Debug, PartialEq, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct DockerConfig {
+    /// The engine's unix socket. Left at the default while that is absent, Podman's
+    /// Docker-compatible socket is used if it exists.
+    pub socket: PathBuf,
+    /// How often every container is read again, in case an event was missed (changes come
+    /// from the engine's event stream as they happen).
+    #[serde(deserialize_with = "interval")]
+    pub reconcile_interval: Duration,
+}
+
+impl Default for DockerConfig {
+    fn default() -> Self {
+        Self {
+            socket: crate::docker::DEFAULT_SOCKET.into(),
+            reconcile_interval: Duration::from_secs(10),
+        }
+    }
+}
+
+impl DockerConfig {
+    /// The sockets to look for an engine at, in order.
+    pub fn sockets(&self) -> Vec<PathBuf> {
+        let mut sockets = vec![self.socket.clone()];
+        if self.socket == Path::new(crate::docker::DEFAULT_SOCKET) {
+            sockets.push(crate::docker::PODMAN_SOCKET.into());
+        }
+        sockets
+    }
+
+    /// The engine's containers, watched in the background.
+    pub fn watch(&self) -> crate::collector::docker_containers::DockerContainers {
+        crate::collector::docker_containers::DockerContainers::spawn(
+            self.sockets(),
+            self.reconcile_interval,
+        )
+    }
 }
 
 impl Default for DaemonConfig {
@@ -290,15 +406,29 @@ impl Config {
                 message,
             }
         };
-        let config: Self = toml::from_str(text).map_err(|error| {
+        let mut config: Self = toml::from_str(text).map_err(|error| {
             let offset = error.span().map_or(0, |span| span.start);
             invalid(offset, error.message().trim().replace('\n', " "))
         })?;
-        config.nginx.check().map_err(|(key, message)| {
-            // Where the key is written, for the message.
-            let offset = text.find(&format!("\n{key}")).map_or(0, |at| at + 1);
-            invalid(offset, format!("[nginx] {key}: {message}"))
-        })?;
+        // Where a key is written, for a message about it.
+        let at = |key: &str| text.find(&format!("\n{key}")).map_or(0, |at| at + 1);
+        if let Some(listen) = config.prometheus.listen.take() {
+            if config.web.listen != WebConfig::default().listen {
+                return Err(invalid(
+                    at("[prometheus]"),
+                    "[prometheus] listen is the older name of [web] listen: set only one".into(),
+                ));
+            }
+            config.web.listen = listen;
+        }
+        config
+            .nginx
+            .check()
+            .map_err(|(key, message)| invalid(at(key), format!("[nginx] {key}: {message}")))?;
+        config
+            .web
+            .check()
+            .map_err(|(key, message)| invalid(at(key), format!("[web] {key}: {message}")))?;
         group::validate_all(&config.groups).map_err(|(index, name, source)| {
             ConfigError::Group {
                 path: path.to_owned(),
@@ -329,6 +459,20 @@ fn fraction<'de, D: Deserializer<'de>>(deserializer: D) -> Result<f64, D::Error>
         )));
     }
     Ok(fraction)
+}
+
+/// A deadline: a humantime duration from 100ms to 10m.
+fn timeout<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Duration, D::Error> {
+    let text = String::deserialize(deserializer)?;
+    let timeout = humantime::parse_duration(&text)
+        .map_err(|e| serde::de::Error::custom(format!("{text:?}: {e}")))?;
+    let (min, max) = (Duration::from_millis(100), Duration::from_secs(600));
+    if !(min..=max).contains(&timeout) {
+        return Err(serde::de::Error::custom(format!(
+            "{text:?} is outside {min:?}..={max:?}"
+        )));
+    }
+    Ok(timeout)
 }
 
 fn interval<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Duration, D::Error> {
@@ -427,6 +571,24 @@ mod tests {
     }
 
     #[test]
+    fn podman_is_tried_only_for_the_default_docker_socket() {
+        assert_eq!(
+            DockerConfig::default().sockets(),
+            [
+                PathBuf::from("/var/run/docker.sock"),
+                PathBuf::from("/run/podman/podman.sock")
+            ]
+        );
+        let config = parse("[docker]\nsocket = \"/srv/docker.sock\"\n").expect("valid");
+        assert_eq!(config.docker.sockets(), [PathBuf::from("/srv/docker.sock")]);
+        let error = parse("[docker]\nsockets = []\n").unwrap_err();
+        assert!(
+            error.starts_with("lynx.toml: line 2, column 1: unknown field `sockets`"),
+            "{error}"
+        );
+    }
+
+    #[test]
     fn unknown_key_is_named_with_its_line() {
         let error = parse("[daemon]\ninterval = \"1s\"\nintervall = \"2s\"\n").unwrap_err();
         assert!(
@@ -485,6 +647,33 @@ mod tests {
             "default TLS port"
         );
         assert!(parse("[nginx]\nports = [8080, 8443]\ntls_ports = [8443]\n").is_ok());
+    }
+
+    #[test]
+    fn the_web_server_is_checked_and_its_old_name_still_read() {
+        let error = parse("[web]\nlisten = \"localhost:9464\"\n").unwrap_err();
+        assert_eq!(
+            error,
+            "lynx.toml: line 2, column 1: [web] listen: \"localhost:9464\" is not an IP \
+             address and port, as \"127.0.0.1:9464\""
+        );
+        let error = parse("[web]\nmax_connections = 0\n").unwrap_err();
+        assert!(
+            error.contains("[web] max_connections: 0 is outside"),
+            "{error}"
+        );
+        let error = parse("[web]\nallowed_hosts = [\"a b\"]\n").unwrap_err();
+        assert!(error.contains("[web] allowed_hosts: \"a b\""), "{error}");
+        assert_eq!(
+            parse("[web]\nlisten = \"\"\n").expect("off").web.options(),
+            None
+        );
+        let old = parse("[prometheus]\nlisten = \"127.0.0.1:9\"\n").expect("the old name");
+        assert_eq!(old.web.listen, "127.0.0.1:9");
+        let error =
+            parse("[web]\nlisten = \"127.0.0.1:8\"\n[prometheus]\nlisten = \"127.0.0.1:9\"\n")
+                .unwrap_err();
+        assert!(error.contains("set only one"), "{error}");
     }
 
     #[test]

@@ -1,32 +1,35 @@
 //! `lynx daemon`: collect every interval and hand each snapshot to the sinks, until told to
-//! stop. Faults the daemon can outlive are logged and the loop goes on.
+//! stop. Faults the daemon can outlive are logged and the loop goes on: the HTTP server's
+//! address taken by another process, a history database that cannot be opened, LXD or nginx
+//! misbehaving. SIGHUP re-reads the config: what can change while running changes, the rest
+//! is named in the log as waiting for a restart, and a config that does not load leaves the
+//! running one in place.
+mod lock;
+
 use std::{
-    fs,
-    io::{self, Read, Seek, Write},
-    os::fd::AsRawFd,
-    path::{Path, PathBuf},
-    sync::atomic::AtomicBool,
+    path::PathBuf,
+    sync::atomic::{AtomicBool, Ordering},
     time::{Duration, Instant},
 };
 
+pub use self::lock::{DaemonLock, lock_path};
 use crate::{
     collector::{
         CollectError, Collector, CollectorOptions, NginxOptions, lxd_instances::LxdInstances,
     },
-    config::{DiskConfig, HistoryConfig},
+    config::{ConfigError, DiskConfig, DockerConfig, HistoryConfig},
     controller::{ControlOptions, Controller},
     model,
     sink::{
         Sink,
         history::{HistoryError, HistorySink},
         json_file::JsonFileSink,
-        prometheus::{PrometheusError, PrometheusServer},
     },
-    stop::sleep_until,
+    web::{WebError, WebOptions, WebServer},
 };
 
 /// How the daemon runs.
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, PartialEq)]
 pub struct DaemonOptions {
     pub interval: Duration,
     pub snapshot_path: PathBuf,
@@ -38,9 +41,10 @@ pub struct DaemonOptions {
     pub lxd_sockets: Vec<PathBuf>,
     /// Disk usage polling and its threshold.
     pub disk: DiskConfig,
+    pub docker: DockerConfig,
     pub history: HistoryConfig,
-    /// Prometheus endpoint address; empty for none.
-    pub prometheus_listen: String,
+    /// The HTTP server (`/metrics`, `/snapshot`); `None` for none.
+    pub web: Option<WebOptions>,
     /// The nginx whose traffic is counted.
     pub nginx: NginxOptions,
     /// The upstream controller and autoscaler; `None` without `[[groups]]`.
@@ -55,115 +59,71 @@ pub enum DaemonError {
     #[error("another lynx daemon (pid {pid}) is running with the maps pinned in {pin_dir}")]
     AlreadyRunning { pid: String, pin_dir: PathBuf },
     #[error("cannot lock {path}: {source}")]
-    Lock { path: PathBuf, source: io::Error },
+    Lock {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("refusing to keep the daemon's lock in {path}: {reason}")]
+    UnsafeLockDir { path: PathBuf, reason: String },
     #[error(transparent)]
     History(#[from] HistoryError),
     #[error(transparent)]
-    Prometheus(#[from] PrometheusError),
+    Web(#[from] WebError),
 }
 
-/// Held while a daemon counts into the maps pinned in a directory: a second daemon there
-/// would count everything twice. The lock goes with the process, also on SIGKILL.
-#[derive(Debug)]
-pub struct DaemonLock {
-    _file: fs::File,
+/// What the daemon is told from outside while it runs.
+pub struct Signals<'a> {
+    /// Stop (SIGTERM, SIGINT).
+    pub stop: &'a AtomicBool,
+    /// Re-read the config (SIGHUP).
+    pub reload: &'a AtomicBool,
 }
 
-impl DaemonLock {
-    /// Takes the lock for `pin_dir`, or says which daemon holds it.
-    pub fn acquire(pin_dir: &Path) -> Result<Self, DaemonError> {
-        let path = lock_path(pin_dir);
-        let error = |source| DaemonError::Lock {
-            path: path.clone(),
-            source,
-        };
-        fs::create_dir_all(path.parent().expect("lock path has a parent")).map_err(error)?;
-        let mut file = fs::OpenOptions::new()
-            .read(true)
-            .write(true)
-            .create(true)
-            .truncate(false)
-            .open(&path)
-            .map_err(error)?;
-        if !try_lock(&file) {
-            let mut pid = String::new();
-            let _ = file.read_to_string(&mut pid);
-            return Err(DaemonError::AlreadyRunning {
-                pid: pid.trim().to_owned(),
-                pin_dir: pin_dir.to_owned(),
-            });
-        }
-        file.set_len(0).map_err(error)?;
-        file.rewind().map_err(error)?;
-        write!(file, "{}", std::process::id()).map_err(error)?;
-        Ok(Self { _file: file })
-    }
-
-    /// True when a daemon holds the lock for `pin_dir` now.
-    pub fn is_held(pin_dir: &Path) -> bool {
-        fs::File::open(lock_path(pin_dir)).is_ok_and(|file| !try_lock(&file))
-    }
-}
-
-/// `/run/lynx/daemon-<pin dir>.lock`, one per pin directory. Left in place when the daemon
-/// exits, as a pid file is (`/run` is emptied at boot).
-pub fn lock_path(pin_dir: &Path) -> PathBuf {
-    let name: String = pin_dir
-        .to_string_lossy()
-        .chars()
-        .map(|c| if c.is_ascii_alphanumeric() { c } else { '_' })
-        .collect();
-    Path::new("/run/lynx").join(format!("daemon-{name}.lock"))
-}
-
-/// Takes an exclusive lock without waiting; false when another process holds it. A probe
-/// that gets it lets go when its descriptor closes.
-fn try_lock(file: &fs::File) -> bool {
-    // SAFETY: flock on a descriptor this process owns.
-    unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) == 0 }
-}
-
-/// Runs until `stop` is set. Fails only when collection cannot start.
-pub fn run(options: &DaemonOptions, stop: &AtomicBool) -> Result<(), DaemonError> {
+/// Runs until `signals.stop` is set; `reread` loads the config again on `signals.reload`.
+/// Fails only when collection cannot start.
+pub fn run(
+    options: DaemonOptions,
+    signals: &Signals,
+    reread: &dyn Fn() -> Result<DaemonOptions, ConfigError>,
+) -> Result<(), DaemonError> {
     let _lock = DaemonLock::acquire(&options.pin_dir)?;
     let mut collector = Collector::start(CollectorOptions {
         nginx: options.nginx.clone(),
         pin_dir: Some(options.pin_dir.clone()),
-        instances: Some(Box::new(LxdInstances::spawn(
-            options.lxd_sockets.clone(),
-            options.interval,
-            options.disk,
-        ))),
+        instances: Some({
+            let (sockets, interval, disk) =
+                (options.lxd_sockets.clone(), options.interval, options.disk);
+            Box::new(move || Box::new(LxdInstances::spawn(sockets, interval, disk)))
+        }),
+        docker: Some({
+            let docker = options.docker.clone();
+            Box::new(move || Box::new(docker.watch()))
+        }),
         count_host_network: options.count_host_network,
     })?;
-    let mut sinks: Vec<Box<dyn Sink>> = vec![
-        Box::new(JsonFileSink {
-            path: options.snapshot_path.clone(),
-        }),
-        Box::new(HistorySink::open(
-            &options.history.path,
-            options.history.retention_days,
-        )?),
-    ];
-    if !options.prometheus_listen.is_empty() {
-        sinks.push(Box::new(PrometheusServer::start(
-            &options.prometheus_listen,
-        )?));
-    }
-    // After the sinks: a daemon that cannot serve its endpoint must not have touched nginx.
-    let controller = options.control.clone().map(Controller::spawn);
+    let mut running = Running::start(options)?;
     let mut previous = collector.sample()?;
     tracing::info!(
         version = crate::cli::VERSION,
-        interval = ?options.interval,
-        snapshot = %options.snapshot_path.display(),
+        interval = ?running.options.interval,
+        snapshot = %running.options.snapshot_path.display(),
         "daemon running"
     );
     let mut ready = false;
-    let mut next_tick = Instant::now() + options.interval;
-    while sleep_until(next_tick, stop) {
+    let mut next_tick = Instant::now() + running.options.interval;
+    while wait(next_tick, signals) {
+        if signals.reload.swap(false, Ordering::Relaxed) {
+            match reread() {
+                Ok(options) => running.reconfigure(options),
+                Err(error) => {
+                    tracing::error!("config not reloaded, the running one stays: {error}")
+                }
+            }
+            next_tick = next_tick.min(Instant::now() + running.options.interval);
+            continue;
+        }
         // A slow tick must not make the following ones bunch up.
-        next_tick = (next_tick + options.interval).max(Instant::now());
+        next_tick = (next_tick + running.options.interval).max(Instant::now());
         let current = match collector.sample() {
             Ok(current) => current,
             Err(error) => {
@@ -177,14 +137,8 @@ pub fn run(options: &DaemonOptions, stop: &AtomicBool) -> Result<(), DaemonError
                 "a kernel map is full: some events were not counted (see kernel_drops)"
             );
         }
-        let mut snapshot = model::snapshot(&previous, &current);
-        if let Some(controller) = &controller {
-            controller.feed(&snapshot);
-            snapshot.groups = controller.groups();
-        }
-        for sink in &mut sinks {
-            sink.publish(&snapshot);
-        }
+        let snapshot = model::snapshot(&previous, &current);
+        running.publish(snapshot);
         if !ready {
             // systemd's Type=notify: programs attached, first snapshot written. A no-op
             // without $NOTIFY_SOCKET; a service manager that cannot be told is not fatal.
@@ -197,4 +151,135 @@ pub fn run(options: &DaemonOptions, stop: &AtomicBool) -> Result<(), DaemonError
     }
     tracing::info!("daemon stopping");
     Ok(())
+}
+
+/// Waits until `deadline`, or a signal; false when told to stop.
+fn wait(deadline: Instant, signals: &Signals) -> bool {
+    const STEP: Duration = Duration::from_millis(50);
+    loop {
+        if signals.stop.load(Ordering::Relaxed) {
+            return false;
+        }
+        let now = Instant::now();
+        if now >= deadline || signals.reload.load(Ordering::Relaxed) {
+            return true;
+        }
+        std::thread::sleep((deadline - now).min(STEP));
+    }
+}
+
+/// What the daemon runs besides the collector, as the config says now.
+struct Running {
+    options: DaemonOptions,
+    json: JsonFileSink,
+    history: HistorySink,
+    web: Option<WebServer>,
+    controller: Option<Controller>,
+}
+
+impl Running {
+    fn start(options: DaemonOptions) -> Result<Self, DaemonError> {
+        let history = HistorySink::start(&options.history.path, options.history.retention_days)?;
+        let web = options.web.clone().map(WebServer::start).transpose()?;
+        let controller = options.control.clone().map(Controller::spawn);
+        Ok(Self {
+            json: JsonFileSink {
+                path: options.snapshot_path.clone(),
+            },
+            history,
+            web,
+            controller,
+            options,
+        })
+    }
+
+    fn publish(&mut self, mut snapshot: model::Snapshot) {
+        if let Some(controller) = &self.controller {
+            controller.feed(&snapshot);
+            snapshot.groups = controller.groups();
+        }
+        snapshot.history_error = self.history.error();
+        self.json.publish(&snapshot);
+        self.history.publish(&snapshot);
+        if let Some(web) = &mut self.web {
+            web.publish(&snapshot);
+        }
+    }
+
+    /// Applies what changed in `new` that can change while running; logs the rest.
+    fn reconfigure(&mut self, new: DaemonOptions) {
+        let old = &self.options;
+        let mut applied = Vec::new();
+        let restart: Vec<&str> = [
+            (new.pin_dir != old.pin_dir, "[daemon] pin_dir"),
+            (
+                new.count_host_network != old.count_host_network,
+                "[daemon] count_host_network",
+            ),
+            (
+                new.nginx != old.nginx,
+                "[nginx] (which nginx is counted, and on which ports)",
+            ),
+            (
+                new.lxd_sockets != old.lxd_sockets,
+                "[lxd] sockets (for the collector)",
+            ),
+            (new.docker != old.docker, "[docker]"),
+            (new.disk != old.disk, "[disk] (for the collector)"),
+        ]
+        .into_iter()
+        .filter_map(|(changed, key)| changed.then_some(key))
+        .collect();
+        if new.interval != old.interval {
+            applied.push("[daemon] interval");
+        }
+        if new.snapshot_path != old.snapshot_path {
+            applied.push("[daemon] snapshot_path");
+            self.json.path = new.snapshot_path.clone();
+        }
+        if new.history != old.history {
+            applied.push("[history]");
+            match HistorySink::start(&new.history.path, new.history.retention_days) {
+                // The old one writes its minute in progress as it goes.
+                Ok(history) => self.history = history,
+                Err(error) => tracing::error!("{error}: history stays as it was"),
+            }
+        }
+        if new.web != old.web {
+            applied.push("[web]");
+            // Dropped first: the new one may want the same address.
+            self.web = None;
+            self.web = new.web.clone().and_then(|options| {
+                WebServer::start(options)
+                    .inspect_err(|error| tracing::error!("{error}: no HTTP server"))
+                    .ok()
+            });
+        }
+        if new.control != old.control {
+            applied.push("[[groups]], and [nginx] and [lxd] for the controller");
+            // Its threads stop (a running nginx -t is killed) before the new ones start.
+            self.controller = None;
+            self.controller = new.control.clone().map(Controller::spawn);
+        }
+        match (applied.is_empty(), restart.is_empty()) {
+            (true, true) => tracing::info!("config reloaded: nothing changed"),
+            (false, _) => tracing::info!("config reloaded: applied {}", applied.join(", ")),
+            (true, false) => tracing::info!("config reloaded: nothing applied"),
+        }
+        if !restart.is_empty() {
+            tracing::warn!(
+                "config reloaded, but these take effect only after a restart: {}",
+                restart.join(", ")
+            );
+        }
+        // What needs a restart keeps running as it was started.
+        self.options = DaemonOptions {
+            pin_dir: self.options.pin_dir.clone(),
+            count_host_network: self.options.count_host_network,
+            nginx: self.options.nginx.clone(),
+            lxd_sockets: self.options.lxd_sockets.clone(),
+            disk: self.options.disk,
+            ..new
+        };
+    }
 }

@@ -1,11 +1,64 @@
-//! `lynx containers` and `lynx images`: operators' actions on LXD. The LXD client does the
-//! talking; this module holds what is decided here (which image a reference names, whether
-//! it is in use) and how lists are shown, as plain functions.
+//! `lynx containers` and `lynx images`: operators' actions on LXD and Docker. The clients do
+//! the talking; this module holds what is decided here (which engine a container name
+//! belongs to, which image a reference names, whether it is in use) and how lists are
+//! shown, as plain functions.
 use std::time::SystemTime;
 
 use time::{OffsetDateTime, format_description::well_known::Rfc3339};
 
-use crate::lxd::{Image, Instance, InstanceStatus};
+use crate::{
+    docker::{self, ContainerState},
+    lxd::{Image, Instance, InstanceStatus},
+};
+
+/// The container managers `lynx containers` acts through.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum Engine {
+    Lxd,
+    Docker,
+}
+
+impl Engine {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Lxd => "lxd",
+            Self::Docker => "docker",
+        }
+    }
+}
+
+/// Why a container name cannot be acted on.
+#[derive(Debug, PartialEq, Eq, thiserror::Error)]
+pub enum ContainerRefError {
+    #[error(
+        "{name:?} is an LXD container and a Docker container ({id}): give --engine lxd or --engine docker"
+    )]
+    Ambiguous { name: String, id: String },
+    #[error("no Docker container is named {0:?}, and no LXD socket answers")]
+    NotFound(String),
+}
+
+/// Which engine `name` belongs to. `docker` is the Docker container it names, when the
+/// engine answered and has one (`None` also when it did not answer); `in_lxd` is whether
+/// LXD has an instance of that name, `None` when LXD does not answer. A name only Docker
+/// has is Docker's; anything else is left to LXD, whose own message then says what is
+/// wrong, unless Docker answered without such a container and LXD cannot be asked.
+pub fn engine_of(
+    name: &str,
+    docker: Option<&docker::Container>,
+    docker_answered: bool,
+    in_lxd: Option<bool>,
+) -> Result<Engine, ContainerRefError> {
+    match (docker, in_lxd) {
+        (Some(container), Some(true)) => Err(ContainerRefError::Ambiguous {
+            name: name.to_owned(),
+            id: short(&container.id),
+        }),
+        (Some(_), _) => Ok(Engine::Docker),
+        (None, None) if docker_answered => Err(ContainerRefError::NotFound(name.to_owned())),
+        (None, _) => Ok(Engine::Lxd),
+    }
+}
 
 /// Why an image reference cannot be acted on.
 #[derive(Debug, PartialEq, Eq, thiserror::Error)]
@@ -65,17 +118,24 @@ pub fn check_unused(
     })
 }
 
-/// `lynx containers list`: name, status, IPv4, IPv6, image, uptime.
-pub fn containers_table(instances: &[Instance], now: SystemTime) -> String {
-    let rows = instances.iter().map(|i| {
+/// `lynx containers list`: name, engine, status, IPv4, IPv6, image, uptime; LXD's instances
+/// first, then Docker's containers, each in the engine's own words.
+pub fn containers_table(
+    instances: &[Instance],
+    containers: &[docker::Container],
+    now: SystemTime,
+) -> String {
+    let lxd = instances.iter().map(|i| {
         let uptime = match (&i.status, &i.last_used_at) {
             (InstanceStatus::Running | InstanceStatus::Frozen, Some(started)) => {
-                since(started, now)
+                OffsetDateTime::parse(started, &Rfc3339)
+                    .map_or_else(|_| "-".into(), |t| since(t, now))
             }
             _ => "-".to_owned(),
         };
         vec![
             i.name.clone(),
+            Engine::Lxd.as_str().to_owned(),
             i.status.as_str().to_owned(),
             join_or_dash(i.ipv4.iter().map(ToString::to_string)),
             join_or_dash(i.ipv6.iter().map(ToString::to_string)),
@@ -83,7 +143,31 @@ pub fn containers_table(instances: &[Instance], now: SystemTime) -> String {
             uptime,
         ]
     });
-    table(&["NAME", "STATUS", "IPV4", "IPV6", "IMAGE", "UPTIME"], rows)
+    let docker = containers.iter().map(|c| {
+        let uptime = match (&c.state, c.started_at) {
+            (ContainerState::Running | ContainerState::Paused, Some(started)) => {
+                since(started, now)
+            }
+            _ => "-".to_owned(),
+        };
+        vec![
+            c.name.clone(),
+            Engine::Docker.as_str().to_owned(),
+            c.state.to_string(),
+            join_or_dash(c.ipv4().map(|a| a.to_string())),
+            join_or_dash(c.ipv6().map(|a| a.to_string())),
+            Some(c.image.clone())
+                .filter(|i| !i.is_empty())
+                .unwrap_or_else(|| "-".into()),
+            uptime,
+        ]
+    });
+    table(
+        &[
+            "NAME", "ENGINE", "STATUS", "IPV4", "IPV6", "IMAGE", "UPTIME",
+        ],
+        lxd.chain(docker),
+    )
 }
 
 /// `lynx images list`: alias, fingerprint, architecture, description, size, upload date.
@@ -125,11 +209,8 @@ fn join_or_dash(items: impl Iterator<Item = String>) -> String {
     }
 }
 
-/// "3d 4h", "2h 5m", "7m 3s" since an RFC 3339 time; "-" if it does not parse.
-fn since(rfc3339: &str, now: SystemTime) -> String {
-    let Ok(then) = OffsetDateTime::parse(rfc3339, &Rfc3339) else {
-        return "-".into();
-    };
+/// "3d 4h", "2h 5m", "7m 3s" since `then`.
+fn since(then: OffsetDateTime, now: SystemTime) -> String {
     let seconds = (OffsetDateTime::from(now) - then).whole_seconds().max(0);
     let (d, h, m, s) = (
         seconds / 86_400,
@@ -192,6 +273,8 @@ mod tests {
             pid: Some(10),
             ipv4: vec!["10.0.0.2".parse().expect("address")],
             ipv6: vec![],
+            interfaces: Default::default(),
+            nics: vec![],
             image: Some("busybox".into()),
             base_image: Some(base.into()),
             profiles: vec!["default".into()],
@@ -246,29 +329,95 @@ mod tests {
         assert!(check_unused(&image("0000", &[]), "0000", &instances).is_ok());
     }
 
+    fn docker(name: &str, state: ContainerState) -> docker::Container {
+        let at = |text: &str| OffsetDateTime::parse(text, &Rfc3339).expect("a time");
+        docker::Container {
+            id: format!("{:0>64}", name.len()),
+            name: name.into(),
+            image: "busybox:1.36".into(),
+            image_id: "sha256:feed".into(),
+            state,
+            pid: Some(20),
+            command: vec!["sh".into()],
+            created_at: at("2026-11-22T03:00:00Z"),
+            started_at: Some(at("2026-11-22T01:00:00Z")),
+            labels: Default::default(),
+            networks: vec![docker::NetworkAddresses {
+                name: "none".into(),
+                ipv4: None,
+                ipv6: None,
+            }],
+        }
+    }
+
     #[test]
-    fn container_table_shows_uptime_for_running_ones() {
+    fn container_table_shows_both_engines_and_uptime_for_running_ones() {
         let now = SystemTime::UNIX_EPOCH + Duration::from_secs(1_795_320_000); // 2026-11-22T04:00Z
         let text = containers_table(
             &[
                 instance("web1", "a", InstanceStatus::Running),
                 instance("web2", "a", InstanceStatus::Stopped),
             ],
+            &[
+                docker("api", ContainerState::Paused),
+                docker("job", ContainerState::Exited),
+            ],
             now,
         );
-        let lines: Vec<&str> = text.lines().collect();
+        let lines: Vec<Vec<&str>> = text
+            .lines()
+            .map(|l| l.split_whitespace().collect())
+            .collect();
         assert_eq!(
-            lines[0].split_whitespace().collect::<Vec<_>>(),
-            ["NAME", "STATUS", "IPV4", "IPV6", "IMAGE", "UPTIME"]
+            lines,
+            [
+                vec![
+                    "NAME", "ENGINE", "STATUS", "IPV4", "IPV6", "IMAGE", "UPTIME"
+                ],
+                vec![
+                    "web1", "lxd", "Running", "10.0.0.2", "-", "busybox", "2m", "0s"
+                ],
+                vec!["web2", "lxd", "Stopped", "10.0.0.2", "-", "busybox", "-"],
+                vec![
+                    "api",
+                    "docker",
+                    "paused",
+                    "-",
+                    "-",
+                    "busybox:1.36",
+                    "3h",
+                    "0m"
+                ],
+                vec!["job", "docker", "exited", "-", "-", "busybox:1.36", "-"],
+            ]
+        );
+    }
+
+    #[test]
+    fn a_name_goes_to_the_engine_that_has_it_and_both_is_refused() {
+        let api = docker("api", ContainerState::Running);
+        assert_eq!(engine_of("web1", None, false, None), Ok(Engine::Lxd));
+        assert_eq!(engine_of("web1", None, true, Some(true)), Ok(Engine::Lxd));
+        assert_eq!(
+            engine_of("nope", None, true, Some(false)),
+            Ok(Engine::Lxd),
+            "LXD says what is wrong"
         );
         assert_eq!(
-            lines[1].split_whitespace().collect::<Vec<_>>(),
-            ["web1", "Running", "10.0.0.2", "-", "busybox", "2m", "0s"]
+            engine_of("api", Some(&api), true, Some(false)),
+            Ok(Engine::Docker)
         );
-        assert!(
-            lines[2].ends_with('-'),
-            "a stopped container has no uptime: {}",
-            lines[2]
+        assert_eq!(engine_of("api", Some(&api), true, None), Ok(Engine::Docker));
+        assert_eq!(
+            engine_of("api", Some(&api), true, Some(true))
+                .unwrap_err()
+                .to_string(),
+            "\"api\" is an LXD container and a Docker container (000000000000): give \
+             --engine lxd or --engine docker"
+        );
+        assert_eq!(
+            engine_of("nope", None, true, None),
+            Err(ContainerRefError::NotFound("nope".into()))
         );
     }
 

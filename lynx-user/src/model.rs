@@ -8,8 +8,12 @@ use lynx_common::{
 };
 use serde::{Deserialize, Serialize};
 
-use crate::collector::{ContainerFiles, InstanceInfo, Sample, containers::Owner};
+pub use crate::collector::features::{Family, Feature, FeatureState, Features};
 pub use crate::collector::{disk::DiskInfo as Disk, kernel::Drops as KernelDrops};
+use crate::{
+    collector::{ContainerFiles, DockerView, InstanceInfo, Sample, containers::Owner},
+    docker::{self, ContainerState},
+};
 
 /// Schema version of [`Snapshot`]; raised whenever a field changes meaning or goes away.
 pub const SNAPSHOT_VERSION: u32 = 4;
@@ -23,11 +27,20 @@ pub struct Snapshot {
     pub containers: Vec<Container>,
     pub nginx: Nginx,
     pub kernel_drops: KernelDrops,
+    /// Which counter families this kernel supports, and through which hooks: a family that
+    /// is `unavailable` reads as zero, for the reason given. Empty in documents written
+    /// before it was added.
+    #[serde(default)]
+    pub features: Features,
     pub collector: CollectorStats,
     /// One entry per `[[groups]]` of the daemon's config; empty without groups and from
     /// `lynx snapshot`, which runs no controller.
     #[serde(default)]
     pub groups: Vec<Group>,
+    /// Why the daemon's history database is not being written (it cannot be opened; it is
+    /// tried again each minute); absent while it is.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub history_error: Option<String>,
 }
 
 /// One group of containers behind one nginx upstream, as the controller sees it.
@@ -160,6 +173,9 @@ pub struct Host {
     pub containers_frozen: u32,
     /// Whether LXD answered for this snapshot.
     pub lxd_available: bool,
+    /// Whether the Docker Engine answers; `None` (left out) on a host without one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub docker_available: Option<bool>,
 }
 
 /// One container, or `host` for every cgroup that belongs to no container.
@@ -191,6 +207,102 @@ pub struct Container {
     /// `None` where network traffic is not counted: the host and services, unless
     /// `[daemon] count_host_network` is on.
     pub network: Option<Network>,
+    /// What only Docker tells; left out for other kinds and while the engine does not know it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub docker: Option<DockerDetails>,
+}
+
+/// A Docker container's own fields, from the engine.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DockerDetails {
+    /// The full 64-digit id.
+    pub id: String,
+    /// The engine's state word: `created`, `running`, `paused`, `restarting`, `removing`,
+    /// `exited` or `dead`.
+    pub state: String,
+    /// The image's id (`sha256:…`); `image` is the name it was asked for.
+    pub image_id: String,
+    /// The main process's program and arguments.
+    pub command: Vec<String>,
+    pub labels: BTreeMap<String, String>,
+    /// Addresses per network it is attached to.
+    pub networks: Vec<DockerNetwork>,
+}
+
+/// A Docker container's addresses on one network.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DockerNetwork {
+    pub name: String,
+    pub ipv4: Option<String>,
+    pub ipv6: Option<String>,
+}
+
+impl From<&docker::Container> for DockerDetails {
+    fn from(container: &docker::Container) -> Self {
+        Self {
+            id: container.id.clone(),
+            state: container.state.to_string(),
+            image_id: container.image_id.clone(),
+            command: container.command.clone(),
+            labels: container.labels.clone(),
+            networks: container
+                .networks
+                .iter()
+                .map(|n| DockerNetwork {
+                    name: n.name.clone(),
+                    ipv4: n.ipv4.map(|a| a.to_string()),
+                    ipv6: n.ipv6.map(|a| a.to_string()),
+                })
+                .collect(),
+        }
+    }
+}
+
+/// What a manager says about a container.
+#[derive(Clone, Copy)]
+enum Known<'a> {
+    Lxd(&'a InstanceInfo),
+    Docker(&'a docker::Container),
+}
+
+/// A Docker state in the words the snapshot uses for every kind (`docker.state` keeps the
+/// engine's own).
+fn docker_status(state: &ContainerState) -> &str {
+    match state {
+        ContainerState::Running => "Running",
+        ContainerState::Paused => "Frozen",
+        ContainerState::Created | ContainerState::Exited => "Stopped",
+        ContainerState::Restarting => "Starting",
+        ContainerState::Removing => "Stopping",
+        ContainerState::Dead => "Error",
+        ContainerState::Other(word) => word,
+    }
+}
+
+fn format_time(at: time::OffsetDateTime) -> String {
+    at.format(&time::format_description::well_known::Rfc3339)
+        .unwrap_or_else(|_| at.to_string())
+}
+
+/// The fields every kind shares, from what its manager says.
+fn known_info(known: Option<Known>) -> InstanceInfo {
+    match known {
+        None => InstanceInfo::default(),
+        Some(Known::Lxd(instance)) => instance.clone(),
+        Some(Known::Docker(c)) => InstanceInfo {
+            name: c.name.clone(),
+            status: docker_status(&c.state).to_owned(),
+            pid: c.pid,
+            ipv4: c.ipv4().map(|a| a.to_string()).collect(),
+            ipv6: c.ipv6().map(|a| a.to_string()).collect(),
+            image: Some(c.image.clone()).filter(|i| !i.is_empty()),
+            created_at: Some(format_time(c.created_at)),
+            last_used_at: c.started_at.map(format_time),
+            disk: None,
+        },
+    }
 }
 
 impl Container {
@@ -269,81 +381,87 @@ pub fn snapshot(previous: &Sample, current: &Sample) -> Snapshot {
     // Only containers' sockets pass the network programs unless the whole host's do.
     let network_counted = |owner: &Owner| current.host_network_counted || owner.is_container();
 
-    let container =
-        |owner: &Owner, files: Option<&ContainerFiles>, instance: Option<&InstanceInfo>| {
-            let totals = now.get(owner).copied().unwrap_or_default();
-            let prior = before.get(owner).copied().unwrap_or_default();
-            let status = match (instance, files) {
-                (Some(instance), _) => instance.status.clone(),
-                (None, Some(files)) if files.frozen => "Frozen".to_owned(),
-                (None, _) => "Running".to_owned(),
-            };
-            let kind = match owner {
-                Owner::Lxc(_) if instance.is_some() => "lxd",
-                Owner::Lxc(_) => "lxc",
-                Owner::Docker(_) => "docker",
-                Owner::Service(_) => "service",
-                Owner::Host => "host",
-            };
-            let info = instance.cloned().unwrap_or_default();
-            Container {
-                name: owner.name().to_owned(),
-                kind: kind.to_owned(),
-                status,
-                pid: info.pid,
-                ipv4: info.ipv4,
-                ipv6: info.ipv6,
-                image: info.image,
-                created_at: info.created_at,
-                last_used_at: info.last_used_at,
-                uptime_s: files.and_then(|f| f.uptime_s),
-                cgroup: files.map(|f| f.top.clone()),
-                processes: files.map(|f| f.processes),
-                cpu: Cpu {
-                    ns: totals.cpu_ns,
-                    percent: round2(rate(totals.cpu_ns, prior.cpu_ns) / 1e9 * 100.0),
-                },
-                memory: files.and_then(|f| f.memory).map(|m| Memory {
-                    used_bytes: m.used_bytes,
-                    limit_bytes: m.limit_bytes,
-                    percent_of_host: round2(percent(m.used_bytes as f64, host_memory_bytes as f64)),
-                    swap_bytes: m.swap_bytes,
-                }),
-                block_io: BlockIo {
-                    read_bytes: totals.io.read_bytes,
-                    write_bytes: totals.io.write_bytes,
-                    read_ops: totals.io.read_ops,
-                    write_ops: totals.io.write_ops,
-                    read_bytes_per_s: round2(rate(totals.io.read_bytes, prior.io.read_bytes)),
-                    write_bytes_per_s: round2(rate(totals.io.write_bytes, prior.io.write_bytes)),
-                },
-                disk: info.disk,
-                network: network_counted(owner).then(|| Network {
-                    rx_bytes: totals.net.rx_bytes,
-                    tx_bytes: totals.net.tx_bytes,
-                    rx_packets: totals.net.rx_packets,
-                    tx_packets: totals.net.tx_packets,
-                    rx_bytes_per_s: round2(rate(totals.net.rx_bytes, prior.net.rx_bytes)),
-                    tx_bytes_per_s: round2(rate(totals.net.tx_bytes, prior.net.tx_bytes)),
-                }),
-            }
+    let container = |owner: &Owner, files: Option<&ContainerFiles>, known: Option<Known>| {
+        let totals = now.get(owner).copied().unwrap_or_default();
+        let prior = before.get(owner).copied().unwrap_or_default();
+        let info = known_info(known);
+        let status = match (known, files) {
+            (Some(_), _) => info.status.clone(),
+            (None, Some(files)) if files.frozen => "Frozen".to_owned(),
+            (None, _) => "Running".to_owned(),
         };
+        let kind = match owner {
+            Owner::Lxc(_) if known.is_some() => "lxd",
+            Owner::Lxc(_) => "lxc",
+            Owner::Docker(_) => "docker",
+            Owner::Service(_) => "service",
+            Owner::Host => "host",
+        };
+        Container {
+            name: match known {
+                Some(_) => info.name,
+                None => owner.name().to_owned(),
+            },
+            kind: kind.to_owned(),
+            status,
+            pid: info.pid,
+            ipv4: info.ipv4,
+            ipv6: info.ipv6,
+            image: info.image,
+            created_at: info.created_at,
+            last_used_at: info.last_used_at,
+            uptime_s: files.and_then(|f| f.uptime_s),
+            cgroup: files.map(|f| f.top.clone()),
+            processes: files.map(|f| f.processes),
+            cpu: Cpu {
+                ns: totals.cpu_ns,
+                percent: round2(rate(totals.cpu_ns, prior.cpu_ns) / 1e9 * 100.0),
+            },
+            memory: files.and_then(|f| f.memory).map(|m| Memory {
+                used_bytes: m.used_bytes,
+                limit_bytes: m.limit_bytes,
+                percent_of_host: round2(percent(m.used_bytes as f64, host_memory_bytes as f64)),
+                swap_bytes: m.swap_bytes,
+            }),
+            block_io: BlockIo {
+                read_bytes: totals.io.read_bytes,
+                write_bytes: totals.io.write_bytes,
+                read_ops: totals.io.read_ops,
+                write_ops: totals.io.write_ops,
+                read_bytes_per_s: round2(rate(totals.io.read_bytes, prior.io.read_bytes)),
+                write_bytes_per_s: round2(rate(totals.io.write_bytes, prior.io.write_bytes)),
+            },
+            disk: info.disk,
+            network: network_counted(owner).then(|| Network {
+                rx_bytes: totals.net.rx_bytes,
+                tx_bytes: totals.net.tx_bytes,
+                rx_packets: totals.net.rx_packets,
+                tx_packets: totals.net.tx_packets,
+                rx_bytes_per_s: round2(rate(totals.net.rx_bytes, prior.net.rx_bytes)),
+                tx_bytes_per_s: round2(rate(totals.net.tx_bytes, prior.net.tx_bytes)),
+            }),
+            docker: match known {
+                Some(Known::Docker(c)) => Some(c.into()),
+                _ => None,
+            },
+        }
+    };
 
     let instances = current.instances.as_deref().unwrap_or_default();
-    let instance_named = |name: &str| instances.iter().find(|i| i.name == name);
+    let known = |owner: &Owner| match owner {
+        Owner::Lxc(name) => instances.iter().find(|i| &i.name == name).map(Known::Lxd),
+        Owner::Docker(id) => current.docker.container(id).map(Known::Docker),
+        Owner::Service(_) | Owner::Host => None,
+    };
     let mut containers: Vec<Container> = current
         .containers
         .iter()
         // An empty cgroup that no manager knows is what a crashed container left behind.
-        .filter(|files| files.processes > 0 || instance_named(files.owner.name()).is_some())
-        .map(|files| {
-            let instance = matches!(files.owner, Owner::Lxc(_))
-                .then(|| instance_named(files.owner.name()))
-                .flatten();
-            container(&files.owner, Some(files), instance)
-        })
+        .filter(|files| files.processes > 0 || known(&files.owner).is_some())
+        .map(|files| container(&files.owner, Some(files), known(&files.owner)))
         .collect();
-    // Instances with no cgroup: stopped, or started since the cgroups were read.
+    // Instances and Docker containers with no cgroup: stopped, or started since the cgroups
+    // were read.
     for instance in instances {
         if !containers
             .iter()
@@ -352,8 +470,22 @@ pub fn snapshot(previous: &Sample, current: &Sample) -> Snapshot {
             containers.push(container(
                 &Owner::Lxc(instance.name.clone()),
                 None,
-                Some(instance),
+                Some(Known::Lxd(instance)),
             ));
+        }
+    }
+    if let DockerView::Up(listed) = &current.docker {
+        for docker in listed {
+            let has_cgroup = containers
+                .iter()
+                .any(|c| c.docker.as_ref().is_some_and(|d| d.id == docker.id));
+            if !has_cgroup {
+                containers.push(container(
+                    &Owner::Docker(docker.id.clone()),
+                    None,
+                    Some(Known::Docker(docker)),
+                ));
+            }
         }
     }
     containers.sort_by(|a, b| a.name.cmp(&b.name));
@@ -388,14 +520,21 @@ pub fn snapshot(previous: &Sample, current: &Sample) -> Snapshot {
             containers_stopped: count("Stopped"),
             containers_frozen: count("Frozen"),
             lxd_available: current.instances.is_some(),
+            docker_available: match current.docker {
+                DockerView::Absent => None,
+                DockerView::Down => Some(false),
+                DockerView::Up(_) => Some(true),
+            },
         },
         nginx: nginx(previous, current, &containers),
         containers,
         kernel_drops: current.drops,
+        features: current.features.clone(),
         collector: CollectorStats {
             sample_ms: round2(current.duration.as_secs_f64() * 1000.0),
         },
         groups: Vec::new(),
+        history_error: None,
     }
 }
 
@@ -542,6 +681,7 @@ pub(crate) mod fixtures {
             block_io: BlockIo::default(),
             disk: None,
             network: Some(Network::default()),
+            docker: None,
         }
     }
 
@@ -567,6 +707,36 @@ pub(crate) mod fixtures {
             requests_per_s,
             requests_per_s_10s: requests_per_s,
         }
+    }
+
+    /// Every family active, nginx's bytes followed at the socket tracepoints (kernel 6.3 on).
+    pub fn features() -> Features {
+        Features::from([
+            (
+                Family::Cpu,
+                Feature::active(&["tp_btf/sched_switch", "perf_event/cpu-clock"]),
+            ),
+            (
+                Family::BlockIo,
+                Feature::active(&["tp_btf/block_bio_queue"]),
+            ),
+            (
+                Family::Network,
+                Feature::active(&["cgroup_skb/ingress", "cgroup_skb/egress"]),
+            ),
+            (
+                Family::NginxConnections,
+                Feature::active(&[
+                    "sock_ops",
+                    "cgroup/sock_release",
+                    "tp_btf/sched_process_fork",
+                ]),
+            ),
+            (
+                Family::NginxRequests,
+                Feature::active(&["tp_btf/sock_recv_length", "tp_btf/sock_send_length"]),
+            ),
+        ])
     }
 
     /// A snapshot taken at `timestamp` of `containers` as given (the caller adds the `host`
@@ -595,12 +765,15 @@ pub(crate) mod fixtures {
                 containers_stopped: count("Stopped"),
                 containers_frozen: count("Frozen"),
                 lxd_available: true,
+                docker_available: None,
             },
             containers,
             nginx: Nginx::default(),
             kernel_drops: KernelDrops::default(),
+            features: features(),
             collector: CollectorStats { sample_ms: 0.87 },
             groups: Vec::new(),
+            history_error: None,
         }
     }
 }
@@ -681,8 +854,10 @@ mod tests {
             cgroups,
             containers,
             instances,
+            docker: DockerView::Absent,
             nginx: NginxSample::default(),
             drops: Drops::default(),
+            features: fixtures::features(),
             host_network_counted: false,
             duration: Duration::from_micros(1500),
         }
@@ -755,8 +930,8 @@ mod tests {
                 sample.host_network_counted = host_network_counted;
                 for (owner, top) in [
                     (
-                        Owner::Docker("0123456789ab".into()),
-                        "/system.slice/docker-0123.scope",
+                        Owner::Docker("0123456789abcdef".into()),
+                        "/system.slice/docker-0123456789abcdef.scope",
                     ),
                     (
                         Owner::Service("nginx".into()),
@@ -954,6 +1129,102 @@ mod tests {
                 "path": "/", "pool": "fast", "used_bytes": 20971520, "limit_bytes": 67108864,
                 "free_bytes": 46137344, "nearly_full": false, "reason": null
             })
+        );
+    }
+
+    #[test]
+    fn docker_containers_are_named_by_the_engine_and_by_id_without_it() {
+        let id = "530b8ee64a5f369f8345d88baa6cda59be1e0c411b891b32862859f11d7bb005";
+        let at = |text: &str| {
+            time::OffsetDateTime::parse(text, &time::format_description::well_known::Rfc3339)
+                .expect("a time")
+        };
+        let container = |name: &str, id: &str, state: ContainerState| docker::Container {
+            id: id.into(),
+            name: name.into(),
+            image: "busybox:1.36".into(),
+            image_id: "sha256:feed".into(),
+            state,
+            pid: Some(77),
+            command: vec!["sleep".into(), "3600".into()],
+            created_at: at("2026-12-07T15:15:50.1Z"),
+            started_at: Some(at("2026-12-07T15:15:51Z")),
+            labels: [("app".to_owned(), "demo".to_owned())].into(),
+            networks: vec![docker::NetworkAddresses {
+                name: "web".into(),
+                ipv4: Some(std::net::Ipv4Addr::new(172, 18, 0, 2)),
+                ipv6: None,
+            }],
+        };
+        let start = Instant::now();
+        let snapshot_with = |view: DockerView| {
+            let [before, after] = [start, start + Duration::from_secs(1)].map(|at| {
+                let mut sample = sample(at, 1, vec![], None);
+                let mut files = files("any", true);
+                (files.owner, files.top) = (Owner::Docker(id.into()), format!("/docker/{id}"));
+                sample.containers.push(files);
+                sample.docker = view.clone();
+                sample
+            });
+            snapshot(&before, &after)
+        };
+        let doc = snapshot_with(DockerView::Up(vec![
+            container("api", id, ContainerState::Paused),
+            container("job", &"f".repeat(64), ContainerState::Exited),
+        ]));
+        let api = doc
+            .containers
+            .iter()
+            .find(|c| c.name == "api")
+            .expect("api");
+        assert_eq!(
+            (api.kind.as_str(), api.status.as_str(), api.pid),
+            ("docker", "Frozen", Some(77))
+        );
+        assert_eq!(api.image.as_deref(), Some("busybox:1.36"));
+        assert_eq!(api.ipv4, ["172.18.0.2"]);
+        assert_eq!(api.created_at.as_deref(), Some("2026-12-07T15:15:50.1Z"));
+        assert_eq!(api.last_used_at.as_deref(), Some("2026-12-07T15:15:51Z"));
+        assert_eq!(
+            api.cgroup.as_deref(),
+            Some(format!("/docker/{id}").as_str())
+        );
+        let details = api.docker.as_ref().expect("Docker's fields");
+        assert_eq!(
+            (details.id.as_str(), details.state.as_str()),
+            (id, "paused")
+        );
+        assert_eq!(details.command, ["sleep", "3600"]);
+        let job = doc
+            .containers
+            .iter()
+            .find(|c| c.name == "job")
+            .expect("listed");
+        assert_eq!(
+            (job.status.as_str(), job.cgroup.as_ref()),
+            ("Stopped", None)
+        );
+        assert_eq!(doc.host.docker_available, Some(true));
+        assert_eq!(doc.host.containers_frozen, 2, "web2 and api");
+
+        let down = snapshot_with(DockerView::Down);
+        let by_id = down
+            .containers
+            .iter()
+            .find(|c| c.kind == "docker")
+            .expect("listed by cgroup");
+        assert_eq!(
+            (by_id.name.as_str(), by_id.docker.as_ref()),
+            ("530b8ee64a5f", None)
+        );
+        assert_eq!(by_id.status, "Frozen", "from the cgroup");
+        assert_eq!(down.host.docker_available, Some(false));
+        let absent = snapshot_with(DockerView::Absent);
+        assert_eq!(absent.host.docker_available, None);
+        let json = serde_json::to_string(&absent).expect("serialises");
+        assert!(
+            !json.contains("docker_available") && !json.contains("\"docker\":"),
+            "left out without an engine: {json}"
         );
     }
 

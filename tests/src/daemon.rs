@@ -1,7 +1,10 @@
 //! `lynx daemon` under test: its own config, pin directory, snapshot file and log, so it never
-//! shares maps with a daemon the host runs. Killed, and its pins removed, on drop.
+//! shares maps with a daemon the host runs. Killed, and its pins removed, on drop. It runs
+//! with umask 077, as a hardened service unit has it: what it writes for others to read must
+//! say its mode itself.
 use std::{
     fs,
+    os::unix::process::CommandExt,
     path::{Path, PathBuf},
     process::{Command, Stdio},
     thread::sleep,
@@ -30,13 +33,14 @@ pub struct DaemonUnderTest {
 }
 
 impl DaemonUnderTest {
-    /// Starts a daemon collecting every `interval` (e.g. `"200ms"`), with its Prometheus
-    /// endpoint off, and waits for its first snapshot.
+    /// Starts a daemon collecting every `interval` (e.g. `"200ms"`), with its HTTP server
+    /// off, and waits for its first snapshot.
     pub fn start(name: &str, interval: &str) -> Self {
         Self::start_with_prometheus(name, interval, "")
     }
 
-    /// As [`Self::start`], serving Prometheus on `listen` (e.g. `"127.0.0.1:19464"`).
+    /// As [`Self::start`], serving `/metrics` and `/snapshot` on `listen` (e.g.
+    /// `"127.0.0.1:19464"`).
     pub fn start_with_prometheus(name: &str, interval: &str, listen: &str) -> Self {
         Self::start_configured(name, interval, listen, "")
     }
@@ -66,7 +70,7 @@ impl DaemonUnderTest {
             &config,
             format!(
                 "[daemon]\ninterval = \"{interval}\"\nsnapshot_path = \"{}\"\npin_dir = \"{}\"\n\
-                 [history]\npath = \"{}\"\n[prometheus]\nlisten = \"{listen}\"\n{extra}",
+                 [history]\npath = \"{}\"\n[web]\nlisten = \"{listen}\"\n{extra}",
                 snapshot_path.display(),
                 pin_dir.display(),
                 history.display(),
@@ -232,7 +236,7 @@ pub fn next_snapshot_at(path: &Path, log: &dyn Fn() -> String) -> Snapshot {
     wait_for_snapshot(
         path,
         "two fresh snapshots",
-        Duration::from_secs(30),
+        Duration::from_secs(30) * crate::SLOWDOWN,
         log,
         |snapshot| {
             if Some(&snapshot.host.timestamp) != last.as_ref() {
@@ -275,18 +279,23 @@ fn spawn(config: &PathBuf, log_path: &PathBuf, args: &[String]) -> ChildGuard {
         .append(true)
         .open(log_path)
         .expect("open daemon log");
-    ChildGuard(
-        Command::new(lynx_bin())
-            .arg("--config")
-            .arg(config)
-            .arg("daemon")
-            .args(args)
-            .env("LYNX_LOG", "info")
-            .stdout(Stdio::null())
-            .stderr(log)
-            .spawn()
-            .expect("start lynx daemon"),
-    )
+    let mut command = Command::new(lynx_bin());
+    command
+        .arg("--config")
+        .arg(config)
+        .arg("daemon")
+        .args(args)
+        .env("LYNX_LOG", "info")
+        .stdout(Stdio::null())
+        .stderr(log);
+    // SAFETY: umask is async-signal-safe and touches only the child's own state.
+    unsafe {
+        command.pre_exec(|| {
+            libc::umask(0o077);
+            Ok(())
+        });
+    }
+    ChildGuard(command.spawn().expect("start lynx daemon"))
 }
 
 impl Drop for DaemonUnderTest {

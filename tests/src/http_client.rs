@@ -288,29 +288,63 @@ pub fn keep_alive_clients(
     clients: usize,
     requests: usize,
 ) -> Vec<JoinHandle<u64>> {
+    spawn_clients(clients, move || {
+        let mut stream = TcpStream::connect((ip, port)).expect("connect to nginx");
+        stream.set_nodelay(true).expect("nodelay");
+        stream
+            .set_read_timeout(Some(Duration::from_secs(5)))
+            .expect("read timeout");
+        let mut ok = 0;
+        let mut buffer = vec![0u8; 65536];
+        for _ in 0..requests {
+            stream.write_all(&get(path)).expect("send a request");
+            let mut answer = Vec::new();
+            while !complete_response(&answer) {
+                let n = stream.read(&mut buffer).expect("read an answer");
+                assert!(n > 0, "nginx closed a keep-alive connection");
+                answer.extend_from_slice(&buffer[..n]);
+            }
+            ok += u64::from(statuses(&answer).first().is_some_and(|c| *c < 300));
+        }
+        ok
+    })
+}
+
+/// `clients` threads, each making `requests` GETs of `path`, each on a connection of its own
+/// with `Connection: close`, waiting for every answer. Each thread yields its 2xx answers.
+pub fn close_clients(
+    ip: Ipv4Addr,
+    port: u16,
+    path: &'static str,
+    clients: usize,
+    requests: usize,
+) -> Vec<JoinHandle<u64>> {
+    spawn_clients(clients, move || {
+        let request = format!("GET {path} HTTP/1.1\r\nHost: lynx\r\nConnection: close\r\n\r\n");
+        let mut ok = 0;
+        for _ in 0..requests {
+            let mut stream = TcpStream::connect((ip, port)).expect("connect to nginx");
+            stream
+                .set_read_timeout(Some(Duration::from_secs(10)))
+                .expect("read timeout");
+            stream
+                .write_all(request.as_bytes())
+                .expect("send a request");
+            let mut answer = Vec::new();
+            stream.read_to_end(&mut answer).expect("read an answer");
+            ok += u64::from(statuses(&answer).first().is_some_and(|c| *c < 300));
+        }
+        ok
+    })
+}
+
+/// `clients` threads each running `client`.
+fn spawn_clients(
+    clients: usize,
+    client: impl Fn() -> u64 + Clone + Send + 'static,
+) -> Vec<JoinHandle<u64>> {
     (0..clients)
-        .map(|_| {
-            thread::spawn(move || {
-                let mut stream = TcpStream::connect((ip, port)).expect("connect to nginx");
-                stream.set_nodelay(true).expect("nodelay");
-                stream
-                    .set_read_timeout(Some(Duration::from_secs(5)))
-                    .expect("read timeout");
-                let mut ok = 0;
-                let mut buffer = vec![0u8; 65536];
-                for _ in 0..requests {
-                    stream.write_all(&get(path)).expect("send a request");
-                    let mut answer = Vec::new();
-                    while !complete_response(&answer) {
-                        let n = stream.read(&mut buffer).expect("read an answer");
-                        assert!(n > 0, "nginx closed a keep-alive connection");
-                        answer.extend_from_slice(&buffer[..n]);
-                    }
-                    ok += u64::from(statuses(&answer).first().is_some_and(|c| *c < 300));
-                }
-                ok
-            })
-        })
+        .map(|_| thread::spawn(client.clone()))
         .collect()
 }
 

@@ -15,14 +15,22 @@ use lynx::collector::{
     kernel::{KernelCounters, LoadOptions},
 };
 
+pub mod bench;
 pub mod control;
 pub mod daemon;
+pub mod docker;
 pub mod http_client;
 pub mod lxd;
+pub mod netns;
 pub mod nginx;
 pub mod package;
 pub mod service;
 pub mod tmux;
+
+/// How much slower than on the host the tests' waits may take: the kernel matrix's guests
+/// (the `guest` feature) run on emulated CPUs, where loading the programs alone takes 10 to
+/// 20 s.
+pub const SLOWDOWN: u32 = if cfg!(feature = "guest") { 6 } else { 1 };
 
 /// `ticks` of the kernel's user-visible clock (`/proc` CPU times) as a duration.
 pub fn clock_ticks(ticks: u64) -> Duration {
@@ -54,6 +62,7 @@ pub fn private_kernel_counters() -> KernelCounters {
         cgroup_root: layout.unified,
         pin_dir: None,
         count_host_network: false,
+        nginx_byte_hooks: Default::default(),
     })
     .expect("load and attach lynx's programs")
 }
@@ -192,11 +201,16 @@ pub struct TestCgroup {
 
 impl TestCgroup {
     pub fn create(name: &str) -> Self {
+        Self::at_root(&format!("lynx-test-{name}-{}", std::process::id()))
+    }
+
+    /// A cgroup named `leaf` below the root, as a container manager names them
+    /// (`lxc.payload.NAME`).
+    pub fn at_root(leaf: &str) -> Self {
         let layout = CgroupLayout::detect().expect("cgroup layout");
-        let leaf = format!("lynx-test-{name}-{}", std::process::id());
-        let v2 = layout.unified.join(&leaf);
+        let v2 = layout.unified.join(leaf);
         fs::create_dir(&v2).unwrap_or_else(|e| panic!("create {}: {e}", v2.display()));
-        let cpuacct = layout.v1.get("cpuacct").map(|root| root.join(&leaf));
+        let cpuacct = layout.v1.get("cpuacct").map(|root| root.join(leaf));
         if let Some(dir) = &cpuacct {
             fs::create_dir(dir).unwrap_or_else(|e| panic!("create {}: {e}", dir.display()));
         }
@@ -221,6 +235,26 @@ impl TestCgroup {
     /// CPU time from the v2 `cpu.stat` `usage_usec`, in nanoseconds.
     pub fn v2_usage_ns(&self) -> u64 {
         cpu_stat_usage_ns(&self.v2)
+    }
+
+    /// The file `name` of its v2 directory (`memory.current`, `io.stat`...).
+    pub fn v2_file(&self, name: &str) -> PathBuf {
+        self.v2.join(name)
+    }
+
+    /// Freezes (or thaws) the cgroup through cgroup v2's `cgroup.freeze`, and waits until the
+    /// kernel reports it done in `cgroup.events`.
+    pub fn freeze(&self, frozen: bool) {
+        let value = if frozen { "1" } else { "0" };
+        fs::write(self.v2.join("cgroup.freeze"), value).expect("write cgroup.freeze");
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while !read(&self.v2.join("cgroup.events")).contains(&format!("frozen {value}")) {
+            assert!(
+                Instant::now() < deadline,
+                "cgroup.freeze {value} not done in 10 s"
+            );
+            sleep(Duration::from_millis(10));
+        }
     }
 
     /// CPU time from the v1 `cpuacct.usage`, in nanoseconds, on a hybrid host.
@@ -290,4 +324,128 @@ pub fn assert_close(measured: u64, expected: u64, tolerance: f64, what: &str) {
         "{what}: lynx {measured}, oracle {expected}, off by {:.3}%",
         error * 100.0
     );
+}
+
+/// The container called `name` in `snapshot`.
+pub fn entry<'a>(snapshot: &'a lynx::model::Snapshot, name: &str) -> &'a lynx::model::Container {
+    snapshot
+        .containers
+        .iter()
+        .find(|c| c.name == name)
+        .unwrap_or_else(|| panic!("{name} is not in the snapshot"))
+}
+
+/// A number in a file (cgroupfs, sysfs).
+pub fn read_number(path: &Path) -> u64 {
+    fs::read_to_string(path)
+        .unwrap_or_else(|e| panic!("read {}: {e}", path.display()))
+        .trim()
+        .parse()
+        .unwrap_or_else(|e| panic!("{} is not a number: {e}", path.display()))
+}
+
+/// The kernel's own per-cgroup accounting for one container.
+pub struct KernelOracle {
+    layout: CgroupLayout,
+    top: String,
+}
+
+impl KernelOracle {
+    /// The cgroup at `top`, relative to each hierarchy's root (`/docker/ID`).
+    pub fn of(top: &str) -> Self {
+        Self {
+            layout: CgroupLayout::detect().expect("cgroup layout"),
+            top: top.trim_start_matches('/').to_owned(),
+        }
+    }
+
+    /// LXD's or LXC's container `name`.
+    pub fn lxc(name: &str) -> Self {
+        Self::of(&format!("lxc.payload.{name}"))
+    }
+
+    fn v2(&self, file: &str) -> PathBuf {
+        self.layout.unified.join(&self.top).join(file)
+    }
+
+    fn v1(&self, controller: &str, file: &str) -> Option<PathBuf> {
+        Some(self.layout.v1.get(controller)?.join(&self.top).join(file))
+    }
+
+    pub fn cpu_ns(&self) -> u64 {
+        cpu_stat_usage_ns(&self.v2(""))
+    }
+
+    pub fn memory_bytes(&self) -> u64 {
+        match self.v1("memory", "memory.usage_in_bytes") {
+            Some(path) if path.exists() => read_number(&path),
+            _ => read_number(&self.v2("memory.current")),
+        }
+    }
+
+    /// Makes the kernel keep per-cgroup I/O statistics for this container: blk-throttle counts
+    /// only on devices with a rule, so this sets one (1 TiB/s, which throttles nothing). On a
+    /// pure v2 host `io.stat` counts anyway.
+    pub fn enable_io_accounting(&self) {
+        let Some(dir) = self.v1("blkio", "") else {
+            return;
+        };
+        for line in fs::read_to_string("/proc/partitions")
+            .expect("partitions")
+            .lines()
+            .skip(2)
+        {
+            let fields: Vec<&str> = line.split_whitespace().collect();
+            // Whole disks only (minor 0): that is where the rule applies.
+            if let [major, "0", ..] = fields.as_slice() {
+                let rule = format!("{major}:0 1099511627776");
+                for file in [
+                    "blkio.throttle.read_bps_device",
+                    "blkio.throttle.write_bps_device",
+                ] {
+                    fs::write(dir.join(file), &rule).unwrap_or_else(|e| panic!("{file}: {e}"));
+                }
+            }
+        }
+    }
+
+    /// (read bytes, write bytes, write operations) the kernel accounted to the cgroup.
+    pub fn io(&self) -> (u64, u64, u64) {
+        let sum = |text: &str, op: &str| -> u64 {
+            text.lines()
+                .filter_map(|l| l.strip_suffix("").and_then(|l| l.split_once(' ')))
+                .filter_map(|(_, rest)| rest.strip_prefix(op)?.trim().parse::<u64>().ok())
+                .sum()
+        };
+        match self.v1("blkio", "blkio.throttle.io_service_bytes_recursive") {
+            Some(bytes) if bytes.exists() => {
+                let bytes = fs::read_to_string(bytes).expect("io_service_bytes");
+                let ops = fs::read_to_string(
+                    self.v1("blkio", "blkio.throttle.io_serviced_recursive")
+                        .expect("v1"),
+                )
+                .expect("io_serviced");
+                (
+                    sum(&bytes, "Read "),
+                    sum(&bytes, "Write "),
+                    sum(&ops, "Write "),
+                )
+            }
+            _ => {
+                // io.stat: `MAJ:MIN rbytes=.. wbytes=.. rios=.. wios=.. ...` per device.
+                let stat = fs::read_to_string(self.v2("io.stat")).expect("read io.stat");
+                let field = |name: &str| -> u64 {
+                    stat.split_whitespace()
+                        .filter_map(|kv| {
+                            kv.strip_prefix(name)?
+                                .strip_prefix('=')?
+                                .parse::<u64>()
+                                .ok()
+                        })
+                        .sum()
+                };
+                (field("rbytes"), field("wbytes"), field("wios"))
+            }
+        }
+    }
 }

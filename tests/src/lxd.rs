@@ -825,22 +825,7 @@ fn build_image(dir: &Path) {
         create_dir(&rootfs.join(sub));
     }
     create_dir(&meta);
-    let busybox = Path::new("/bin/busybox");
-    fs::copy(busybox, rootfs.join("bin/busybox"))
-        .unwrap_or_else(|e| panic!("copy {} into the image: {e}", busybox.display()));
-    let applets = run(Command::new(busybox).arg("--list"), LXC_TIMEOUT)
-        .unwrap_or_else(|e| panic!("busybox --list: {e}"));
-    let applets = String::from_utf8_lossy(&applets.stdout);
-    for applet in applets.lines().filter(|a| !a.is_empty() && *a != "busybox") {
-        let link = rootfs.join("bin").join(applet);
-        std::os::unix::fs::symlink("busybox", &link)
-            .unwrap_or_else(|e| panic!("symlink {}: {e}", link.display()));
-    }
-    assert!(
-        rootfs.join("bin/httpd").exists() && rootfs.join("bin/udhcpc").exists(),
-        "{} lacks httpd or udhcpc: {applets}",
-        busybox.display()
-    );
+    busybox_rootfs(&rootfs, &["httpd", "udhcpc"]);
     write_file(&rootfs.join("sbin/init"), INIT, 0o755);
     write_file(
         &rootfs.join("etc/udhcpc/default.script"),
@@ -885,6 +870,30 @@ fn build_image(dir: &Path) {
     }
 }
 
+/// Puts the host's static busybox in `rootfs/bin` with a link for each of its applets, and
+/// checks that the applets in `needed` are there.
+pub(crate) fn busybox_rootfs(rootfs: &Path, needed: &[&str]) {
+    create_dir(&rootfs.join("bin"));
+    let busybox = Path::new("/bin/busybox");
+    fs::copy(busybox, rootfs.join("bin/busybox"))
+        .unwrap_or_else(|e| panic!("copy {} into the image: {e}", busybox.display()));
+    let applets = run(Command::new(busybox).arg("--list"), LXC_TIMEOUT)
+        .unwrap_or_else(|e| panic!("busybox --list: {e}"));
+    let applets = String::from_utf8_lossy(&applets.stdout);
+    for applet in applets.lines().filter(|a| !a.is_empty() && *a != "busybox") {
+        let link = rootfs.join("bin").join(applet);
+        std::os::unix::fs::symlink("busybox", &link)
+            .unwrap_or_else(|e| panic!("symlink {}: {e}", link.display()));
+    }
+    for applet in needed {
+        assert!(
+            rootfs.join("bin").join(applet).exists(),
+            "{} lacks {applet}: {applets}",
+            busybox.display()
+        );
+    }
+}
+
 fn create_dir(path: &Path) {
     fs::create_dir_all(path).unwrap_or_else(|e| panic!("create {}: {e}", path.display()));
 }
@@ -916,7 +925,7 @@ fn lxc(args: &[&str]) -> String {
 }
 
 /// A command with [`SYSTEM_PATH`].
-fn system_command(program: &str) -> Command {
+pub(crate) fn system_command(program: &str) -> Command {
     let mut command = Command::new(program);
     command.env("PATH", SYSTEM_PATH);
     command
@@ -931,7 +940,7 @@ fn dpkg_installed(package: &str) -> bool {
 }
 
 /// Runs `command` with stdin null, collecting its output; kills it after `timeout`.
-fn run(command: &mut Command, timeout: Duration) -> Result<Output, String> {
+pub(crate) fn run(command: &mut Command, timeout: Duration) -> Result<Output, String> {
     run_with_input(command, &[], timeout)
 }
 

@@ -171,7 +171,7 @@ http {{
             port,
             tls_port,
         };
-        let deadline = Instant::now() + Duration::from_secs(10);
+        let deadline = Instant::now() + Duration::from_secs(10) * crate::SLOWDOWN;
         while TcpStream::connect((Ipv4Addr::LOCALHOST, port)).is_err() {
             assert!(
                 Instant::now() < deadline,
@@ -194,19 +194,26 @@ http {{
             main_config: self.prefix.join("nginx.conf"),
             prefix: Some(self.prefix.clone()),
             pid_file: self.prefix.join("nginx.pid"),
+            test_timeout: Duration::from_secs(10),
         }
     }
 
-    /// The `[nginx]` section of a Lynx config that counts this nginx on its ports.
+    /// The `[nginx]` section of a Lynx config that counts this nginx on its ports: the master
+    /// must be this nginx's, started from this binary, prefix and config.
     pub fn lynx_config(&self) -> String {
         let tls: Vec<String> = self.tls_port.iter().map(u16::to_string).collect();
         let ports: Vec<String> = [self.port.to_string()]
             .into_iter()
             .chain(tls.clone())
             .collect();
+        let control = self.control();
         format!(
-            "[nginx]\npid_file = \"{}\"\nports = [{}]\ntls_ports = [{}]\n",
-            self.prefix.join("nginx.pid").display(),
+            "[nginx]\npid_file = \"{}\"\nbinary = \"{}\"\nmain_config = \"{}\"\nprefix = \"{}\"\n\
+             ports = [{}]\ntls_ports = [{}]\n",
+            control.pid_file.display(),
+            control.binary.display(),
+            control.main_config.display(),
+            self.prefix.display(),
             ports.join(", "),
             tls.join(", ")
         )

@@ -3,146 +3,26 @@
 //! counters, LXD's own API through `lxc`).
 use std::{
     collections::HashMap,
-    fs,
     path::{Path, PathBuf},
     thread::{self, sleep},
     time::Duration,
 };
 
-use lynx::{
-    collector::cgroupfs::CgroupLayout,
-    model::{Container, Network, Snapshot},
-};
+use lynx::model::{Container, Network};
 use lynx_tests::{
-    assert_close, cpu_stat_usage_ns,
+    KernelOracle, assert_close,
     daemon::DaemonUnderTest,
+    entry,
     lxd::{TestContainer, lxd},
-    privileged,
+    privileged, read_number,
 };
 use serde_json::Value;
-
-/// The container called `name` in `snapshot`.
-fn entry<'a>(snapshot: &'a Snapshot, name: &str) -> &'a Container {
-    snapshot
-        .containers
-        .iter()
-        .find(|c| c.name == name)
-        .unwrap_or_else(|| panic!("{name} is not in the snapshot"))
-}
 
 fn network(container: &Container) -> &Network {
     container
         .network
         .as_ref()
         .unwrap_or_else(|| panic!("{}: its traffic is not counted", container.name))
-}
-
-fn read_number(path: &Path) -> u64 {
-    fs::read_to_string(path)
-        .unwrap_or_else(|e| panic!("read {}: {e}", path.display()))
-        .trim()
-        .parse()
-        .unwrap_or_else(|e| panic!("{} is not a number: {e}", path.display()))
-}
-
-/// The kernel's own per-cgroup accounting for one container.
-struct KernelOracle {
-    layout: CgroupLayout,
-    top: String,
-}
-
-impl KernelOracle {
-    fn new(container: &str) -> Self {
-        Self {
-            layout: CgroupLayout::detect().expect("cgroup layout"),
-            top: format!("lxc.payload.{container}"),
-        }
-    }
-
-    fn v2(&self, file: &str) -> PathBuf {
-        self.layout.unified.join(&self.top).join(file)
-    }
-
-    fn v1(&self, controller: &str, file: &str) -> Option<PathBuf> {
-        Some(self.layout.v1.get(controller)?.join(&self.top).join(file))
-    }
-
-    fn cpu_ns(&self) -> u64 {
-        cpu_stat_usage_ns(&self.v2(""))
-    }
-
-    fn memory_bytes(&self) -> u64 {
-        match self.v1("memory", "memory.usage_in_bytes") {
-            Some(path) if path.exists() => read_number(&path),
-            _ => read_number(&self.v2("memory.current")),
-        }
-    }
-
-    /// Makes the kernel keep per-cgroup I/O statistics for this container: blk-throttle counts
-    /// only on devices with a rule, so this sets one (1 TiB/s, which throttles nothing). On a
-    /// pure v2 host `io.stat` counts anyway.
-    fn enable_io_accounting(&self) {
-        let Some(dir) = self.v1("blkio", "") else {
-            return;
-        };
-        for line in fs::read_to_string("/proc/partitions")
-            .expect("partitions")
-            .lines()
-            .skip(2)
-        {
-            let fields: Vec<&str> = line.split_whitespace().collect();
-            // Whole disks only (minor 0): that is where the rule applies.
-            if let [major, "0", ..] = fields.as_slice() {
-                let rule = format!("{major}:0 1099511627776");
-                for file in [
-                    "blkio.throttle.read_bps_device",
-                    "blkio.throttle.write_bps_device",
-                ] {
-                    fs::write(dir.join(file), &rule).unwrap_or_else(|e| panic!("{file}: {e}"));
-                }
-            }
-        }
-    }
-
-    /// (read bytes, write bytes, write operations) the kernel accounted to the cgroup.
-    fn io(&self) -> (u64, u64, u64) {
-        let sum = |text: &str, op: &str| -> u64 {
-            text.lines()
-                .filter_map(|l| l.strip_suffix("").and_then(|l| l.split_once(' ')))
-                .filter_map(|(_, rest)| rest.strip_prefix(op)?.trim().parse::<u64>().ok())
-                .sum()
-        };
-        match self.v1("blkio", "blkio.throttle.io_service_bytes_recursive") {
-            Some(bytes) if bytes.exists() => {
-                let bytes = fs::read_to_string(bytes).expect("io_service_bytes");
-                let ops = fs::read_to_string(
-                    self.v1("blkio", "blkio.throttle.io_serviced_recursive")
-                        .expect("v1"),
-                )
-                .expect("io_serviced");
-                (
-                    sum(&bytes, "Read "),
-                    sum(&bytes, "Write "),
-                    sum(&ops, "Write "),
-                )
-            }
-            _ => {
-                // io.stat: `MAJ:MIN rbytes=.. wbytes=.. rios=.. wios=.. ...` per device.
-                let stat = fs::read_to_string(self.v2("io.stat")).expect("read io.stat");
-                let field = |name: &str| -> u64 {
-                    stat.split_whitespace()
-                        .filter_map(|kv| {
-                            kv.strip_prefix(name)?
-                                .strip_prefix('=')?
-                                .parse::<u64>()
-                                .ok()
-                        })
-                        .sum()
-                };
-                (field("rbytes"), field("wbytes"), field("wios"))
-            }
-        }
-    }
 }
 
 /// Interface counters of a container's host-side veth.
@@ -183,7 +63,7 @@ fn containers_agree_with_the_kernel_and_lxd() {
             .map(|role| scope.spawn(move || TestContainer::launch(role)))
             .map(|launch| launch.join().expect("launch container"))
     });
-    let disk_oracle = KernelOracle::new(disk.name());
+    let disk_oracle = KernelOracle::lxc(disk.name());
     disk_oracle.enable_io_accounting();
     let daemon = DaemonUnderTest::start("containers", "200ms");
     let names = [&busy, &disk, &server, &client].map(|c| c.name().to_owned());
@@ -198,7 +78,7 @@ fn containers_agree_with_the_kernel_and_lxd() {
     );
 
     // Quiet start: every reading of both sides before any workload.
-    let busy_oracle = KernelOracle::new(busy.name());
+    let busy_oracle = KernelOracle::lxc(busy.name());
     let (client_veth, server_veth) = (Veth::of(client.name()), Veth::of(server.name()));
     server.serve_http(8080);
     server.exec_ok(&["dd", "if=/dev/zero", "of=/www/big", "bs=64k", "count=768"]);
@@ -285,7 +165,7 @@ fn containers_agree_with_the_kernel_and_lxd() {
             .expect("memory read");
         assert_close(
             memory.used_bytes,
-            KernelOracle::new(container.name()).memory_bytes(),
+            KernelOracle::lxc(container.name()).memory_bytes(),
             0.05,
             &format!("{} memory vs memory.usage_in_bytes", container.name()),
         );

@@ -505,3 +505,132 @@ fn a_dry_run_decides_and_logs_but_acts_on_nothing() {
     );
     assert!(is_503(&farm.get_within(Duration::from_secs(5))));
 }
+
+#[test]
+fn a_container_is_served_on_its_lxd_nic_only_whatever_addresses_it_adds() {
+    if !privileged("a_container_is_served_on_its_lxd_nic_only_whatever_addresses_it_adds") {
+        return;
+    }
+    let _serial = SERIAL.lock().unwrap_or_else(PoisonError::into_inner);
+    let farm = Farm::new("nic", 1);
+    let container = &farm.containers[0];
+    // The container's root adds an interface that sorts before eth0, with another address of
+    // the bridge's subnet (which the container itself answers on, by ARP) and one outside.
+    // (The bridge's own address would cut the container off from the host altogether; the
+    // unit tests give it that one.)
+    container.exec_ok(&[
+        "sh",
+        "-c",
+        "ip link add docker0 type bridge && ip addr add 10.177.42.250/24 dev docker0 \
+         && ip addr add 192.0.2.7/24 dev docker0 && ip link set docker0 up",
+    ]);
+    let lxd_client = lynx::lxd::LxdClient::new(lynx_tests::lxd::SOCKET);
+    let reported = lxd_client
+        .instance_state(container.name())
+        .expect("instance state");
+    let added: std::net::Ipv4Addr = "10.177.42.250".parse().expect("an address");
+    assert!(
+        reported
+            .interfaces
+            .get("docker0")
+            .is_some_and(|ips| ips.contains(&added)),
+        "LXD reports the added addresses: {:?}",
+        reported.interfaces
+    );
+    // nginx has read it; the daemon makes it anew, under its umask 077.
+    fs::remove_file(&farm.upstream_file).expect("remove the upstream file");
+    let daemon = farm.daemon("nic", "", &[]);
+    daemon.wait_for("the member served", Duration::from_secs(15), |s| {
+        !group(s).servers.is_empty()
+    });
+    assert_eq!(farm.servers(), [farm.server(0)], "the upstream file");
+    let mode = fs::metadata(&farm.upstream_file)
+        .expect("the upstream file")
+        .permissions();
+    assert_eq!(
+        std::os::unix::fs::PermissionsExt::mode(&mode) & 0o7777,
+        0o644,
+        "the upstream file Lynx made under umask 077 is readable by nginx's workers"
+    );
+    let page = farm.pages[0].clone();
+    farm.until_answer("the container's page", Duration::from_secs(10), |a| {
+        a.as_ref() == Ok(&page)
+    });
+    // Five more re-reads: it stays so.
+    thread::sleep(Duration::from_secs(10));
+    assert_eq!(farm.servers(), [farm.server(0)], "after more re-reads");
+    let log = daemon.log();
+    assert!(
+        log.contains("container reports addresses that are not on its LXD NIC eth0 on lynxbr0"),
+        "the log says what was ignored:\n{log}"
+    );
+}
+
+#[test]
+fn a_reload_nginx_does_not_take_is_never_counted_as_served_and_no_member_is_put_away() {
+    if !privileged(
+        "a_reload_nginx_does_not_take_is_never_counted_as_served_and_no_member_is_put_away",
+    ) {
+        return;
+    }
+    let _serial = SERIAL.lock().unwrap_or_else(PoisonError::into_inner);
+    let farm = Farm::new("unreloaded", 2);
+    // Lynx's fallback port is taken: `nginx -t` passes (it binds nothing), but nginx cannot
+    // listen there on reload, and keeps its previous config.
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").expect("a port");
+    let port = taken.local_addr().expect("its address").port();
+    // Idle members, so that the autoscaler wants one fewer at once.
+    let policy = "drain_timeout = \"4s\"\n[groups.autoscale]\nmin = 1\nmax = 2\nwindow = \"1s\"\n\
+                  scale_down_cpu_percent = 50.0\nscale_up_cpu_percent = 90.0\n\
+                  scale_up_cooldown = \"1s\"\nscale_down_cooldown = \"1s\"\n";
+    let config = farm.config(policy).replace(
+        &format!("fallback_port = {}\n", farm.fallback_port),
+        &format!("fallback_port = {port}\n"),
+    );
+    let daemon = lynx_tests::daemon::DaemonUnderTest::start_with_args(
+        "unreloaded",
+        "200ms",
+        "",
+        &config,
+        &[],
+    );
+    daemon.wait_for("the failed reload", Duration::from_secs(30), |s| {
+        // No group until the controller's first step, which waits for the reload.
+        s.groups.first().is_some_and(|g| {
+            g.upstream_error
+                .as_deref()
+                .is_some_and(|e| e.contains("did not start new workers"))
+        })
+    });
+    // Many re-reads (every 2 s) and scale-down decisions later: still not served, nothing
+    // put away.
+    let until = Instant::now() + Duration::from_secs(20);
+    while Instant::now() < until {
+        let snapshot = daemon.next_snapshot();
+        assert!(
+            group(&snapshot).upstream_error.is_some(),
+            "a file nginx never reloaded with was taken as served: {:?}\nlog:\n{}",
+            group(&snapshot),
+            daemon.log()
+        );
+        for container in &farm.containers {
+            assert_eq!(
+                container.status(),
+                "Running",
+                "{} was put away while nginx still routes to it; log:\n{}",
+                container.name(),
+                daemon.log()
+            );
+        }
+    }
+    assert!(
+        daemon.log().contains("scale-down abandoned"),
+        "the autoscaler did try:\n{}",
+        daemon.log()
+    );
+    // Once nginx can take the file, it is served.
+    drop(taken);
+    daemon.wait_for("nginx to take the file", Duration::from_secs(60), |s| {
+        group(s).upstream_error.is_none()
+    });
+}

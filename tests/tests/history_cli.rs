@@ -37,7 +37,7 @@ fn history_reports_daily_min_and_max_of_running_containers() {
         (0, 0, 4),
     ];
     {
-        let mut sink = HistorySink::open(&database, 7).expect("open history");
+        let mut sink = HistorySink::start(&database, 7).expect("start the history sink");
         let mut snapshot = template();
         for (days_ago, minute, running) in samples {
             let at = today - Duration::days(days_ago) + Duration::minutes(minute);

@@ -45,7 +45,7 @@ fn container_actions_take_effect_in_lxd() {
     ] {
         assert_eq!(
             lynx_ok(&["containers", action, name]),
-            format!("{name}: {expected}\n")
+            format!("{name} (lxd): {expected}\n")
         );
         assert_eq!(
             lxd.status(name).as_deref(),

@@ -12,7 +12,8 @@ use std::{
 
 use lynx::{
     model::Snapshot,
-    sink::{Sink, prometheus::PrometheusServer},
+    sink::Sink,
+    web::{WebOptions, WebServer},
 };
 use lynx_tests::{
     daemon::DaemonUnderTest,
@@ -81,11 +82,18 @@ fn server_serves_a_real_snapshot_that_promtool_accepts() {
     let output = lynx_ok(&["snapshot", "--interval", "300ms"]);
     let snapshot: Snapshot =
         serde_json::from_str(&output).expect("lynx snapshot prints the document");
-    let mut server =
-        PrometheusServer::start("127.0.0.1:0").unwrap_or_else(|e| panic!("start the server: {e}"));
+    let mut server = WebServer::start(WebOptions {
+        listen: "127.0.0.1:0".parse().expect("an address"),
+        allowed_hosts: vec![],
+        max_connections: 64,
+        timeout: Duration::from_secs(10),
+        retry: Duration::from_secs(1),
+    })
+    .unwrap_or_else(|e| panic!("start the server: {e}"));
     server.publish(&snapshot);
+    let addr = server.local_addr().expect("listening");
 
-    let (text, served) = same_moment(server.local_addr(), &String::new);
+    let (text, served) = same_moment(addr, &String::new);
     assert_eq!(served, snapshot, "/snapshot is the published snapshot");
     promtool_check(&text);
     check_against(&parse_metrics(&text), &snapshot);
@@ -194,7 +202,7 @@ fn fetch(addr: SocketAddr, path: &str, log: &dyn Fn() -> String) -> (u16, String
                 sleep(Duration::from_millis(50));
             }
             Err(e) => panic!(
-                "connect to {addr}: {e} (nothing serves [prometheus] listen there); log:\n{}",
+                "connect to {addr}: {e} (nothing serves [web] listen there); log:\n{}",
                 log()
             ),
         }
@@ -395,6 +403,18 @@ fn check_against(metrics: &Metrics, snapshot: &Snapshot) {
         &[],
         Some(snapshot.collector.sample_ms / 1000.0),
     );
+    assert!(
+        !snapshot.features.is_empty(),
+        "the snapshot names its features"
+    );
+    for (family, feature) in &snapshot.features {
+        let hooks = feature.hooks.join(",");
+        expect(
+            "lynx_feature_active",
+            &[("family", family.name()), ("hooks", &hooks)],
+            Some(f64::from(u8::from(feature.is_active()))),
+        );
+    }
     let drops = &snapshot.kernel_drops;
     for (map, count) in [
         ("cgroup_cpu", drops.cgroup_cpu_map_full),

@@ -31,7 +31,13 @@ const TRACEFS: &str = "/sys/kernel/tracing";
 const LYNX_PROGRAM_NAME: &str = "lynx_sched_swit";
 
 /// The benches that drive the test rigs, each a binary of `tests/src/bin/`.
-const RIG_BENCHES: [&str; 3] = ["bench_containers", "bench_nginx", "bench_control"];
+const RIG_BENCHES: [&str; 5] = [
+    "bench_containers",
+    "bench_nginx",
+    "bench_byte_hooks",
+    "bench_control",
+    "bench_web",
+];
 
 pub fn run(built: &Built) -> Result<()> {
     sched_switch_cost(&built.lynx)?;

@@ -3,11 +3,12 @@ use std::{
     io::{BufRead, BufReader},
     path::{Path, PathBuf},
     process::{Command, Stdio},
+    time::Instant,
 };
 
 use anyhow::{Context, Result, bail};
 
-use crate::setup::Toolchain;
+use crate::{kernel_matrix, setup::Toolchain};
 
 /// The workspace root (xtask lives one level below it).
 pub fn workspace_root() -> &'static Path {
@@ -51,7 +52,7 @@ fn cargo() -> Command {
 
 /// Compiles `lynx-ebpf` for bpfel and returns the object's path. Always the release profile:
 /// debug builds of eBPF code do not pass the verifier.
-fn build_ebpf(toolchain: &Toolchain) -> Result<PathBuf> {
+pub fn build_ebpf(toolchain: &Toolchain) -> Result<PathBuf> {
     let target_dir = workspace_root().join("target/ebpf");
     let mut command = match toolchain {
         Toolchain::RustupNightly => {
@@ -112,13 +113,61 @@ pub fn build_all(toolchain: &Toolchain, profile: Profile) -> Result<Built> {
     Ok(Built { object, lynx })
 }
 
-/// Formatting, lints, then every unit and privileged test, with `env` set for them.
+/// Which tests [`test_all`] runs.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum Part {
+    /// Formatting, lints, unit and privileged tests on this host's kernel.
+    Host,
+    /// The kernel matrix: the tests that need no LXD in virtual machines of other kernels.
+    Guests,
+}
+
+/// Formatting, lints, every unit and privileged test (with `env` set for them), then the
+/// kernel matrix; `only` one part. Returns the eBPF object built.
 pub fn test_all(
     toolchain: &Toolchain,
     test_args: &[String],
+    only: Option<Part>,
     env: &[(&str, PathBuf)],
-) -> Result<()> {
+) -> Result<PathBuf> {
     let Built { object, lynx } = build_all(toolchain, Profile::Dev)?;
+    let started = Instant::now();
+    let mut totals = TestTotals::default();
+    let mut failures = Vec::new();
+    if only != Some(Part::Guests) && !host_tests(&object, &lynx, test_args, env, &mut totals)? {
+        failures.push("host tests".to_owned());
+    }
+    let host_time = started.elapsed();
+    if only != Some(Part::Host) {
+        kernel_matrix(&object, &lynx, test_args, &mut totals, &mut failures)?;
+    }
+    let matrix_time = started.elapsed() - host_time;
+    println!(
+        "tests took {:.0} s: host {:.0} s, kernel matrix {:.0} s",
+        started.elapsed().as_secs_f64(),
+        host_time.as_secs_f64(),
+        matrix_time.as_secs_f64()
+    );
+    // One closing line for the whole run, whatever order the test binaries ran in.
+    println!("{} passed, {} failed", totals.passed, totals.failed);
+    if !failures.is_empty() {
+        bail!("failed: {}", failures.join(", "));
+    }
+    if totals.passed == 0 {
+        bail!("no test ran");
+    }
+    Ok(object)
+}
+
+/// Formatting, lints, then every unit and privileged test on this host, with `env` set for
+/// them; false when a test failed.
+fn host_tests(
+    object: &Path,
+    lynx: &Path,
+    test_args: &[String],
+    env: &[(&str, PathBuf)],
+    totals: &mut TestTotals,
+) -> Result<bool> {
     run_checked(cargo().args(["fmt", "--all", "--check"]))
         .context("cargo fmt found unformatted code")?;
     run_checked(
@@ -129,11 +178,13 @@ pub fn test_all(
                 "--exclude",
                 "lynx-ebpf",
                 "--all-targets",
+                "--features",
+                "lynx-tests/guest",
                 "--",
                 "-D",
                 "warnings",
             ])
-            .env("LYNX_EBPF_OBJECT", &object),
+            .env("LYNX_EBPF_OBJECT", object),
     )
     .context("clippy found problems")?;
     // The kernel programs are linted for the host: clippy's lints do not depend on the
@@ -163,30 +214,116 @@ pub fn test_all(
         "--",
     ])
     .args(test_args)
-    .env("LYNX_EBPF_OBJECT", &object)
-    .env("LYNX_BIN", &lynx)
+    .env("LYNX_EBPF_OBJECT", object)
+    .env("LYNX_BIN", lynx)
     .env("LYNX_WORKSPACE", workspace_root())
     .envs(env.iter().map(|(name, value)| (name, value)))
     .stdout(Stdio::piped());
     println!("+ {test:?}");
     let mut child = test.spawn().context("cannot start cargo test")?;
     let stdout = child.stdout.take().expect("stdout is piped");
-    let mut totals = TestTotals::default();
     for line in BufReader::new(stdout).lines() {
         let line = line?;
         println!("{line}");
         totals.add(&line);
     }
-    let status = child.wait()?;
-    // One closing line for the whole run, whatever order cargo ran the test binaries in.
-    println!("{} passed, {} failed", totals.passed, totals.failed);
-    if !status.success() {
-        bail!("tests failed: {status}");
-    }
-    if totals.passed == 0 {
-        bail!("no test ran");
+    Ok(child.wait()?.success())
+}
+
+/// Runs the guest test binaries in a virtual machine of each kernel of the matrix, all at
+/// once (one emulated CPU each: emulation scales poorly past one CPU a guest, so two guests of
+/// one CPU get through more than one of two). A guest that does not finish counts as a failed
+/// test.
+fn kernel_matrix(
+    object: &Path,
+    lynx: &Path,
+    test_args: &[String],
+    totals: &mut TestTotals,
+    failures: &mut Vec<String>,
+) -> Result<()> {
+    let tests = guest_test_binaries(object)?;
+    let kernels = kernel_matrix::kernels()?;
+    let virtme = kernel_matrix::virtme_run()?;
+    let outcomes: Vec<_> = std::thread::scope(|scope| {
+        let guests: Vec<_> = kernels
+            .iter()
+            .map(|kernel| {
+                let (virtme, tests) = (&virtme, &tests);
+                scope
+                    .spawn(move || kernel_matrix::run_guest(virtme, kernel, tests, test_args, lynx))
+            })
+            .collect();
+        guests
+            .into_iter()
+            .map(|guest| guest.join().expect("a guest's thread does not panic"))
+            .collect()
+    });
+    for (kernel, outcome) in kernels.iter().zip(outcomes) {
+        let what = format!("kernel {} ({})", kernel.series, kernel.release);
+        match outcome {
+            Ok(outcome) => {
+                for line in outcome.log.lines() {
+                    println!("[{}] {line}", kernel.series);
+                    totals.add(line);
+                }
+                if !outcome.passed {
+                    failures.push(what);
+                }
+            }
+            Err(error) => {
+                println!("{what}: {error:#}");
+                totals.failed += 1;
+                failures.push(what);
+            }
+        }
     }
     Ok(())
+}
+
+/// Builds the test binaries the guests run (`lynx-tests` with its `guest` feature) and
+/// returns their paths.
+fn guest_test_binaries(object: &Path) -> Result<Vec<PathBuf>> {
+    let mut build = cargo();
+    build
+        .args([
+            "test",
+            "-p",
+            "lynx-tests",
+            "--features",
+            "guest",
+            "--no-run",
+            "--message-format=json-render-diagnostics",
+        ])
+        .env("LYNX_EBPF_OBJECT", object)
+        .stdout(Stdio::piped());
+    for name in kernel_matrix::GUEST_TESTS {
+        build.args(["--test", name]);
+    }
+    println!("+ {build:?}");
+    let output = build.output().context("cannot start cargo test --no-run")?;
+    if !output.status.success() {
+        bail!("building the guest tests failed: {}", output.status);
+    }
+    let mut found = Vec::new();
+    for line in String::from_utf8_lossy(&output.stdout).lines() {
+        let Ok(message) = serde_json::from_str::<serde_json::Value>(line) else {
+            continue;
+        };
+        let name = message["target"]["name"].as_str().unwrap_or_default();
+        if let Some(executable) = message["executable"].as_str()
+            && kernel_matrix::GUEST_TESTS.contains(&name)
+        {
+            found.push(PathBuf::from(executable));
+        }
+    }
+    if found.len() != kernel_matrix::GUEST_TESTS.len() {
+        bail!(
+            "cargo built {} of the guest tests {:?}",
+            found.len(),
+            kernel_matrix::GUEST_TESTS
+        );
+    }
+    Ok(found)
 }
 
 /// Sums of libtest's `test result:` lines.

@@ -1,6 +1,8 @@
 //! `cargo xtask`: set-up, build, run, test and bench Lynx, each one command on a fresh host.
 mod bench;
 mod build;
+mod fuzz;
+mod kernel_matrix;
 mod package;
 mod setup;
 
@@ -35,11 +37,24 @@ enum Command {
         #[arg(last = true)]
         args: Vec<String>,
     },
-    /// Set up, build, check formatting and lints, run unit and privileged tests.
+    /// Set up, build, check formatting and lints, run unit and privileged tests, then the
+    /// kernel matrix (the tests that need no LXD, in VMs of Debian's 6.1 and 6.12 kernels),
+    /// then each fuzz target for 30 s (not when a test filter is given).
     Test {
+        /// Run only this part (CI runs both).
+        #[arg(long, value_enum)]
+        only: Option<build::Part>,
         /// Arguments passed to the test binaries, e.g. a test name filter.
         #[arg(last = true)]
         args: Vec<String>,
+    },
+    /// Run each fuzz target of `fuzz/` (cargo-fuzz, libFuzzer) for a bounded time.
+    Fuzz {
+        /// How long to run each target, in seconds.
+        #[arg(long, default_value_t = 60)]
+        seconds: u32,
+        /// Targets to run (all when none is named).
+        targets: Vec<String>,
     },
     /// Set up, build in release and measure Lynx against baselines in the same run.
     Bench,
@@ -53,6 +68,9 @@ enum Command {
         output: Option<std::path::PathBuf>,
     },
 }
+
+/// How long `cargo xtask test` runs each fuzz target.
+const FUZZ_SECONDS_IN_TEST: u32 = 30;
 
 fn main() -> ExitCode {
     match run(Xtask::parse().command) {
@@ -81,11 +99,23 @@ fn run(command: Command) -> Result<()> {
             };
             build::run_checked(std::process::Command::new(lynx).args(args))
         }
-        Command::Test { args } => {
+        Command::Test { args, only } => {
             let toolchain =
                 setup::setup(&[setup::TEST_PACKAGES, setup::PACKAGE_PACKAGES].concat())?;
+            let compiler = fuzz::setup(&mut setup::Apt::default())?;
             let packages = package::for_tests(&toolchain)?;
-            build::test_all(&toolchain, &args, &packages)
+            let object = build::test_all(&toolchain, &args, only, &packages)?;
+            // A filtered run is for one test; the whole suite fuzzes too.
+            if args.is_empty() && only != Some(build::Part::Guests) {
+                fuzz::run(&compiler, &object, FUZZ_SECONDS_IN_TEST, &[])?;
+            }
+            Ok(())
+        }
+        Command::Fuzz { seconds, targets } => {
+            let toolchain = setup::setup(&[])?;
+            let compiler = fuzz::setup(&mut setup::Apt::default())?;
+            let object = build::build_ebpf(&toolchain)?;
+            fuzz::run(&compiler, &object, seconds, &targets)
         }
         Command::Bench => {
             let toolchain = setup::setup(&[setup::TEST_PACKAGES, setup::BENCH_PACKAGES].concat())?;

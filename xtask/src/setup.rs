@@ -67,9 +67,9 @@ pub const TEST_PACKAGES: &[Package] = &[
     },
     Package {
         name: "coreutils",
-        programs: &["sleep", "id", "chmod", "chown", "sha256sum"],
+        programs: &["sleep", "id", "chmod", "chown", "sha256sum", "dd"],
         why: "idle processes in test cgroups; file owners and modes, and the eBPF object's \
-              hash, in the package tests",
+              hash, in the package tests; block writes in the guest tests",
     },
     Package {
         name: "libc-bin",
@@ -88,8 +88,8 @@ pub const TEST_PACKAGES: &[Package] = &[
     },
     Package {
         name: "util-linux",
-        programs: &["setpriv", "taskset", "unshare"],
-        why: "running lynx unprivileged, pinning a load to one CPU, a network namespace",
+        programs: &["setpriv", "flock", "taskset", "unshare"],
+        why: "running lynx and lock holders unprivileged, pinning a load to one CPU, a network namespace",
     },
     Package {
         name: "mount",
@@ -98,8 +98,9 @@ pub const TEST_PACKAGES: &[Package] = &[
     },
     Package {
         name: "procps",
-        programs: &["pgrep"],
-        why: "the `lynx top` test finds the process it drives",
+        programs: &["pgrep", "sysctl"],
+        why: "the `lynx top` test finds the process it drives; the tests turn IPv6 off in the \
+              network namespaces they make",
     },
     Package {
         name: "tar",
@@ -125,7 +126,22 @@ pub const TEST_PACKAGES: &[Package] = &[
     Package {
         name: "busybox-static",
         programs: &["busybox"],
-        why: "the LXD rig builds its container image from a static busybox",
+        why: "the LXD and Docker rigs build their container images from a static busybox",
+    },
+    Package {
+        name: "docker.io",
+        programs: &["dockerd", "docker"],
+        why: "the Docker rig runs a real Docker Engine of its own",
+    },
+    Package {
+        name: "containerd",
+        programs: &["containerd"],
+        why: "the Docker Engine runs its containers through containerd (a hard dependency of docker.io)",
+    },
+    Package {
+        name: "runc",
+        programs: &["runc"],
+        why: "containerd's container runtime (a hard dependency of docker.io)",
     },
     Package {
         name: "nginx-light",
@@ -151,6 +167,11 @@ pub const TEST_PACKAGES: &[Package] = &[
         name: "openssl",
         programs: &["openssl"],
         why: "a self-signed certificate for nginx's TLS port",
+    },
+    Package {
+        name: "g++",
+        programs: &["g++"],
+        why: "libfuzzer-sys compiles libFuzzer for the fuzz targets",
     },
     Package {
         name: "curl",
@@ -187,6 +208,32 @@ pub const TEST_PACKAGES: &[Package] = &[
         name: "bash-completion",
         programs: &["/usr/share/bash-completion/bash_completion"],
         why: "the package test presses TAB after `lynx ` in a login bash, which loads it",
+    },
+    Package {
+        name: "iproute2",
+        programs: &["ip"],
+        why: "the tests make network namespaces and veth pairs (ip netns, ip link)",
+    },
+    Package {
+        name: "qemu-system-x86",
+        programs: &["qemu-system-x86_64"],
+        why: "the kernel matrix boots Debian's 6.1 and 6.12 kernels in virtual machines",
+    },
+    Package {
+        name: "kmod",
+        programs: &["depmod"],
+        why: "the kernel matrix indexes the guest kernels' modules (depmod) and loads them in \
+              the guests (modprobe)",
+    },
+    Package {
+        name: "python3-venv",
+        programs: &["/usr/lib/python3.11/ensurepip"],
+        why: "the kernel matrix installs virtme-ng (PyPI) in a venv of Debian's python3",
+    },
+    Package {
+        name: "file",
+        programs: &["file"],
+        why: "virtme-ng reads a guest kernel's version with file",
     },
 ];
 
@@ -351,7 +398,7 @@ fn llvm_major(verbose_version: &str) -> Option<u32> {
 
 /// apt-get, updated at most once per run.
 #[derive(Default)]
-struct Apt {
+pub struct Apt {
     updated: bool,
 }
 
@@ -360,7 +407,7 @@ impl Apt {
         Path::new("/usr/bin/apt-get").exists()
     }
 
-    fn install(&mut self, packages: &[&str], why: &str) -> Result<()> {
+    pub fn install(&mut self, packages: &[&str], why: &str) -> Result<()> {
         if !Self::available() {
             bail!(
                 "unsupported platform: {} missing and no apt-get to install it ({why})",
@@ -395,8 +442,8 @@ mod tests {
     }
 
     /// Programs the suite runs that are not Debian packages set-up installs: the toolchain
-    /// xtask runs with, what set-up builds with it, and the installer.
-    const TOOLCHAIN_PROGRAMS: &[&str] = &["cargo", "rustup", "bpf-linker", "apt-get"];
+    /// xtask runs with, what set-up builds with it, and the installer (apt).
+    const TOOLCHAIN_PROGRAMS: &[&str] = &["cargo", "rustup", "bpf-linker", "apt-get", "apt-cache"];
 
     /// Every program the tests, benches and xtask start by name (`Command::new("...")` and the
     /// rigs' `system_command`/`require`) is in a package list, so a fresh host gets it from

@@ -289,6 +289,7 @@ fn names_fit_the_kernel() {
         HTTP_PORTS_MAP,
         HTTP_RECV_PROGRAM,
         HTTP_SEND_PROGRAM,
+        HTTP_EXIT_PROGRAM,
         HTTP_SOCK_OPS_PROGRAM,
         HTTP_RELEASE_PROGRAM,
         NGINX_FORK_PROGRAM,

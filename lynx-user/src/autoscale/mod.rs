@@ -27,7 +27,9 @@
 //!    average (when configured and available) is `<= scale_down_requests_per_s`: both
 //!    signals must be idle. At most `scale_down_step`, capped at `min`. Not within
 //!    `scale_down_cooldown` of the last scale action of either kind, so that the warm-up of a
-//!    fresh container does not read as idleness.
+//!    fresh container does not read as idleness. Not when a sample in the window was
+//!    incomplete (a kernel map was full, so the figures are lower bounds): low figures that
+//!    may be undercounted are no reason to remove capacity.
 //! 6. Otherwise `Hold`, with the reason.
 //!
 //! Every decision is relative to the observation's counts: the executor applies one (or

@@ -20,6 +20,9 @@ pub struct Observation {
     /// Requests per second per running container, when the caller knows it; a non-finite or
     /// negative value counts as unknown.
     pub requests_per_s_per_container: Option<f64>,
+    /// Whether every event behind these figures was counted. False when a kernel map was
+    /// full: the figures are then lower bounds, which may scale the group up but not down.
+    pub complete: bool,
 }
 
 /// What to do with the group now, relative to the observation's `running`.
@@ -142,7 +145,7 @@ impl Policy {
                     let requests = o
                         .requests_per_s_per_container
                         .filter(|r| r.is_finite() && *r >= 0.0);
-                    self.window.record(o.at, cpu, requests);
+                    self.window.record(o.at, cpu, requests, o.complete);
                 } else {
                     self.window.evict(o.at);
                 }
@@ -268,6 +271,12 @@ impl Policy {
         if signals.iter().all(Signal::low) {
             if o.running <= c.min {
                 return hold(format!("{why}, but already at min {}", c.min));
+            }
+            if !averages.complete {
+                return hold(format!(
+                    "{why}, but some events in the window went uncounted (a kernel map was full, \
+                     see kernel_drops): the load may be higher, so no scale-down"
+                ));
             }
             if let Some(left) = left(self.last_scale(), c.scale_down_cooldown, o.at) {
                 return hold(format!(

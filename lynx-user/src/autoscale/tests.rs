@@ -50,6 +50,7 @@ impl Group {
             stopped: self.stopped,
             cpu_percent_avg: cpu,
             requests_per_s_per_container: requests,
+            complete: true,
         }
     }
 
@@ -954,4 +955,52 @@ mod properties {
             }
         }
     }
+}
+
+#[test]
+fn incomplete_figures_never_scale_down_but_may_scale_up() {
+    let mut policy = Policy::new(PolicyConfig {
+        scale_up_cooldown: Duration::ZERO,
+        scale_down_cooldown: Duration::ZERO,
+        ..config()
+    });
+    let mut group = Group::new(3, 0, 2);
+    // Idle for a full window, but one sample in it missed events (a kernel map was full).
+    feed(&mut policy, &mut group, 0..=4, 10.0, None);
+    let incomplete = Observation {
+        complete: false,
+        ..group.observe(secs(5), 10.0, None)
+    };
+    assert!(matches!(policy.observe(incomplete), Decision::Hold { .. }));
+    let decision = policy.observe(group.observe(secs(10), 10.0, None));
+    assert_eq!(
+        decision.reason(),
+        "cpu 10.0% avg over 10s <= 25% down threshold, but some events in the window went \
+         uncounted (a kernel map was full, see kernel_drops): the load may be higher, so no \
+         scale-down"
+    );
+    // Once the incomplete sample has left the window, the idle group shrinks.
+    assert_eq!(
+        feed(&mut policy, &mut group, 11..=15, 10.0, None),
+        [(
+            15,
+            down(
+                1,
+                "cpu 10.0% avg over 10s <= 25% down threshold: -1 (3 -> 2)"
+            )
+        )]
+    );
+    // A lower bound that is already high enough scales up.
+    let busy = |at| Observation {
+        complete: false,
+        ..group.observe(secs(at), 90.0, None)
+    };
+    let actions: Vec<Decision> = (16..=26)
+        .map(|at| policy.observe(busy(at)))
+        .filter(|d| !matches!(d, Decision::Hold { .. }))
+        .collect();
+    assert!(
+        matches!(actions.as_slice(), [Decision::ScaleUp { by: 1, .. }]),
+        "{actions:?}"
+    );
 }

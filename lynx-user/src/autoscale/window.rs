@@ -17,6 +17,8 @@ struct Bucket {
     /// Samples that carried requests/s; the requests/s average only counts when all did.
     requests_samples: u32,
     requests_sum: f64,
+    /// Samples whose figures were lower bounds (some events went uncounted).
+    incomplete: u32,
 }
 
 /// The window's averages at some instant.
@@ -25,6 +27,8 @@ pub(super) struct Averages {
     pub cpu_percent: f64,
     /// `None` when some sample in the window had no requests/s.
     pub requests_per_s: Option<f64>,
+    /// Every sample in the window counted every event.
+    pub complete: bool,
 }
 
 /// Samples in `(now - length, now]` since the last reset.
@@ -54,8 +58,15 @@ impl Window {
         self.buckets.clear();
     }
 
-    /// Adds a sample; `at` must not be earlier than the previous one.
-    pub fn record(&mut self, at: Duration, cpu_percent: f64, requests_per_s: Option<f64>) {
+    /// Adds a sample; `at` must not be earlier than the previous one. `complete` is false
+    /// when its figures are lower bounds.
+    pub fn record(
+        &mut self,
+        at: Duration,
+        cpu_percent: f64,
+        requests_per_s: Option<f64>,
+        complete: bool,
+    ) {
         self.since.get_or_insert(at);
         let bucket = match self.buckets.back_mut() {
             Some(bucket) if at.saturating_sub(bucket.first) < self.bucket_width => bucket,
@@ -67,6 +78,7 @@ impl Window {
                     cpu_sum: 0.0,
                     requests_samples: 0,
                     requests_sum: 0.0,
+                    incomplete: 0,
                 });
                 self.buckets.back_mut().expect("a bucket was just pushed")
             }
@@ -74,6 +86,7 @@ impl Window {
         bucket.last = at;
         bucket.samples += 1;
         bucket.cpu_sum += cpu_percent;
+        bucket.incomplete += u32::from(!complete);
         if let Some(requests) = requests_per_s {
             bucket.requests_samples += 1;
             bucket.requests_sum += requests;
@@ -130,6 +143,7 @@ impl Window {
             cpu_percent: cpu_sum / samples as f64,
             requests_per_s: (requests_samples == samples)
                 .then(|| requests_sum / requests_samples as f64),
+            complete: self.buckets.iter().all(|b| b.incomplete == 0),
         })
     }
 }
@@ -142,7 +156,7 @@ mod tests {
     fn memory_stays_bounded_however_many_samples_a_window_holds() {
         let mut window = Window::new(Duration::from_secs(3600));
         for ms in 0..(2 * 3_600_000u64 / 10) {
-            window.record(Duration::from_millis(ms * 10), 50.0, Some(1.0));
+            window.record(Duration::from_millis(ms * 10), 50.0, Some(1.0), true);
         }
         let held = window.buckets.len();
         assert!(
@@ -158,11 +172,15 @@ mod tests {
     fn the_window_holds_samples_after_now_minus_length() {
         let mut window = Window::new(Duration::from_secs(10));
         for s in 0..=20 {
-            window.record(Duration::from_secs(s), s as f64, None);
+            window.record(Duration::from_secs(s), s as f64, None, s != 5);
         }
         // (10, 20]: 11..=20, mean 15.5.
         let averages = window.averages().expect("the window has samples");
         assert_eq!(averages.cpu_percent, 15.5, "samples 11..=20 only");
         assert_eq!(averages.requests_per_s, None, "no sample had requests/s");
+        assert!(
+            averages.complete,
+            "the incomplete sample at 5 s left the window"
+        );
     }
 }

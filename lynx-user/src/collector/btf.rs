@@ -165,6 +165,15 @@ impl Btf {
         Ok(bits / 8)
     }
 
+    /// Whether the kernel has BTF tracepoint `name`: its `btf_trace_NAME` typedef, which is what
+    /// a `tp_btf` program is loaded against.
+    pub fn has_tracepoint(&self, name: &str) -> bool {
+        let typedef = format!("btf_trace_{name}");
+        self.types
+            .iter()
+            .any(|t| t.kind == KIND_TYPEDEF && self.name(t.name_off) == Some(typedef.as_str()))
+    }
+
     fn find_member(&self, type_id: usize, wanted: &str, depth: u32) -> Option<(u32, usize)> {
         if depth > 8 {
             return None;
@@ -213,9 +222,9 @@ mod tests {
 
     /// Builds BTF with: 1 `u64` (INT), 2 `struct sched_entity { u64 load; u64
     /// sum_exec_runtime; }`, 3 `typedef struct sched_entity se_t`, 4 `struct task_struct {
-    /// int pid:4 (bitfield); se_t se at byte 16; }`.
+    /// int pid:4 (bitfield); se_t se at byte 16; }`, 5 `typedef u64 btf_trace_sched_switch`.
     fn sample_btf() -> Vec<u8> {
-        let strings = b"\0u64\0sched_entity\0load\0sum_exec_runtime\0se_t\0task_struct\0pid\0se\0";
+        let strings = b"\0u64\0sched_entity\0load\0sum_exec_runtime\0se_t\0task_struct\0pid\0se\0btf_trace_sched_switch\0";
         let at = |name: &str| {
             let needle = [name.as_bytes(), b"\0"].concat();
             (1 + strings[1..]
@@ -231,6 +240,7 @@ mod tests {
         push(&[at("se_t"), KIND_TYPEDEF << 24, 2]);
         push(&[at("task_struct"), 1 << 31 | KIND_STRUCT << 24 | 2, 32]);
         push(&[at("pid"), 1, 4 << 24, at("se"), 3, 128]);
+        push(&[at("btf_trace_sched_switch"), KIND_TYPEDEF << 24, 1]);
         let mut btf = Vec::new();
         btf.extend(MAGIC.to_ne_bytes());
         btf.extend([1u8, 0]);
@@ -271,6 +281,17 @@ mod tests {
         assert_eq!(
             error,
             "the kernel's BTF has no member vruntime in struct se"
+        );
+    }
+
+    #[test]
+    fn tracepoints_are_found_by_their_typedef() {
+        let btf = Btf::parse(&sample_btf()).expect("parses");
+        assert!(btf.has_tracepoint("sched_switch"));
+        assert!(!btf.has_tracepoint("sock_recv_length"));
+        assert!(
+            !btf.has_tracepoint("se_t"),
+            "only btf_trace_ typedefs count"
         );
     }
 

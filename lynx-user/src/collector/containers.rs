@@ -10,7 +10,8 @@ use super::cgroupfs::CgroupLayout;
 pub enum Owner {
     /// An LXC container (LXD's too): `/lxc.payload.NAME` or, with older LXC, `/lxc/NAME`.
     Lxc(String),
-    /// A Docker container: `/system.slice/docker-ID.scope` (systemd driver) or `/docker/ID`.
+    /// A Docker container, by its full id: `/system.slice/docker-ID.scope` (systemd driver)
+    /// or `/docker/ID` (cgroupfs driver).
     Docker(String),
     /// A systemd service: `/system.slice/NAME.service`.
     Service(String),
@@ -38,13 +39,13 @@ impl Owner {
         }
         match (first, second) {
             ("lxc", Some(name)) if !name.is_empty() => owned(Self::Lxc(name.into()), 2),
-            ("docker", Some(id)) if !id.is_empty() => owned(Self::Docker(short_id(id)), 2),
+            ("docker", Some(id)) if !id.is_empty() => owned(Self::Docker(id.into()), 2),
             ("system.slice", Some(unit)) => {
                 if let Some(id) = unit
                     .strip_prefix("docker-")
                     .and_then(|u| u.strip_suffix(".scope"))
                 {
-                    owned(Self::Docker(short_id(id)), 2)
+                    owned(Self::Docker(id.into()), 2)
                 } else if let Some(name) = unit.strip_suffix(".service") {
                     owned(Self::Service(name.into()), 2)
                 } else {
@@ -61,10 +62,12 @@ impl Owner {
         matches!(self, Self::Lxc(_) | Self::Docker(_))
     }
 
-    /// The name shown for it.
+    /// The name shown for it when no manager names it: a Docker container's is the first
+    /// 12 digits of its id, as `docker ps` shows.
     pub fn name(&self) -> &str {
         match self {
-            Self::Lxc(name) | Self::Docker(name) | Self::Service(name) => name,
+            Self::Lxc(name) | Self::Service(name) => name,
+            Self::Docker(id) => id.get(..12).unwrap_or(id),
             Self::Host => "host",
         }
     }
@@ -94,11 +97,6 @@ pub fn discover(layout: &CgroupLayout) -> Vec<(Owner, String)> {
         }
     }
     found
-}
-
-/// Docker shows the first 12 hex digits of a container id.
-fn short_id(id: &str) -> String {
-    id.chars().take(12).collect()
 }
 
 /// Memory of a cgroup subtree, from cgroupfs.
@@ -221,14 +219,15 @@ mod tests {
         assert_eq!(
             Owner::of(&format!("/system.slice/docker-{id}.scope")),
             (
-                Owner::Docker("4f1d3c2b1a0e".into()),
+                Owner::Docker(id.into()),
                 format!("/system.slice/docker-{id}.scope")
             )
         );
         assert_eq!(
-            Owner::of(&format!("/docker/{id}")).0,
-            Owner::Docker("4f1d3c2b1a0e".into())
+            Owner::of(&format!("/docker/{id}/child")),
+            (Owner::Docker(id.into()), format!("/docker/{id}"))
         );
+        assert_eq!(Owner::Docker(id.into()).name(), "4f1d3c2b1a0e");
     }
 
     #[test]

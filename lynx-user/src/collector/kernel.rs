@@ -28,21 +28,22 @@ use lynx_common::{
     BIO_SIZE_OFFSET_GLOBAL, CGROUP_CPU_MAP, CGROUP_IO_MAP, CGROUP_NET_MAP, CONTAINER_NET_MAP,
     CPU_CLOCK_PROGRAM, CPU_SLICE_MAP, CpuSlice, CpuTime, DROP_CGROUP_CPU_FULL, DROP_CGROUP_IO_FULL,
     DROP_CGROUP_NET_FULL, DROP_HTTP_ENDPOINTS_FULL, DROP_HTTP_FLOWS_FULL, DROPS_MAP,
-    HOST_NET_EGRESS_PROGRAM, HOST_NET_INGRESS_PROGRAM, IoCounters, MAPS_LAYOUT_VERSION,
-    NET_EGRESS_ATTACH_TYPE, NET_EGRESS_PROGRAM, NET_INGRESS_ATTACH_TYPE, NET_INGRESS_PROGRAM,
-    NetCounters, PINNED_MAPS, SCHED_SWITCH_PROGRAM, SCHED_SWITCH_TRACEPOINT,
-    TASK_RUNTIME_OFFSET_GLOBAL,
+    HOST_NET_EGRESS_PROGRAM, HOST_NET_INGRESS_PROGRAM, IoCounters, NET_EGRESS_ATTACH_TYPE,
+    NET_EGRESS_PROGRAM, NET_INGRESS_ATTACH_TYPE, NET_INGRESS_PROGRAM, NetCounters,
+    SCHED_SWITCH_PROGRAM, SCHED_SWITCH_TRACEPOINT, TASK_RUNTIME_OFFSET_GLOBAL,
     http::{
-        Endpoint, EndpointCounters, HTTP_COUNTERS_MAP, HTTP_ENDPOINTS_MAP, HTTP_FLOWS_MAP,
-        HTTP_PORTS_MAP, HTTP_RECV_PROGRAM, HTTP_RECV_TRACEPOINT, HTTP_RELEASE_PROGRAM,
-        HTTP_SEND_PROGRAM, HTTP_SEND_TRACEPOINT, HTTP_SOCK_OPS_PROGRAM, HTTP_TARGET_MAP,
-        HttpFlowEntry, HttpTarget, NGINX_FORK_PROGRAM, NGINX_FORK_TRACEPOINT, NGINX_TGIDS_MAP,
-        PORT_PLAIN, PORT_TLS, TASK_TGID_OFFSET_GLOBAL,
+        Endpoint, EndpointCounters, FD_WALK_GLOBAL, FdWalk, HTTP_COUNTERS_MAP, HTTP_ENDPOINTS_MAP,
+        HTTP_EXIT_PROGRAM, HTTP_EXIT_TRACEPOINT, HTTP_FLOWS_MAP, HTTP_PORTS_MAP, HTTP_RECV_PROGRAM,
+        HTTP_RECV_TRACEPOINT, HTTP_RELEASE_PROGRAM, HTTP_SEND_PROGRAM, HTTP_SEND_TRACEPOINT,
+        HTTP_SOCK_OPS_PROGRAM, HTTP_TARGET_MAP, HttpFlowEntry, HttpTarget, NGINX_FORK_PROGRAM,
+        NGINX_FORK_TRACEPOINT, NGINX_TGIDS_MAP, PORT_PLAIN, PORT_TLS, TASK_TGID_OFFSET_GLOBAL,
     },
 };
 
 use super::{
     btf::{Btf, BtfError},
+    features::{self, ByteHooks, BytePath, Family, Feature, Features, choose_byte_path},
+    pins::pin_paths,
     preflight::{self, PreflightError},
     sockets::{self, TcpSockets},
 };
@@ -55,7 +56,8 @@ use super::{
 const CPU_CLOCK_PERIOD_NS: u64 = 10_000_000;
 
 /// The eBPF object built from `lynx-ebpf` (see `build.rs`).
-static EBPF_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/lynx.bpf.o"));
+pub(super) static EBPF_OBJECT: &[u8] =
+    aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/lynx.bpf.o"));
 
 /// Errors of loading the programs or reading their maps.
 #[derive(Debug, thiserror::Error)]
@@ -85,6 +87,8 @@ pub enum KernelError {
     Cgroup { path: PathBuf, source: io::Error },
     #[error("cannot prepare pin directory {path}: {source}")]
     PinDir { path: PathBuf, source: io::Error },
+    #[error("the embedded eBPF object does not parse: {0}")]
+    Object(String),
 }
 
 /// Counts of events the kernel programs could not record since they were loaded, because a
@@ -135,6 +139,8 @@ pub struct LoadOptions {
     /// hierarchy's root) rather than only the containers handed to
     /// [`KernelCounters::count_network_of`].
     pub count_host_network: bool,
+    /// Which hooks follow nginx's bytes.
+    pub nginx_byte_hooks: ByteHooks,
 }
 
 /// A pair of network programs, each with the way of the packets it counts.
@@ -153,9 +159,71 @@ const HOST_NETWORK_PROGRAMS: NetworkPrograms = [
     (HOST_NET_EGRESS_PROGRAM, CgroupSkbAttachType::Egress),
 ];
 
-/// The programs on every socket call of the host, which follow nginx's bytes: attached only
-/// while an nginx is followed, so that a host without one does not pay for them.
-const NGINX_TRANSFER_PROGRAMS: [&str; 2] = [HTTP_RECV_PROGRAM, HTTP_SEND_PROGRAM];
+/// The programs that follow nginx's bytes, on every socket call of the host (kernel 6.3 on) or
+/// on every system call (before): attached only while an nginx is followed, so that a host
+/// without one does not pay for them.
+const SOCKET_TRANSFER_PROGRAMS: [&str; 2] = [HTTP_RECV_PROGRAM, HTTP_SEND_PROGRAM];
+const SYSTEM_CALL_TRANSFER_PROGRAMS: [&str; 1] = [HTTP_EXIT_PROGRAM];
+
+/// The struct fields the programs read, from the kernel's BTF; a missing one turns off the
+/// family whose programs read it.
+struct Offsets {
+    /// `task_struct.se.sum_exec_runtime` (CPU time).
+    task_runtime: Result<u32, BtfError>,
+    /// `bio.bi_opf` and `bio.bi_iter.bi_size` (block I/O).
+    bio: Result<(u32, u32), BtfError>,
+    /// `task_struct.tgid` (nginx's processes).
+    task_tgid: Result<u32, BtfError>,
+    /// From a file descriptor to its socket's cookie (nginx's bytes, by system call).
+    fd_walk: Result<FdWalk, BtfError>,
+}
+
+impl Offsets {
+    fn read(btf: &Btf) -> Self {
+        let at = |root: &str, path: &[&str]| btf.member_offset(root, path);
+        let wide = |root: &str, path: &[&str]| at(root, path).map(u64::from);
+        Self {
+            task_runtime: at("task_struct", &["se", "sum_exec_runtime"]),
+            bio: at("bio", &["bi_opf"])
+                .and_then(|opf| Ok((opf, at("bio", &["bi_iter", "bi_size"])?))),
+            task_tgid: at("task_struct", &["tgid"]),
+            fd_walk: (|| {
+                Ok(FdWalk {
+                    task_files: wide("task_struct", &["files"])?,
+                    files_fdt: wide("files_struct", &["fdt"])?,
+                    fdt_max_fds: wide("fdtable", &["max_fds"])?,
+                    fdt_fd: wide("fdtable", &["fd"])?,
+                    file_inode: wide("file", &["f_inode"])?,
+                    inode_mode: wide("inode", &["i_mode"])?,
+                    file_private_data: wide("file", &["private_data"])?,
+                    socket_sk: wide("socket", &["sk"])?,
+                    sock_cookie: wide("sock", &["__sk_common", "skc_cookie"])?,
+                })
+            })(),
+        }
+    }
+}
+
+/// What loading the families needs to know.
+struct Loading<'a> {
+    btf: &'a Btf,
+    kernel_btf: &'a aya::Btf,
+    offsets: &'a Offsets,
+    /// The kernel's release, named in every reason.
+    release: String,
+}
+
+/// The offset if the kernel's BTF had it, else the error as the reason its family is off.
+fn offset_needed<T>(offset: &Result<T, BtfError>) -> Result<(), KernelError> {
+    match offset {
+        Ok(_) => Ok(()),
+        Err(error) => Err(PreflightError::MissingFeature {
+            feature: "a struct field Lynx's programs read".into(),
+            evidence: error.to_string(),
+        }
+        .into()),
+    }
+}
 
 /// Links of network programs to one cgroup.
 type NetworkLinks = Vec<(&'static str, CgroupSkbLinkId)>;
@@ -179,32 +247,42 @@ pub struct KernelCounters {
     network_links: BTreeMap<u64, NetworkLinks>,
     /// Where nginx's connections are followed.
     nginx_sockets: Option<NginxSocketLinks>,
-    /// The [`NGINX_TRANSFER_PROGRAMS`]' links, while an nginx is followed.
+    /// The links of the `nginx_transfer_programs`, while an nginx is followed.
     nginx_transfers: Vec<(&'static str, BtfTracePointLinkId)>,
+    /// The programs that follow nginx's bytes on this kernel ([`SOCKET_TRANSFER_PROGRAMS`] or
+    /// [`SYSTEM_CALL_TRANSFER_PROGRAMS`]); empty when its requests are not counted.
+    nginx_transfer_programs: &'static [&'static str],
+    /// Every counter family's state.
+    features: Features,
 }
 
 impl KernelCounters {
-    /// Checks privileges and kernel features, then loads and attaches every program.
+    /// Checks privileges and BTF, then loads and attaches every program the kernel supports.
+    /// A counter family whose kernel features are missing is left out, logged once and
+    /// reported in [`Self::features`]; only missing privileges or BTF are errors.
     pub fn load(options: &LoadOptions) -> Result<Self, KernelError> {
         preflight::check_privileges()?;
         preflight::check_btf(Path::new("/sys"))?;
         let btf = Btf::from_kernel()?;
-        let task_runtime =
-            u64::from(btf.member_offset("task_struct", &["se", "sum_exec_runtime"])?);
-        let bio_opf = u64::from(btf.member_offset("bio", &["bi_opf"])?);
-        let bio_size = u64::from(btf.member_offset("bio", &["bi_iter", "bi_size"])?);
-        let task_tgid = u64::from(btf.member_offset("task_struct", &["tgid"])?);
-        let globals: [(&str, u64); 4] = [
-            (TASK_RUNTIME_OFFSET_GLOBAL, task_runtime),
-            (BIO_OPF_OFFSET_GLOBAL, bio_opf),
-            (BIO_SIZE_OFFSET_GLOBAL, bio_size),
-            (TASK_TGID_OFFSET_GLOBAL, task_tgid),
-        ];
+        let offsets = Offsets::read(&btf);
+        let (task_runtime, bio_opf, bio_size, task_tgid) = (
+            offsets.task_runtime.as_ref().map_or(0, |&o| u64::from(o)),
+            offsets.bio.as_ref().map_or(0, |&(opf, _)| u64::from(opf)),
+            offsets.bio.as_ref().map_or(0, |&(_, size)| u64::from(size)),
+            offsets.task_tgid.as_ref().map_or(0, |&o| u64::from(o)),
+        );
+        let fd_walk = offsets.fd_walk.as_ref().copied().unwrap_or(FdWalk::UNSET);
 
         let mut loader = EbpfLoader::new();
-        for (name, value) in &globals {
+        for (name, value) in [
+            (TASK_RUNTIME_OFFSET_GLOBAL, &task_runtime),
+            (BIO_OPF_OFFSET_GLOBAL, &bio_opf),
+            (BIO_SIZE_OFFSET_GLOBAL, &bio_size),
+            (TASK_TGID_OFFSET_GLOBAL, &task_tgid),
+        ] {
             loader.override_global(name, value, true);
         }
+        loader.override_global(FD_WALK_GLOBAL, &fd_walk, true);
         let pin_paths = match &options.pin_dir {
             Some(dir) => pin_paths(dir)?,
             None => Vec::new(),
@@ -212,78 +290,279 @@ impl KernelCounters {
         for (name, path) in &pin_paths {
             loader.map_pin_path(name, path.as_path());
         }
-        let mut ebpf = loader.load(EBPF_OBJECT)?;
-
-        let kernel_btf = aya::Btf::from_sys_fs().map_err(EbpfError::from)?;
-        for (name, tracepoint) in [
-            (SCHED_SWITCH_PROGRAM, SCHED_SWITCH_TRACEPOINT),
-            (BIO_QUEUE_PROGRAM, BIO_QUEUE_TRACEPOINT),
-            (HTTP_RECV_PROGRAM, HTTP_RECV_TRACEPOINT),
-            (HTTP_SEND_PROGRAM, HTTP_SEND_TRACEPOINT),
-            (NGINX_FORK_PROGRAM, NGINX_FORK_TRACEPOINT),
-        ] {
-            let program: &mut BtfTracePoint = program(&mut ebpf, name)?;
-            program
-                .load(tracepoint, &kernel_btf)
-                .map_err(|error| match error {
-                    ProgramError::Btf(_) => PreflightError::MissingFeature {
-                        feature: format!("tracepoint {tracepoint}"),
-                        evidence: "not in the kernel's BTF".into(),
-                    }
-                    .into(),
-                    error => program_error(name)(error),
-                })?;
-            if !NGINX_TRANSFER_PROGRAMS.contains(&name) {
-                program.attach().map_err(program_error(name))?;
-            }
-        }
-
-        let cpu_clock: &mut PerfEvent = program(&mut ebpf, CPU_CLOCK_PROGRAM)?;
-        cpu_clock.load().map_err(program_error(CPU_CLOCK_PROGRAM))?;
-        let cpus =
-            online_cpus().map_err(|(_, error)| program_error(CPU_CLOCK_PROGRAM)(error.into()))?;
-        for cpu in cpus {
-            cpu_clock
-                .attach(
-                    PerfEventConfig::Software(SoftwareEvent::CpuClock),
-                    PerfEventScope::AllProcessesOneCpu { cpu },
-                    SamplePolicy::Period(CPU_CLOCK_PERIOD_NS),
-                    false,
-                )
-                .map_err(program_error(CPU_CLOCK_PROGRAM))?;
-        }
-
-        for (name, _) in CONTAINER_NETWORK_PROGRAMS
-            .into_iter()
-            .chain(HOST_NETWORK_PROGRAMS)
-        {
-            let program: &mut CgroupSkb = program(&mut ebpf, name)?;
-            program.load().map_err(program_error(name))?;
-        }
-        let sock_ops: &mut SockOps = program(&mut ebpf, HTTP_SOCK_OPS_PROGRAM)?;
-        sock_ops
-            .load()
-            .map_err(program_error(HTTP_SOCK_OPS_PROGRAM))?;
-        let release: &mut CgroupSock = program(&mut ebpf, HTTP_RELEASE_PROGRAM)?;
-        release
-            .load()
-            .map_err(program_error(HTTP_RELEASE_PROGRAM))?;
+        let ebpf = loader.load(EBPF_OBJECT)?;
         if !pin_paths.is_empty() {
             tracing::info!(dir = ?options.pin_dir, "kernel maps pinned");
         }
+        let kernel_btf = aya::Btf::from_sys_fs().map_err(EbpfError::from)?;
         let mut counters = Self {
             ebpf,
             cpu_floor: HashMap::new(),
             network_links: BTreeMap::new(),
             nginx_sockets: None,
             nginx_transfers: Vec::new(),
+            nginx_transfer_programs: &[],
+            features: Features::new(),
         };
-        if options.count_host_network {
+        let loading = Loading {
+            btf: &btf,
+            kernel_btf: &kernel_btf,
+            offsets: &offsets,
+            release: features::kernel_release(),
+        };
+        counters.load_cpu(&loading);
+        counters.load_block_io(&loading);
+        counters.load_network(&loading);
+        counters.load_nginx(&loading, options.nginx_byte_hooks);
+        if options.count_host_network && counters.counts(Family::Network) {
             // For the daemon's lifetime: the programs hold their links and detach them when
             // dropped, so nothing needs keeping here.
             counters.attach_network(&options.cgroup_root, HOST_NETWORK_PROGRAMS)?;
         }
         Ok(counters)
+    }
+
+    /// Every counter family's state, as found at load.
+    pub fn features(&self) -> &Features {
+        &self.features
+    }
+
+    /// Whether `family` is counted.
+    pub fn counts(&self, family: Family) -> bool {
+        self.features.get(&family).is_some_and(Feature::is_active)
+    }
+
+    /// Records what loading `family` through `hooks` gave, logging it once; on failure,
+    /// unloads `programs`, so that nothing of a family counts without the rest of it.
+    fn record(
+        &mut self,
+        loading: &Loading,
+        family: Family,
+        hooks: &[&str],
+        programs: &[&'static str],
+        outcome: Result<Option<String>, String>,
+    ) {
+        let release = &loading.release;
+        let feature = match outcome {
+            Ok(note) => {
+                let note = note.map(|note| format!("{note} (kernel {release})"));
+                tracing::info!(family = family.name(), hooks = ?hooks, note, "counting");
+                Feature {
+                    reason: note,
+                    ..Feature::active(hooks)
+                }
+            }
+            Err(reason) => {
+                for &name in programs {
+                    if let Some(program) = self.ebpf.program_mut(name) {
+                        unload(program);
+                    }
+                }
+                let reason = format!("{reason} (kernel {release})");
+                tracing::warn!(
+                    family = family.name(),
+                    %reason,
+                    "not counted: this kernel lacks what its programs need"
+                );
+                Feature::unavailable(hooks, reason)
+            }
+        };
+        self.features.insert(family, feature);
+    }
+
+    /// CPU time: the context-switch tracepoint and the cpu-clock sampler on every CPU.
+    fn load_cpu(&mut self, loading: &Loading) {
+        let outcome = (|| {
+            offset_needed(&loading.offsets.task_runtime)?;
+            self.load_tracepoint(loading, SCHED_SWITCH_PROGRAM, SCHED_SWITCH_TRACEPOINT)?;
+            self.attach_tracepoint(SCHED_SWITCH_PROGRAM)?;
+            let cpu_clock: &mut PerfEvent = program(&mut self.ebpf, CPU_CLOCK_PROGRAM)?;
+            cpu_clock.load().map_err(program_error(CPU_CLOCK_PROGRAM))?;
+            let cpus = online_cpus()
+                .map_err(|(_, error)| program_error(CPU_CLOCK_PROGRAM)(error.into()))?;
+            for cpu in cpus {
+                cpu_clock
+                    .attach(
+                        PerfEventConfig::Software(SoftwareEvent::CpuClock),
+                        PerfEventScope::AllProcessesOneCpu { cpu },
+                        SamplePolicy::Period(CPU_CLOCK_PERIOD_NS),
+                        false,
+                    )
+                    .map_err(program_error(CPU_CLOCK_PROGRAM))?;
+            }
+            Ok(None)
+        })()
+        .map_err(|error: KernelError| error.to_string());
+        self.record(
+            loading,
+            Family::Cpu,
+            &["tp_btf/sched_switch", "perf_event/cpu-clock"],
+            &[SCHED_SWITCH_PROGRAM, CPU_CLOCK_PROGRAM],
+            outcome,
+        );
+    }
+
+    /// Block I/O: the bio submission tracepoint.
+    fn load_block_io(&mut self, loading: &Loading) {
+        let outcome = (|| {
+            offset_needed(&loading.offsets.bio)?;
+            self.load_tracepoint(loading, BIO_QUEUE_PROGRAM, BIO_QUEUE_TRACEPOINT)?;
+            self.attach_tracepoint(BIO_QUEUE_PROGRAM)?;
+            Ok(None)
+        })()
+        .map_err(|error: KernelError| error.to_string());
+        self.record(
+            loading,
+            Family::BlockIo,
+            &["tp_btf/block_bio_queue"],
+            &[BIO_QUEUE_PROGRAM],
+            outcome,
+        );
+    }
+
+    /// Network: the socket-buffer programs, attached later to each container's cgroup.
+    fn load_network(&mut self, loading: &Loading) {
+        let programs = [
+            NET_INGRESS_PROGRAM,
+            NET_EGRESS_PROGRAM,
+            HOST_NET_INGRESS_PROGRAM,
+            HOST_NET_EGRESS_PROGRAM,
+        ];
+        let outcome = programs
+            .iter()
+            .try_for_each(|&name| {
+                let program: &mut CgroupSkb = program(&mut self.ebpf, name)?;
+                program.load().map_err(program_error(name))
+            })
+            .map(|()| None)
+            .map_err(|error| error.to_string());
+        self.record(
+            loading,
+            Family::Network,
+            &["cgroup_skb/ingress", "cgroup_skb/egress"],
+            &programs,
+            outcome,
+        );
+    }
+
+    /// nginx: the connection programs, then the byte programs of the path `wanted` chooses
+    /// (requests are counted on the flows the connection programs start).
+    fn load_nginx(&mut self, loading: &Loading, wanted: ByteHooks) {
+        const CONNECTION_PROGRAMS: [&str; 3] = [
+            HTTP_SOCK_OPS_PROGRAM,
+            HTTP_RELEASE_PROGRAM,
+            NGINX_FORK_PROGRAM,
+        ];
+        let outcome = (|| {
+            offset_needed(&loading.offsets.task_tgid)?;
+            let sock_ops: &mut SockOps = program(&mut self.ebpf, HTTP_SOCK_OPS_PROGRAM)?;
+            sock_ops
+                .load()
+                .map_err(program_error(HTTP_SOCK_OPS_PROGRAM))?;
+            let release: &mut CgroupSock = program(&mut self.ebpf, HTTP_RELEASE_PROGRAM)?;
+            release
+                .load()
+                .map_err(program_error(HTTP_RELEASE_PROGRAM))?;
+            self.load_tracepoint(loading, NGINX_FORK_PROGRAM, NGINX_FORK_TRACEPOINT)?;
+            self.attach_tracepoint(NGINX_FORK_PROGRAM)?;
+            Ok(None)
+        })()
+        .map_err(|error: KernelError| error.to_string());
+        let connections = outcome.is_ok();
+        self.record(
+            loading,
+            Family::NginxConnections,
+            &[
+                "sock_ops",
+                "cgroup/sock_release",
+                "tp_btf/sched_process_fork",
+            ],
+            &CONNECTION_PROGRAMS,
+            outcome,
+        );
+
+        let btf = loading.btf;
+        let path = choose_byte_path(
+            wanted,
+            btf.has_tracepoint(HTTP_RECV_TRACEPOINT) && btf.has_tracepoint(HTTP_SEND_TRACEPOINT),
+            btf.has_tracepoint(HTTP_EXIT_TRACEPOINT),
+        );
+        // A path the kernel lacks is reported as the one asked for (or, for `auto`, the
+        // usual one).
+        let shown = match (&path, wanted) {
+            (Ok(path), _) => *path,
+            (Err(_), ByteHooks::SystemCalls) => BytePath::SystemCalls,
+            (Err(_), _) => BytePath::SocketTracepoints,
+        };
+        let (hooks, programs, note): (&[&str], &'static [&'static str], _) = match shown {
+            BytePath::SocketTracepoints => (
+                &["tp_btf/sock_recv_length", "tp_btf/sock_send_length"],
+                &SOCKET_TRANSFER_PROGRAMS,
+                None,
+            ),
+            BytePath::SystemCalls => (
+                &["tp_btf/sys_exit"],
+                &SYSTEM_CALL_TRANSFER_PROGRAMS,
+                (wanted == ByteHooks::Auto).then(|| {
+                    "no tracepoints sock_recv_length and sock_send_length (they came in 6.3): \
+                     nginx's system calls are followed instead"
+                        .to_owned()
+                }),
+            ),
+        };
+        let outcome = (|| {
+            if !connections {
+                return Err(
+                    "nginx's connections are not followed, and requests are counted on them".into(),
+                );
+            }
+            path?;
+            if programs == SYSTEM_CALL_TRANSFER_PROGRAMS {
+                offset_needed(&loading.offsets.fd_walk).map_err(|e| e.to_string())?;
+            }
+            for &name in programs {
+                let tracepoint = match name {
+                    HTTP_RECV_PROGRAM => HTTP_RECV_TRACEPOINT,
+                    HTTP_SEND_PROGRAM => HTTP_SEND_TRACEPOINT,
+                    _ => HTTP_EXIT_TRACEPOINT,
+                };
+                self.load_tracepoint(loading, name, tracepoint)
+                    .map_err(|e| e.to_string())?;
+            }
+            Ok(note)
+        })();
+        if outcome.is_ok() {
+            self.nginx_transfer_programs = programs;
+        }
+        self.record(loading, Family::NginxRequests, hooks, programs, outcome);
+    }
+
+    /// Loads BTF tracepoint program `name` for `tracepoint`, which must be in the kernel.
+    fn load_tracepoint(
+        &mut self,
+        loading: &Loading,
+        name: &'static str,
+        tracepoint: &'static str,
+    ) -> Result<(), KernelError> {
+        if !loading.btf.has_tracepoint(tracepoint) {
+            return Err(PreflightError::MissingFeature {
+                feature: format!("tracepoint {tracepoint}"),
+                evidence: "not in the kernel's BTF".into(),
+            }
+            .into());
+        }
+        program::<BtfTracePoint>(&mut self.ebpf, name)?
+            .load(tracepoint, loading.kernel_btf)
+            .map_err(program_error(name))
+    }
+
+    /// Attaches a loaded BTF tracepoint program for the daemon's lifetime (the program holds
+    /// its link).
+    fn attach_tracepoint(&mut self, name: &'static str) -> Result<(), KernelError> {
+        program::<BtfTracePoint>(&mut self.ebpf, name)?
+            .attach()
+            .map(drop)
+            .map_err(program_error(name))
     }
 
     /// Has the network programs count the packets of exactly the cgroup subtrees `dirs` (the
@@ -292,6 +571,9 @@ impl KernelCounters {
     /// A cgroup found again at the same path with a new id (a container restarted in between)
     /// is attached anew.
     pub fn count_network_of(&mut self, dirs: &[PathBuf]) -> Vec<(PathBuf, KernelError)> {
+        if !self.counts(Family::Network) {
+            return Vec::new();
+        }
         let wanted: BTreeMap<u64, &PathBuf> = dirs
             .iter()
             .filter_map(|dir| Some((fs::metadata(dir).ok()?.ino(), dir)))
@@ -447,7 +729,7 @@ impl KernelCounters {
         if !self.nginx_transfers.is_empty() {
             return Ok(());
         }
-        for name in NGINX_TRANSFER_PROGRAMS {
+        for &name in self.nginx_transfer_programs {
             let link = program::<BtfTracePoint>(&mut self.ebpf, name)?
                 .attach()
                 .map_err(program_error(name));
@@ -527,6 +809,9 @@ impl KernelCounters {
 
     /// Keeps the connection programs on `target`'s cgroup, and on no other.
     fn follow_nginx_sockets(&mut self, target: &NginxTarget) -> Result<(), KernelError> {
+        if !self.counts(Family::NginxConnections) {
+            return Ok(());
+        }
         if self.nginx_sockets.as_ref().map(|links| links.cgroup_id) == Some(target.cgroup_id) {
             return Ok(());
         }
@@ -758,54 +1043,6 @@ fn closed_flows(
     closed
 }
 
-/// Pin paths of the pinned maps under `dir`, creating it (and mounting bpffs at
-/// `/sys/fs/bpf` when `dir` is below it and nothing is mounted there). Pins, and so bpffs,
-/// must outlive the daemon: this mount is deliberately not undone.
-fn pin_paths(dir: &Path) -> Result<Vec<(&'static str, PathBuf)>, KernelError> {
-    let versioned = dir.join(format!("v{MAPS_LAYOUT_VERSION}"));
-    let error = |source| KernelError::PinDir {
-        path: versioned.clone(),
-        source,
-    };
-    preflight::ensure_bpffs(dir).map_err(error)?;
-    fs::create_dir_all(&versioned)
-        .map_err(|e| {
-            // bpffs is root's, mode 0700, where systemd mounts it.
-            preflight::needing(e, "CAP_DAC_OVERRIDE", "a pin directory in root's bpffs")
-        })
-        .map_err(error)?;
-    for removed in remove_other_layouts(dir) {
-        tracing::info!(path = %removed.display(), "removed maps pinned by another layout version");
-    }
-    Ok(PINNED_MAPS
-        .iter()
-        .map(|&name| (name, versioned.join(name)))
-        .collect())
-}
-
-/// Removes the pins of other layout versions under `dir` (`v1`, `v2`...) and returns them.
-/// This daemon can never reuse them, and a pinned map keeps its kernel memory until it is
-/// unpinned, so every upgrade would leave its maps behind. Called only under the daemon lock
-/// of `dir`, so no other daemon is counting into them.
-fn remove_other_layouts(dir: &Path) -> Vec<PathBuf> {
-    let current = format!("v{MAPS_LAYOUT_VERSION}");
-    let is_other_layout = |name: &str| {
-        name != current
-            && name
-                .strip_prefix('v')
-                .is_some_and(|n| !n.is_empty() && n.bytes().all(|b| b.is_ascii_digit()))
-    };
-    let Ok(entries) = fs::read_dir(dir) else {
-        return Vec::new();
-    };
-    entries
-        .flatten()
-        .filter(|entry| entry.file_name().to_str().is_some_and(is_other_layout))
-        .map(|entry| entry.path())
-        .filter(|path| fs::remove_dir_all(path).is_ok())
-        .collect()
-}
-
 /// A cgroup directory, opened to attach programs to.
 fn open_cgroup(dir: &Path) -> Result<fs::File, KernelError> {
     fs::File::open(dir).map_err(cgroup_error(dir))
@@ -816,6 +1053,18 @@ fn cgroup_error(dir: &Path) -> impl Fn(io::Error) -> KernelError + '_ {
         path: dir.to_owned(),
         source,
     }
+}
+
+/// Unloads `program`, detaching its links; one not loaded stays so.
+fn unload(program: &mut Program) {
+    let _ = match program {
+        Program::BtfTracePoint(p) => p.unload(),
+        Program::PerfEvent(p) => p.unload(),
+        Program::CgroupSkb(p) => p.unload(),
+        Program::SockOps(p) => p.unload(),
+        Program::CgroupSock(p) => p.unload(),
+        _ => Ok(()),
+    };
 }
 
 fn program_error(name: &'static str) -> impl Fn(ProgramError) -> KernelError {
@@ -839,7 +1088,6 @@ where
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::test_support::TempDir;
 
     #[test]
     fn flows_of_sockets_no_longer_in_use_are_closed_per_counter_slot() {
@@ -863,26 +1111,5 @@ mod tests {
                 per_slot: BTreeMap::from([(1, 2), (2, 1)]),
             }
         );
-    }
-
-    #[test]
-    fn pins_of_other_layout_versions_are_removed_and_nothing_else() {
-        let dir = TempDir::new("pin-layouts");
-        let current = format!("v{MAPS_LAYOUT_VERSION}");
-        for sub in ["v1", "v2", current.as_str(), "vx", "v", "maps.debug"] {
-            fs::create_dir(dir.path().join(sub)).expect("mkdir");
-        }
-        fs::write(dir.path().join("v1").join(CGROUP_CPU_MAP), b"pin").expect("a pin");
-        fs::write(dir.path().join("v9"), b"a file, not a layout").expect("a file");
-
-        let mut removed = remove_other_layouts(dir.path());
-        removed.sort();
-        assert_eq!(removed, vec![dir.path().join("v1"), dir.path().join("v2")]);
-        let mut left: Vec<String> = fs::read_dir(dir.path())
-            .expect("read dir")
-            .map(|e| e.expect("entry").file_name().to_string_lossy().into_owned())
-            .collect();
-        left.sort();
-        assert_eq!(left, ["maps.debug", "v", current.as_str(), "v9", "vx"]);
     }
 }

@@ -5,10 +5,13 @@ pub mod btf;
 pub mod cgroupfs;
 pub mod containers;
 pub mod disk;
+pub mod docker_containers;
+pub mod features;
 pub mod host;
 pub mod kernel;
 pub mod lxd_instances;
 pub mod nginx;
+mod pins;
 pub mod preflight;
 pub mod sockets;
 
@@ -22,12 +25,15 @@ use std::{
 
 use cgroupfs::{CgroupError, CgroupLayout, CgroupResolver};
 use containers::{MemoryUsage, Owner};
+use features::{ByteHooks, Features};
 use host::{HostError, HostSample};
 use kernel::{Drops, KernelCounters, KernelError, LoadOptions, NginxTarget};
 use lynx_common::{
     IoCounters, NetCounters,
     http::{Endpoint, EndpointCounters},
 };
+
+use crate::docker;
 
 /// Errors of collecting a sample.
 #[derive(Debug, thiserror::Error)]
@@ -94,6 +100,33 @@ pub trait InstanceSource {
     fn instances(&mut self) -> Result<Vec<InstanceInfo>, String>;
 }
 
+/// What the Docker Engine says, as of its watcher's latest read.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub enum DockerView {
+    /// No engine on this host: no socket, and none answered since Lynx started.
+    #[default]
+    Absent,
+    /// An engine that answered before, or whose socket exists, does not answer now.
+    Down,
+    /// Every container the engine has, running or not.
+    Up(Vec<docker::Container>),
+}
+
+impl DockerView {
+    /// The container with this full id, when the engine answers and knows it.
+    pub fn container(&self, id: &str) -> Option<&docker::Container> {
+        match self {
+            Self::Up(containers) => containers.iter().find(|c| c.id == id),
+            Self::Absent | Self::Down => None,
+        }
+    }
+}
+
+/// A source of the Docker Engine's view that may be down for a while.
+pub trait DockerSource {
+    fn view(&mut self) -> DockerView;
+}
+
 /// What cgroupfs says about one container's subtree.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct ContainerFiles {
@@ -119,8 +152,11 @@ pub struct Sample {
     pub containers: Vec<ContainerFiles>,
     /// `None` when no instance source answered.
     pub instances: Option<Vec<InstanceInfo>>,
+    pub docker: DockerView,
     pub nginx: NginxSample,
     pub drops: Drops,
+    /// Which counter families the kernel supports, and through which hooks.
+    pub features: Features,
     /// Whether the traffic of cgroups outside containers (the host's own sockets, systemd
     /// services) was counted, or only containers'.
     pub host_network_counted: bool,
@@ -147,11 +183,14 @@ pub struct NginxSample {
 pub const REQUEST_RATE_SPAN: Duration = Duration::from_secs(10);
 
 /// Which nginx to count.
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub struct NginxOptions {
-    pub pid_file: PathBuf,
+    /// The nginx: its master is found from its pid file, and must be that nginx's.
+    pub control: crate::nginx::NginxControl,
     pub ports: Vec<u16>,
     pub tls_ports: Vec<u16>,
+    /// Which hooks follow its bytes.
+    pub byte_hooks: ByteHooks,
 }
 
 /// How the collector starts.
@@ -159,8 +198,13 @@ pub struct CollectorOptions {
     pub nginx: NginxOptions,
     /// bpffs directory to pin the kernel maps in; `None` for private maps.
     pub pin_dir: Option<PathBuf>,
-    /// LXD, or `None` to recognise containers by cgroup only.
-    pub instances: Option<Box<dyn InstanceSource>>,
+    /// Makes the LXD source, or `None` to recognise containers by cgroup only. Called once
+    /// the kernel programs are attached: a start refused for want of privilege touches
+    /// nothing else.
+    pub instances: Option<Box<dyn FnOnce() -> Box<dyn InstanceSource>>>,
+    /// Makes the Docker Engine's source, or `None` to recognise Docker containers by cgroup
+    /// only; called when `instances` is.
+    pub docker: Option<Box<dyn FnOnce() -> Box<dyn DockerSource>>>,
     /// Count the network traffic of every socket on the host, not only containers'.
     pub count_host_network: bool,
 }
@@ -173,6 +217,7 @@ pub struct Collector {
     instances: Option<Box<dyn InstanceSource>>,
     /// Whether the instance source answered last time, to log outages once.
     instances_up: Option<bool>,
+    docker: Option<Box<dyn DockerSource>>,
     nginx: NginxOptions,
     /// What the kernel follows now, and why nginx was not found last time (logged once).
     nginx_target: NginxTarget,
@@ -194,6 +239,7 @@ impl Collector {
             cgroup_root: layout.unified.clone(),
             pin_dir: options.pin_dir,
             count_host_network: options.count_host_network,
+            nginx_byte_hooks: options.nginx.byte_hooks,
         })?;
         kernel.set_nginx_ports(&options.nginx.ports, &options.nginx.tls_ports)?;
         tracing::info!(
@@ -206,8 +252,9 @@ impl Collector {
             cgroups: CgroupResolver::new(layout.unified.clone()),
             layout,
             kernel,
-            instances: options.instances,
+            instances: options.instances.map(|make| make()),
             instances_up: None,
+            docker: options.docker.map(|make| make()),
             nginx: options.nginx,
             nginx_target: NginxTarget::default(),
             nginx_missing: None,
@@ -260,7 +307,11 @@ impl Collector {
         cgroups.sort_by(|a, b| a.path.cmp(&b.path));
 
         let instances = self.read_instances();
-        let containers = self.container_files(tops, &cgroups, instances.as_deref());
+        let docker = self
+            .docker
+            .as_mut()
+            .map_or(DockerView::Absent, |source| source.view());
+        let containers = self.container_files(tops, &cgroups, instances.as_deref(), &docker);
         let taken = Instant::now();
         let earlier = self.remember_requests(taken, &kernel.nginx);
         Ok(Sample {
@@ -270,6 +321,7 @@ impl Collector {
             cgroups,
             containers,
             instances,
+            docker,
             nginx: NginxSample {
                 master,
                 endpoints: kernel.nginx,
@@ -277,6 +329,7 @@ impl Collector {
                 earlier,
             },
             drops: kernel.drops,
+            features: self.kernel.features().clone(),
             host_network_counted: self.count_host_network,
             duration: started.elapsed(),
         })
@@ -304,7 +357,7 @@ impl Collector {
 
     /// Finds nginx's processes and has the kernel follow them; returns the master's pid.
     fn follow_nginx(&mut self) -> Result<Option<u32>, CollectError> {
-        let found = nginx::find(&self.nginx.pid_file, "/proc".as_ref()).and_then(|found| {
+        let found = nginx::find(&self.nginx.control, "/proc".as_ref()).and_then(|found| {
             let dir = self
                 .layout
                 .unified
@@ -402,6 +455,7 @@ impl Collector {
         discovered: Vec<(Owner, String)>,
         cgroups: &[CgroupSample],
         instances: Option<&[InstanceInfo]>,
+        docker: &DockerView,
     ) -> Vec<ContainerFiles> {
         let mut tops: BTreeMap<Owner, String> = discovered.into_iter().collect();
         for cgroup in cgroups.iter().filter(|c| c.owner != Owner::Host) {
@@ -411,9 +465,13 @@ impl Collector {
         }
         tops.into_iter()
             .map(|(owner, top)| {
-                let init_pid = instances
-                    .and_then(|all| all.iter().find(|i| i.name == owner.name()))
-                    .and_then(|instance| instance.pid);
+                let init_pid = match &owner {
+                    Owner::Lxc(name) => instances
+                        .and_then(|all| all.iter().find(|i| &i.name == name))
+                        .and_then(|instance| instance.pid),
+                    Owner::Docker(id) => docker.container(id).and_then(|c| c.pid),
+                    Owner::Service(_) | Owner::Host => None,
+                };
                 let summary = containers::processes(&self.layout, &top);
                 ContainerFiles {
                     memory: containers::memory(&self.layout, &top),

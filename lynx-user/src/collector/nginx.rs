@@ -1,22 +1,19 @@
 //! Which processes are the nginx to count: the master named by its pid file, and its children
 //! (workers, cache helpers), found in procfs every interval. The kernel adds children nginx
 //! forks in between (a reload's new workers) by itself.
-use std::{
-    fs, io,
-    path::{Path, PathBuf},
-};
+use std::{fs, path::Path};
 
 use super::sockets;
+use crate::{
+    nginx::{MasterError, NginxControl, find_master, master::io_reason},
+    process::parse_stat,
+};
 
 /// Why nginx was not found.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum NginxFindError {
-    #[error("cannot read {path}: {reason}")]
-    PidFile { path: PathBuf, reason: String },
-    #[error("{path} does not hold a process id: {text:?}")]
-    BadPidFile { path: PathBuf, text: String },
-    #[error("process {pid} from {path} is not running nginx (stale pid file)")]
-    NotNginx { pid: u32, path: PathBuf },
+    #[error(transparent)]
+    Master(#[from] MasterError),
     #[error("process {pid} has no cgroup v2 path in /proc/{pid}/cgroup")]
     NoCgroup { pid: u32 },
     #[error("cannot tell process {pid}'s network namespace: {reason}")]
@@ -47,28 +44,11 @@ pub struct NginxProcesses {
     pub cgroup: String,
 }
 
-/// Finds the nginx whose master wrote `pid_file`, reading processes from `proc` (`/proc`).
-pub fn find(pid_file: &Path, proc: &Path) -> Result<NginxProcesses, NginxFindError> {
-    let text = fs::read_to_string(pid_file).map_err(|e| NginxFindError::PidFile {
-        path: pid_file.to_owned(),
-        reason: io_reason(&e),
-    })?;
-    let master: u32 = text
-        .trim()
-        .parse()
-        .map_err(|_| NginxFindError::BadPidFile {
-            path: pid_file.to_owned(),
-            text: text.trim().chars().take(32).collect(),
-        })?;
+/// Finds the nginx whose master `control` names ([`find_master`]), reading processes from
+/// `proc` (`/proc`).
+pub fn find(control: &NginxControl, proc: &Path) -> Result<NginxProcesses, NginxFindError> {
+    let master = find_master(control, proc)?;
     let stat = |pid: &str| fs::read_to_string(proc.join(pid).join("stat")).ok();
-    let is_nginx = stat(&master.to_string())
-        .is_some_and(|s| parse_stat(&s).is_some_and(|(comm, _)| comm == "nginx"));
-    if !is_nginx {
-        return Err(NginxFindError::NotNginx {
-            pid: master,
-            path: pid_file.to_owned(),
-        });
-    }
     let cgroup = fs::read_to_string(proc.join(master.to_string()).join("cgroup"))
         .ok()
         .and_then(|text| {
@@ -109,47 +89,35 @@ fn children(proc: &Path, master: u32, stat: &dyn Fn(&str) -> Option<String>) -> 
         .collect()
 }
 
-/// The command name and parent pid of `/proc/PID/stat` text; the name is in parentheses
-/// and may itself contain spaces and parentheses.
-fn parse_stat(text: &str) -> Option<(&str, u32)> {
-    let (head, rest) = text.rsplit_once(')')?;
-    let comm = head.split_once('(')?.1;
-    let ppid = rest.split_whitespace().nth(1)?.parse().ok()?;
-    Some((comm, ppid))
-}
-
-fn io_reason(error: &io::Error) -> String {
-    match error.kind() {
-        io::ErrorKind::NotFound => "no such file (is nginx running?)".into(),
-        _ => error.to_string(),
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::test_support::TempDir;
+    use crate::test_support::{TempDir, fake_nginx, fake_process};
 
-    /// A fake procfs: `(pid, comm, ppid, cgroup)`.
-    fn fake_proc(name: &str, processes: &[(u32, &str, u32, &str)]) -> TempDir {
+    /// A fake procfs: `(pid, comm, ppid, cgroup)`; process 100 is the master of the nginx
+    /// returned.
+    fn fake_proc(name: &str, processes: &[(u32, &str, u32, &str)]) -> (TempDir, NginxControl) {
         let dir = TempDir::new(&format!("nginx-find-{name}"));
-        for (pid, comm, ppid, cgroup) in processes {
-            let process = dir.path().join(pid.to_string());
-            fs::create_dir_all(&process).expect("create fake process");
-            fs::write(
-                process.join("stat"),
-                format!("{pid} ({comm}) S {ppid} 1 1 0 -1 4194560 0 0 0 0\n"),
-            )
-            .expect("write stat");
-            fs::write(process.join("cgroup"), format!("1:cpu:/x\n0::{cgroup}\n"))
-                .expect("write cgroup");
+        let (control, title) = fake_nginx(dir.path(), 100);
+        for &(pid, comm, ppid, cgroup) in processes {
+            let (cmdline, exe) = match pid {
+                100 => (title.as_str(), Some(control.binary.as_path())),
+                _ => ("nginx: worker process", None),
+            };
+            fake_process(
+                &dir.path().join("proc"),
+                (pid, comm, ppid),
+                cmdline,
+                cgroup,
+                exe,
+            );
         }
-        dir
+        (dir, control)
     }
 
     #[test]
     fn master_and_its_children_are_found() {
-        let proc = fake_proc(
+        let (dir, control) = fake_proc(
             "children",
             &[
                 (100, "nginx", 1, "/system.slice/nginx.service"),
@@ -159,9 +127,7 @@ mod tests {
                 (201, "bash (x) y", 100, "/"),
             ],
         );
-        let pid_file = proc.path().join("nginx.pid");
-        fs::write(&pid_file, "100\n").unwrap();
-        let found = find(&pid_file, proc.path()).expect("nginx found");
+        let found = find(&control, &dir.path().join("proc")).expect("nginx found");
         assert_eq!(found.master, 100);
         assert_eq!(found.tgids, vec![100, 101, 102, 201]);
         assert_eq!(found.cgroup, "/system.slice/nginx.service");
@@ -169,7 +135,7 @@ mod tests {
 
     #[test]
     fn the_masters_children_file_is_read_where_the_kernel_has_one() {
-        let proc = fake_proc(
+        let (dir, control) = fake_proc(
             "children-file",
             &[
                 (100, "nginx", 1, "/nginx"),
@@ -177,33 +143,25 @@ mod tests {
                 (102, "nginx", 100, "/nginx"),
             ],
         );
-        let task = proc.path().join("100/task/100");
+        let proc = dir.path().join("proc");
+        let task = proc.join("100/task/100");
         fs::create_dir_all(&task).unwrap();
         // Only what the file lists: the parent pids are not read then.
         fs::write(task.join("children"), "102 ").unwrap();
-        let pid_file = proc.path().join("nginx.pid");
-        fs::write(&pid_file, "100\n").unwrap();
-        let found = find(&pid_file, proc.path()).expect("nginx found");
+        let found = find(&control, &proc).expect("nginx found");
         assert_eq!(found.tgids, vec![100, 102]);
     }
 
     #[test]
-    fn missing_stale_and_garbled_pid_files_are_named() {
-        let proc = fake_proc("stale", &[(300, "sshd", 1, "/")]);
-        let pid_file = proc.path().join("nginx.pid");
-        let error = find(&pid_file, proc.path()).unwrap_err().to_string();
+    fn a_stale_pid_file_is_named() {
+        let (dir, control) = fake_proc("stale", &[(100, "sshd", 1, "/")]);
+        let error = find(&control, &dir.path().join("proc")).unwrap_err();
         assert!(
-            error.contains("nginx.pid") && error.contains("is nginx running"),
+            matches!(
+                error,
+                NginxFindError::Master(MasterError::NotNginx { pid: 100, .. })
+            ),
             "{error}"
         );
-        fs::write(&pid_file, "300").unwrap();
-        let error = find(&pid_file, proc.path()).unwrap_err();
-        assert!(
-            matches!(error, NginxFindError::NotNginx { pid: 300, .. }),
-            "{error}"
-        );
-        fs::write(&pid_file, "nginx").unwrap();
-        let error = find(&pid_file, proc.path()).unwrap_err().to_string();
-        assert!(error.contains("does not hold a process id"), "{error}");
     }
 }

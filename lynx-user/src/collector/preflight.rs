@@ -91,8 +91,9 @@ pub fn needing(error: io::Error, capability: &str, what: &str) -> io::Error {
 /// Where bpffs is conventionally mounted.
 const BPFFS: &str = "/sys/fs/bpf";
 
-/// Mounts bpffs at `/sys/fs/bpf` when `pin_dir` is below it and nothing is mounted there yet.
-/// Not undone on exit: pinned maps live as long as that mount.
+/// Mounts bpffs at `/sys/fs/bpf` when `pin_dir` is below it and nothing is mounted there yet,
+/// root's alone (`mode=0700`), as systemd mounts it. Not undone on exit: pinned maps live as
+/// long as that mount.
 pub fn ensure_bpffs(pin_dir: &Path) -> io::Result<()> {
     if !pin_dir.starts_with(BPFFS) {
         return Ok(());
@@ -109,7 +110,7 @@ pub fn ensure_bpffs(pin_dir: &Path) -> io::Result<()> {
             target.as_ptr(),
             c"bpf".as_ptr(),
             0,
-            std::ptr::null(),
+            c"mode=0700".as_ptr().cast(),
         )
     };
     if rc != 0 {

@@ -142,35 +142,62 @@ fn receive_dump(
         if received < 0 {
             return Err(io::Error::last_os_error().into());
         }
-        let mut rest = &buffer[..received as usize];
-        while !rest.is_empty() {
-            if rest.len() < NLMSG_HEADER_LEN {
-                return Err(SocketsError::Malformed("netlink header cut short"));
-            }
-            let len = u32_at(rest, 0) as usize;
-            let kind = u16::from_ne_bytes([rest[4], rest[5]]);
-            if len < NLMSG_HEADER_LEN || len > rest.len() {
-                return Err(SocketsError::Malformed(
-                    "netlink message length out of bounds",
-                ));
-            }
-            let payload = &rest[NLMSG_HEADER_LEN..len];
-            match kind {
-                NLMSG_DONE => return Ok(()),
-                NLMSG_ERROR => {
-                    if payload.len() < 4 {
-                        return Err(SocketsError::Malformed("netlink error cut short"));
-                    }
-                    // The negative errno, as an `i32`.
-                    let code = u32_at(payload, 0) as i32;
-                    return Err(io::Error::from_raw_os_error(-code).into());
-                }
-                _ => each(payload)?,
-            }
-            // Messages are aligned to 4 bytes.
-            rest = rest.get(len.next_multiple_of(4)..).unwrap_or_default();
+        if each_message(&buffer[..received as usize], &mut each)? {
+            return Ok(());
         }
     }
+}
+
+/// Hands each message of one received batch to `each`; true at the dump's end.
+pub(crate) fn each_message(
+    mut rest: &[u8],
+    each: &mut impl FnMut(&[u8]) -> Result<(), SocketsError>,
+) -> Result<bool, SocketsError> {
+    while !rest.is_empty() {
+        if rest.len() < NLMSG_HEADER_LEN {
+            return Err(SocketsError::Malformed("netlink header cut short"));
+        }
+        let len = u32_at(rest, 0) as usize;
+        let kind = u16::from_ne_bytes([rest[4], rest[5]]);
+        if len < NLMSG_HEADER_LEN || len > rest.len() {
+            return Err(SocketsError::Malformed(
+                "netlink message length out of bounds",
+            ));
+        }
+        let payload = &rest[NLMSG_HEADER_LEN..len];
+        match kind {
+            NLMSG_DONE => return Ok(true),
+            NLMSG_ERROR => {
+                if payload.len() < 4 {
+                    return Err(SocketsError::Malformed("netlink error cut short"));
+                }
+                // The negative errno, as an `i32`; anything else is no errno.
+                let code = u32_at(payload, 0) as i32;
+                return Err(match code.checked_neg().filter(|errno| *errno > 0) {
+                    Some(errno) => io::Error::from_raw_os_error(errno).into(),
+                    None => SocketsError::Malformed("netlink error without an errno"),
+                });
+            }
+            _ => each(payload)?,
+        }
+        // Messages are aligned to 4 bytes.
+        rest = rest.get(len.next_multiple_of(4)..).unwrap_or_default();
+    }
+    Ok(false)
+}
+
+/// The cookies in use of one received batch of a dump, as [`TcpSockets::read`] reads them;
+/// for the fuzzer.
+#[cfg(fuzzing)]
+pub fn parse_batch(bytes: &[u8]) -> Result<HashSet<u64>, SocketsError> {
+    let mut in_use = HashSet::new();
+    each_message(bytes, &mut |message| {
+        if let Some(cookie) = in_use_cookie(message)? {
+            in_use.insert(cookie);
+        }
+        Ok(())
+    })?;
+    Ok(in_use)
 }
 
 /// A `u64` socket option of `socket` at level `SOL_SOCKET` (`SO_COOKIE`, `SO_NETNS_COOKIE`).
@@ -311,5 +338,51 @@ mod tests {
         message[DIAG_COOKIE_AT..DIAG_COOKIE_AT + 4].copy_from_slice(&2u32.to_ne_bytes());
         message[DIAG_COOKIE_AT + 4..DIAG_COOKIE_AT + 8].copy_from_slice(&1u32.to_ne_bytes());
         assert_eq!(in_use_cookie(&message).ok().flatten(), Some((1 << 32) | 2));
+    }
+
+    /// A netlink message of `kind` with `payload`.
+    fn message(kind: u16, payload: &[u8]) -> Vec<u8> {
+        let len = (NLMSG_HEADER_LEN + payload.len()) as u32;
+        let mut bytes = len.to_ne_bytes().to_vec();
+        bytes.extend_from_slice(&kind.to_ne_bytes());
+        bytes.extend_from_slice(&[0; 10]);
+        bytes.extend_from_slice(payload);
+        bytes
+    }
+
+    #[test]
+    fn an_error_message_carries_the_errno_and_a_bogus_one_is_malformed() {
+        let mut seen = 0;
+        let mut each = |_: &[u8]| {
+            seen += 1;
+            Ok(())
+        };
+        let eperm = message(NLMSG_ERROR, &(-libc::EPERM).to_ne_bytes());
+        match each_message(&eperm, &mut each) {
+            Err(SocketsError::Io(error)) => assert_eq!(error.raw_os_error(), Some(libc::EPERM)),
+            other => panic!("{other:?}"),
+        }
+        // Found by the fuzzer: i32::MIN has no negation, and 0 or a positive code no errno.
+        for code in [i32::MIN, 0, 5] {
+            let bogus = message(NLMSG_ERROR, &code.to_ne_bytes());
+            assert!(
+                matches!(
+                    each_message(&bogus, &mut each),
+                    Err(SocketsError::Malformed(_))
+                ),
+                "{code}"
+            );
+        }
+        // The fuzzer's input, as it found it.
+        let found = b"\x24\0\0\0\x02\0\0\0\0\0\0\0\0\0\0\x09\0\0\0\x80\xff\xff\xff\xff\
+                      \0\0\0\0\0\x34\0\0\0\0\xda\0\0\0\0\0";
+        assert!(matches!(
+            each_message(found, &mut each),
+            Err(SocketsError::Malformed(_))
+        ));
+        let mut batch = message(0x14, &[0; 4]);
+        batch.extend(message(NLMSG_DONE, &[]));
+        assert!(each_message(&batch, &mut each).expect("a dump's end"));
+        assert_eq!(seen, 1);
     }
 }

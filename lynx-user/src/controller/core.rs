@@ -17,11 +17,13 @@ use std::{
     time::{Duration, Instant, SystemTime},
 };
 
-use super::group::GroupConfig;
+use super::{
+    address::{self, Binding, Subnet},
+    group::GroupConfig,
+};
 use crate::{
     autoscale::{Decision, Direction, DownAction, Observation, Policy},
-    lxd::Instance,
-    lxd::{InstanceStatus, StateAction},
+    lxd::{Instance, InstanceState, InstanceStatus, Interfaces, Network, StateAction},
     model::{self, round2},
     nginx::{
         Applied, NginxError, UpstreamFile,
@@ -80,8 +82,19 @@ pub struct Io<'a> {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct MemberState {
     pub status: InstanceStatus,
-    /// Its first global IPv4 address; `None` until it has one.
-    pub ipv4: Option<Ipv4Addr>,
+    /// Its global IPv4 addresses by interface, as it reports them: its upstream address is
+    /// picked from these by its [`Binding`], never taken as they come.
+    pub interfaces: Interfaces,
+}
+
+impl MemberState {
+    /// What LXD reports of an instance's live state.
+    pub fn of(state: &InstanceState) -> Self {
+        Self {
+            status: state.status.clone(),
+            interfaces: state.interfaces.clone(),
+        }
+    }
 }
 
 /// A state change for LXD to carry out; its result comes back through
@@ -93,13 +106,16 @@ pub struct Request {
 }
 
 /// The load figures of one snapshot.
-#[derive(Clone, Debug, Default, PartialEq)]
+#[derive(Clone, Debug, PartialEq)]
 pub struct Load {
     /// CPU % (100 = one CPU) of each container over the snapshot's interval.
     pub cpu_percent: BTreeMap<String, f64>,
     /// Requests per second nginx sent to each backend (address and port), when nginx is
     /// counted; `None` otherwise.
     pub requests_per_s: Option<BTreeMap<SocketAddrV4, f64>>,
+    /// Whether every event behind these figures was counted: false while a kernel map is
+    /// full (the figures are lower bounds; see [`crate::autoscale::Observation::complete`]).
+    pub complete: bool,
 }
 
 /// What the controller is doing with one member.
@@ -120,6 +136,13 @@ enum Task {
 #[derive(Debug)]
 struct Member {
     state: MemberState,
+    /// The NIC nginx reaches it on, from its LXD config at the last full read, or why there
+    /// is none.
+    binding: Result<Binding, String>,
+    /// Its upstream address: on its binding's interface and subnet; `None` until it has one.
+    ipv4: Option<Ipv4Addr>,
+    /// Addresses it reports that are not its upstream address, as last logged.
+    ignored: Vec<Ipv4Addr>,
     /// Answered on the group's port since it last became `Running`: may serve.
     admitted: bool,
     /// "does not answer yet" logged since it last became `Running`.
@@ -174,6 +197,8 @@ pub struct Core {
     /// content is not handed again until [`Core::reconciled`].
     rendered: Option<String>,
     outbox: Vec<Request>,
+    /// The subnet of a host bridge LXD does not manage ([`address::host_subnet`]).
+    host_subnet: &'static dyn Fn(&str) -> Option<Subnet>,
 }
 
 impl Core {
@@ -198,6 +223,7 @@ impl Core {
             lxd_available: false,
             rendered: None,
             outbox: Vec::new(),
+            host_subnet: &address::host_subnet,
         }
     }
 
@@ -229,7 +255,7 @@ impl Core {
         self.groups.iter().flat_map(|g| {
             g.members
                 .iter()
-                .filter(|(_, m)| m.waiting() && m.state.ipv4.is_none())
+                .filter(|(_, m)| m.waiting() && m.ipv4.is_none())
                 .map(|(name, _)| name)
         })
     }
@@ -247,20 +273,24 @@ impl Core {
         self.lxd_available = available;
     }
 
-    /// Every instance LXD has, with its state: the groups' members are re-selected.
-    pub fn set_instances(&mut self, instances: &[Instance]) {
+    /// Every instance LXD has, with its state, and LXD's networks: the groups' members are
+    /// re-selected, and the NIC each is reached on re-read from its config.
+    pub fn set_instances(&mut self, instances: &[Instance], networks: &[Network]) {
         self.lxd_available = true;
         let mut joined = BTreeSet::new();
         for group in &mut self.groups {
-            let selected: BTreeMap<&str, MemberState> = instances
+            let wanted = group.config.network.clone();
+            let selected: BTreeMap<&str, (MemberState, _)> = instances
                 .iter()
                 .filter(|instance| group.config.selects(instance))
                 .map(|instance| {
                     let state = MemberState {
                         status: instance.status.clone(),
-                        ipv4: instance.ipv4.first().copied(),
+                        interfaces: instance.interfaces.clone(),
                     };
-                    (instance.name.as_str(), state)
+                    let binding =
+                        address::bind(instance, networks, wanted.as_deref(), self.host_subnet);
+                    (instance.name.as_str(), (state, binding))
                 })
                 .collect();
             let gone: Vec<String> = group
@@ -274,12 +304,12 @@ impl Core {
                 group.members.remove(&name);
                 group.tasks.remove(&name);
             }
-            for (name, state) in selected {
+            for (name, (state, binding)) in selected {
                 if !group.members.contains_key(name) {
                     tracing::info!(group = %group.config.name, container = %name, status = state.status.as_str(), "container joined the group");
                     joined.insert(name.to_owned());
                 }
-                update_member(group, name, state);
+                update_member(group, name, state, Some(binding));
             }
         }
         for name in joined {
@@ -327,7 +357,7 @@ impl Core {
                 continue;
             }
             match &state {
-                Some(state) => update_member(group, name, state.clone()),
+                Some(state) => update_member(group, name, state.clone(), None),
                 None => {
                     tracing::info!(group = %group.config.name, container = %name, "container vanished");
                     group.members.remove(name);
@@ -372,7 +402,7 @@ impl Core {
                         .members
                         .values()
                         .filter(|m| m.state.status == InstanceStatus::Running)
-                        .filter_map(|m| m.state.ipv4)
+                        .filter_map(|m| m.ipv4)
                         .filter_map(|ip| rates.get(&SocketAddrV4::new(ip, port)))
                         .sum();
                     total / f64::from(running)
@@ -384,6 +414,7 @@ impl Core {
                 stopped,
                 cpu_percent_avg,
                 requests_per_s_per_container: requests,
+                complete: load.complete,
             };
             let decision = policy.observe(observation);
             let name = &group.config.name;
@@ -459,7 +490,7 @@ impl Core {
                 }
             }
             if let Some(state) = &state {
-                update_member(group, name, state.clone());
+                update_member(group, name, state.clone(), None);
             }
         }
     }
@@ -487,7 +518,7 @@ impl Core {
                 if member.admitted || member.state.status != InstanceStatus::Running {
                     continue;
                 }
-                let Some(ip) = member.state.ipv4 else {
+                let Some(ip) = member.ipv4 else {
                     continue;
                 };
                 let address = SocketAddrV4::new(ip, port);
@@ -521,7 +552,7 @@ impl Core {
                             && m.leaving_until.is_none()
                             && !leaving(group.tasks.get(*name))
                     })
-                    .filter_map(|(_, m)| m.state.ipv4)
+                    .filter_map(|(_, m)| m.ipv4)
                     .map(|ip| SocketAddr::from((ip, group.config.port)))
                     .collect();
                 (group.config.upstream_name().to_owned(), servers)
@@ -558,7 +589,7 @@ impl Core {
         let applied = balancer.apply(&content);
         self.rendered = Some(content);
         match applied {
-            Ok(Applied::StillRejected) => {}
+            Ok(Applied::StillFailing) => {}
             Ok(applied) => {
                 if applied == Applied::Reloaded {
                     tracing::info!(upstreams = %summary(&desired), "upstream file written, nginx reloaded");
@@ -597,7 +628,6 @@ impl Core {
                     continue;
                 }
                 let address = member
-                    .state
                     .ipv4
                     .map(|ip| SocketAddrV4::new(ip, group.config.port));
                 let out_of_nginx = self.serving.as_ref().is_some_and(|serving| {
@@ -738,37 +768,65 @@ impl Member {
     }
 }
 
-fn update_member(group: &mut Group, name: &str, state: MemberState) {
-    match group.members.get_mut(name) {
-        Some(member) if member.state == state => {
-            if member.waiting() && state.ipv4.is_none() {
-                member.tries += 1;
-                if member.tries == PATIENCE {
-                    tracing::warn!(group = %group.config.name, container = %name, "container runs without an IPv4 address: read again at each full re-read only");
-                }
+/// A member's new state; `binding` is its NIC from a full read, `None` to keep the one it has.
+fn update_member(
+    group: &mut Group,
+    name: &str,
+    state: MemberState,
+    binding: Option<Result<Binding, String>>,
+) {
+    let new = !group.members.contains_key(name);
+    let member = group
+        .members
+        .entry(name.to_owned())
+        .or_insert_with(|| Member {
+            state: state.clone(),
+            binding: Err(String::new()),
+            ipv4: None,
+            ignored: Vec::new(),
+            admitted: false,
+            waiting_logged: false,
+            tries: 0,
+            leaving_until: None,
+        });
+    if let Some(binding) = binding
+        && binding != member.binding
+    {
+        if let Err(why) = &binding {
+            tracing::warn!(group = %group.config.name, container = %name, "container is not served: {why}");
+        }
+        member.binding = binding;
+    }
+    let (ipv4, mut ignored) = match &member.binding {
+        Ok(binding) => binding.address(&state.interfaces),
+        Err(_) => (None, Vec::new()),
+    };
+    ignored.sort_unstable();
+    if ignored != member.ignored {
+        if let (Ok(binding), false) = (&member.binding, ignored.is_empty()) {
+            tracing::warn!(group = %group.config.name, container = %name, ?ignored, "container reports addresses that are not on its LXD NIC {}: nginx is never sent there", binding.describe());
+        }
+        member.ignored = ignored;
+    }
+    if member.state.status == state.status && member.ipv4 == ipv4 {
+        member.state = state;
+        if !new && member.waiting() && ipv4.is_none() {
+            member.tries += 1;
+            if member.tries == PATIENCE {
+                tracing::warn!(group = %group.config.name, container = %name, "container runs without an IPv4 address: read again at each full re-read only");
             }
         }
-        Some(member) => {
-            tracing::info!(group = %group.config.name, container = %name, from = member.state.status.as_str(), to = state.status.as_str(), ipv4 = ?state.ipv4, "container changed");
-            // Whatever it was, it has to answer again before it serves again.
-            member.admitted = false;
-            member.waiting_logged = false;
-            member.tries = 0;
-            member.state = state;
-        }
-        None => {
-            group.members.insert(
-                name.to_owned(),
-                Member {
-                    state,
-                    admitted: false,
-                    waiting_logged: false,
-                    tries: 0,
-                    leaving_until: None,
-                },
-            );
-        }
+        return;
     }
+    if member.admitted || member.ipv4.is_some() || member.state.status != state.status {
+        tracing::info!(group = %group.config.name, container = %name, from = member.state.status.as_str(), to = state.status.as_str(), ?ipv4, "container changed");
+    }
+    // Whatever it was, it has to answer again before it serves again.
+    member.admitted = false;
+    member.waiting_logged = false;
+    member.tries = 0;
+    member.state = state;
+    member.ipv4 = ipv4;
 }
 
 /// Scale-up picks: frozen members first (they come back in milliseconds), then stopped ones.

@@ -18,6 +18,11 @@ pub struct GroupConfig {
     pub upstream: Option<String>,
     /// The port the containers serve on.
     pub port: u16,
+    /// The LXD network (or host bridge) the containers serve on: nginx gets each member's
+    /// address on the NIC LXD attached there, within that network's subnet. Without it, a
+    /// member's first NIC (by device name) on a network whose subnet is known.
+    #[serde(default)]
+    pub network: Option<String>,
     /// Members: the containers with this LXD profile...
     #[serde(default)]
     pub profile: Option<String>,
@@ -176,6 +181,13 @@ pub(super) mod tests {
             pid: None,
             ipv4: vec![],
             ipv6: vec![],
+            interfaces: Default::default(),
+            nics: vec![crate::lxd::NicDevice {
+                device: "eth0".into(),
+                interface: "eth0".into(),
+                network: Some("lxdbr0".into()),
+                ipv4_address: None,
+            }],
             image: None,
             base_image: None,
             profiles: profiles.iter().map(|p| (*p).into()).collect(),
@@ -189,6 +201,7 @@ pub(super) mod tests {
             name: name.into(),
             upstream: None,
             port: 80,
+            network: None,
             profile: None,
             pattern: Some(format!("{name}-*")),
             containers: None,

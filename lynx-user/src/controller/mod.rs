@@ -19,7 +19,9 @@
 //!
 //! While LXD is away the upstreams stay as they are and no scale decision is made; the log
 //! says when LXD goes and comes back.
+pub mod address;
 pub mod core;
+mod counts;
 pub mod group;
 #[cfg(test)]
 mod tests;
@@ -39,6 +41,7 @@ use std::{
 
 use self::{
     core::{Backends, Core, DrainProbe, Io, Load, MemberState, Request},
+    counts::{KernelCounts, Upstreams},
     group::GroupConfig,
 };
 use crate::{
@@ -67,7 +70,7 @@ const RECHECK_FOR: Duration = Duration::from_secs(3);
 const RECONNECT_PAUSE: Duration = Duration::from_secs(1);
 
 /// How the controller runs.
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, PartialEq)]
 pub struct ControlOptions {
     pub groups: Vec<GroupConfig>,
     pub lxd_sockets: Vec<PathBuf>,
@@ -102,24 +105,8 @@ enum Message {
     },
 }
 
-/// nginx's open connections per backend from the latest snapshot that counted nginx, with
-/// when it was handed over: the drains' probe.
-#[derive(Clone, Default)]
-struct KernelCounts(Arc<Mutex<Option<Counted>>>);
-
-/// Open connections per backend, and when they were handed over.
-type Counted = (Instant, BTreeMap<SocketAddrV4, u64>);
-
-impl DrainProbe for KernelCounts {
-    fn active_connections(&self, address: SocketAddrV4, since: Instant) -> Option<u64> {
-        let counts = self.0.lock().unwrap_or_else(PoisonError::into_inner);
-        let (_, active) = counts.as_ref().filter(|(at, _)| *at >= since)?;
-        // A backend nginx never connected to has no entry: no connection.
-        Some(active.get(&address).copied().unwrap_or(0))
-    }
-}
-
-/// The running controller; stops its threads when dropped.
+/// The running controller; stops its threads when dropped (the one carrying out an LXD
+/// action ends once LXD answers).
 pub struct Controller {
     sender: Sender<Message>,
     counts: KernelCounts,
@@ -145,6 +132,12 @@ impl Controller {
         if options.dry_run {
             tracing::info!("dry run: the controller decides and logs, and changes nothing");
         }
+        // Not joined on drop: a start or stop LXD carries out can take it a minute, and
+        // waiting here would hold up a daemon told to stop; LXD finishes it either way.
+        drop(spawn("lxd-actions", {
+            let (sockets, sender) = (options.lxd_sockets.clone(), sender.clone());
+            Box::new(move || act(&sockets, &action_receiver, &sender))
+        }));
         let threads = vec![
             spawn("lxd-events", {
                 let (sockets, sender, stop) = (
@@ -153,10 +146,6 @@ impl Controller {
                     Arc::clone(&stop),
                 );
                 Box::new(move || listen(&sockets, &sender, &stop))
-            }),
-            spawn("lxd-actions", {
-                let (sockets, sender) = (options.lxd_sockets.clone(), sender.clone());
-                Box::new(move || act(&sockets, &action_receiver, &sender))
             }),
             spawn("controller", {
                 let (groups, stop, probe) =
@@ -178,7 +167,7 @@ impl Controller {
     pub fn feed(&self, snapshot: &model::Snapshot) {
         let now = Instant::now();
         // Per backend, when nginx is counted (the kernel knows its processes).
-        let backends = snapshot.nginx.master_pid.map(|_| {
+        let backends: Option<Upstreams> = snapshot.nginx.master_pid.map(|_| {
             snapshot
                 .nginx
                 .upstreams
@@ -187,12 +176,14 @@ impl Controller {
                     let ip = e.address.as_deref()?.parse().ok()?;
                     Some((SocketAddrV4::new(ip, e.port), e))
                 })
-                .collect::<BTreeMap<_, _>>()
+                .collect()
         });
-        if let Some(backends) = &backends {
-            let active = backends.iter().map(|(a, e)| (*a, e.active)).collect();
-            *self.counts.0.lock().unwrap_or_else(PoisonError::into_inner) = Some((now, active));
-        }
+        let complete = self
+            .counts
+            .0
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .update(now, snapshot, backends.as_ref());
         let load = Load {
             cpu_percent: snapshot
                 .containers
@@ -202,6 +193,7 @@ impl Controller {
                 .collect(),
             requests_per_s: backends
                 .map(|b| b.iter().map(|(a, e)| (*a, e.requests_per_s)).collect()),
+            complete,
         };
         let _ = self.sender.send(Message::Load(now, load));
     }
@@ -349,10 +341,7 @@ fn act(sockets: &[PathBuf], requests: &Receiver<Request>, sender: &Sender<Messag
                     .change_state(&name, action, ACTION_TIMEOUT)
                     .map_err(|e| e.to_string());
                 tracing::debug!(container = %name, ?action, took = ?started.elapsed(), "LXD action done");
-                let state = lxd.instance_state(&name).ok().map(|s| MemberState {
-                    status: s.status,
-                    ipv4: s.ipv4.first().copied(),
-                });
+                let state = lxd.instance_state(&name).ok().map(|s| MemberState::of(&s));
                 (result, state)
             }
         };
@@ -392,7 +381,7 @@ fn control(
     receiver: &Receiver<Message>,
     actions: &Sender<Request>,
     groups: &Mutex<Vec<model::Group>>,
-    stop: &AtomicBool,
+    stop: &Arc<AtomicBool>,
 ) {
     let mut core = Core::new(
         options.groups,
@@ -400,7 +389,8 @@ fn control(
         options.dry_run,
         Instant::now(),
     );
-    let mut nginx = UpstreamFile::new(options.upstream_file, options.nginx);
+    let mut nginx =
+        UpstreamFile::new(options.upstream_file, options.nginx).cancelled_by(Arc::clone(stop));
     let mut lxd = Lxd {
         sockets: options.lxd_sockets,
         client: None,
@@ -542,11 +532,14 @@ impl Lxd {
         let answer = self
             .client()
             .ok_or_else(|| "no LXD socket answers".to_owned())
-            .and_then(|c| c.instances().map_err(|e| e.to_string()));
+            .and_then(|c| {
+                let instances = c.instances().map_err(|e| e.to_string())?;
+                Ok((instances, c.networks().map_err(|e| e.to_string())?))
+            });
         match answer {
-            Ok(instances) => {
+            Ok((instances, networks)) => {
                 self.known = instances.iter().map(|i| i.name.clone()).collect();
-                core.set_instances(&instances);
+                core.set_instances(&instances, &networks);
                 self.mark(core, Ok(()));
             }
             Err(error) => self.mark(core, Err(error)),
@@ -561,13 +554,7 @@ impl Lxd {
         };
         match client.instance_state(name) {
             Ok(state) => {
-                core.set_member(
-                    name,
-                    Some(MemberState {
-                        status: state.status,
-                        ipv4: state.ipv4.first().copied(),
-                    }),
-                );
+                core.set_member(name, Some(MemberState::of(&state)));
                 self.mark(core, Ok(()));
                 true
             }

@@ -24,7 +24,7 @@ use super::{
 };
 use crate::{
     autoscale::{DownAction, PolicyConfig},
-    lxd::{Instance, InstanceStatus, StateAction},
+    lxd::{Instance, InstanceStatus, Interfaces, Network, StateAction},
     nginx::{Applied, NginxError},
 };
 
@@ -101,7 +101,26 @@ struct Rig {
 
 /// What LXD reports of a member: its status and address.
 fn reported(status: InstanceStatus, ipv4: Option<Ipv4Addr>) -> Option<MemberState> {
-    Some(MemberState { status, ipv4 })
+    Some(MemberState {
+        status,
+        interfaces: on_eth0(ipv4),
+    })
+}
+
+/// What an instance reports with `ipv4` on its `eth0`.
+fn on_eth0(ipv4: Option<Ipv4Addr>) -> Interfaces {
+    ipv4.map(|ip| ("eth0".to_owned(), vec![ip]))
+        .into_iter()
+        .collect()
+}
+
+/// The members' network: every test instance has its `eth0` there.
+fn networks() -> Vec<Network> {
+    vec![Network {
+        name: "lxdbr0".into(),
+        managed: true,
+        ipv4: Some((ip(1), 24)),
+    }]
 }
 
 fn ip(n: u8) -> Ipv4Addr {
@@ -129,11 +148,12 @@ impl Rig {
             let address = ip(n as u8 + 2);
             if *status == InstanceStatus::Running {
                 instance.ipv4 = vec![address];
+                instance.interfaces = on_eth0(Some(address));
             }
             rig.backends.0.borrow_mut().insert(address);
             rig.instances.push(instance);
         }
-        rig.core.set_instances(&rig.instances);
+        rig.core.set_instances(&rig.instances, &networks());
         rig.step();
         rig
     }
@@ -168,6 +188,7 @@ impl Rig {
                 .map(|i| (i.name.clone(), cpu))
                 .collect(),
             requests_per_s: None,
+            complete: true,
         };
         self.core.observe_load(self.now, &load);
         self.step();
@@ -192,9 +213,10 @@ impl Rig {
                 InstanceStatus::Stopped => vec![],
                 _ => vec![address],
             };
+            instance.interfaces = on_eth0(instance.ipv4.first().copied());
             let state = MemberState {
                 status: instance.status.clone(),
-                ipv4: instance.ipv4.first().copied(),
+                interfaces: instance.interfaces.clone(),
             };
             self.core.action_done(&name, action, Ok(()), Some(state));
         }
@@ -279,11 +301,7 @@ fn a_member_joins_only_once_running_and_answering() {
     assert_eq!(rig.serving(), ["10.0.0.2:80"]);
     // web-2 starts, but its service is not up yet.
     rig.backends.0.borrow_mut().remove(&ip(3));
-    let running = MemberState {
-        status: Running,
-        ipv4: Some(ip(3)),
-    };
-    rig.core.set_member("web-2", Some(running));
+    rig.core.set_member("web-2", reported(Running, Some(ip(3))));
     rig.step();
     assert_eq!(rig.serving(), ["10.0.0.2:80"], "not answering: kept out");
     assert!(rig.core.busy(), "looks again soon");
@@ -302,6 +320,41 @@ fn a_member_joins_only_once_running_and_answering() {
     assert_eq!(rig.serving(), Vec::<String>::new(), "empty: 503 fallback");
     let content = rig.nginx.serving.clone().expect("a file");
     assert!(content.contains("server 127.0.0.1:9099;"), "{content}");
+}
+
+#[test]
+fn a_member_is_served_on_its_lxd_nic_only_whatever_else_it_reports() {
+    let mut rig = Rig::new(group("web"), &[("web-1", Running)], false);
+    assert_eq!(rig.serving(), ["10.0.0.2:80"]);
+    // The container's root adds an interface that sorts before eth0, with the bridge's own
+    // address and an outside one; both would answer.
+    let outside = Ipv4Addr::new(192, 0, 2, 7);
+    rig.backends.0.borrow_mut().extend([ip(1), outside]);
+    let mut interfaces = on_eth0(Some(ip(2)));
+    interfaces.insert("docker0".into(), vec![ip(1), outside]);
+    let web = &mut rig.instances[0];
+    web.ipv4 = vec![ip(1), outside, ip(2)];
+    web.interfaces = interfaces.clone();
+    rig.core.set_instances(&rig.instances, &networks());
+    rig.core.reconciled();
+    rig.step();
+    assert_eq!(rig.serving(), ["10.0.0.2:80"], "a full re-read");
+    let state = MemberState {
+        status: Running,
+        interfaces: interfaces.clone(),
+    };
+    rig.core.set_member("web-1", Some(state));
+    rig.step();
+    assert_eq!(rig.serving(), ["10.0.0.2:80"], "an event's re-read");
+    // Only those addresses left: not served at all.
+    interfaces.remove("eth0");
+    let state = MemberState {
+        status: Running,
+        interfaces,
+    };
+    rig.core.set_member("web-1", Some(state));
+    rig.step();
+    assert_eq!(rig.serving(), Vec::<String>::new());
 }
 
 #[test]
@@ -580,10 +633,7 @@ fn a_member_that_never_answers_or_never_gets_an_address_is_not_polled_for_ever()
         false,
     );
     rig.backends.0.borrow_mut().clear();
-    let no_address = MemberState {
-        status: Running,
-        ipv4: None,
-    };
+    let no_address = reported(Running, None).expect("a state");
     rig.core.set_member("web-1", Some(no_address.clone()));
     rig.core.set_member("web-2", reported(Stopped, None));
     rig.core.set_member("web-2", reported(Running, Some(ip(3))));
@@ -652,6 +702,7 @@ fn requests_per_second_from_nginx_scale_a_group_up() {
                 // Another backend on the same address but another port is not the group's.
                 (SocketAddrV4::new(ip(2), 8080), 10_000.0),
             ])),
+            complete: true,
         };
         rig.core.observe_load(rig.now, &load);
         rig.step();
@@ -672,8 +723,126 @@ fn requests_per_second_from_nginx_scale_a_group_up() {
     );
 }
 
-/// A fake LXD on a unix socket: lists `web-1` running at 127.0.0.1 and holds event streams
-/// open; gone (socket removed, streams closed) when dropped, as LXD is while it restarts.
+/// nginx counted with these upstream endpoints, and these drops.
+fn counted(
+    master: u32,
+    upstreams: Vec<crate::model::NginxEndpoint>,
+    drops: u64,
+) -> crate::model::Snapshot {
+    let mut snapshot = crate::model::fixtures::snapshot("2026-11-22T04:22:02Z", vec![]);
+    snapshot.nginx.master_pid = Some(master);
+    snapshot.nginx.upstreams = upstreams;
+    snapshot.kernel_drops.nginx_flows_full = drops;
+    snapshot
+}
+
+#[test]
+fn a_backend_without_a_counter_or_with_unfollowed_connections_has_unknown_connections() {
+    use super::{
+        DrainProbe,
+        counts::{Counts, KernelCounts},
+    };
+    use crate::model::fixtures::upstream;
+    let probe = KernelCounts::default();
+    let feed = |snapshot: &crate::model::Snapshot| {
+        let backends = snapshot
+            .nginx
+            .upstreams
+            .iter()
+            .map(|e| {
+                let ip: Ipv4Addr = e
+                    .address
+                    .as_deref()
+                    .expect("an address")
+                    .parse()
+                    .expect("IPv4");
+                (SocketAddrV4::new(ip, e.port), e)
+            })
+            .collect();
+        let mut counts = probe.0.lock().expect("counts");
+        Counts::update(&mut counts, Instant::now(), snapshot, Some(&backends))
+    };
+    // nginx's "master" with a "worker": a shell waiting for a sleep it started.
+    let mut master = std::process::Command::new("sh")
+        .args(["-c", "sleep 3600 & wait"])
+        .spawn()
+        .expect("start a shell");
+    let pid = master.id();
+    let deadline = Instant::now() + Duration::from_secs(5);
+    let worker = loop {
+        if let Some(&worker) = crate::nginx::children(pid).iter().next() {
+            break worker;
+        }
+        assert!(Instant::now() < deadline, "the shell started no sleep");
+        thread::sleep(Duration::from_millis(10));
+    };
+    let (counted_0, uncounted) = (SocketAddrV4::new(ip(2), 80), SocketAddrV4::new(ip(3), 80));
+    let since = Instant::now();
+    assert!(feed(&counted(
+        pid,
+        vec![upstream("web-1", "10.0.0.2", 0.0, 0)],
+        0
+    )));
+    assert_eq!(probe.active_connections(counted_0, since), Some(0));
+    assert_eq!(
+        probe.active_connections(uncounted, since),
+        None,
+        "no counter slot: unknown, not zero"
+    );
+    // A connection went unfollowed: every count is unknown while nginx's processes of that
+    // time run, and the load figures are incomplete.
+    assert!(!feed(&counted(
+        pid,
+        vec![upstream("web-1", "10.0.0.2", 0.0, 0)],
+        1
+    )));
+    assert_eq!(probe.active_connections(counted_0, since), None);
+    assert!(!feed(&counted(
+        pid,
+        vec![upstream("web-1", "10.0.0.2", 0.0, 0)],
+        1
+    )));
+    // The worker exits (a reload replaced it); the master stays.
+    // SAFETY: kill has no memory-safety preconditions; the pid is this test's grandchild.
+    unsafe { libc::kill(worker as i32, libc::SIGKILL) };
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while crate::nginx::children(pid).contains(&worker) {
+        assert!(Instant::now() < deadline, "the worker did not exit");
+        thread::sleep(Duration::from_millis(10));
+    }
+    assert!(feed(&counted(
+        pid,
+        vec![upstream("web-1", "10.0.0.2", 0.0, 0)],
+        1
+    )));
+    assert_eq!(probe.active_connections(counted_0, since), Some(0));
+    let _ = master.kill();
+    let _ = master.wait();
+}
+
+/// An address of this host that is not loopback (nginx is never sent to loopback), with an
+/// address of its subnet that is not it, as the fake network's own.
+fn host_address() -> (Ipv4Addr, Ipv4Addr, u8) {
+    let names = fs::read_dir("/sys/class/net").expect("list the host's interfaces");
+    names
+        .flatten()
+        .filter_map(|entry| super::address::host_subnet(&entry.file_name().to_string_lossy()))
+        .find(|subnet| !subnet.gateway.is_loopback() && subnet.prefix <= 30)
+        .map(|subnet| {
+            let mask = u32::MAX << (32 - u32::from(subnet.prefix));
+            let network = u32::from(subnet.gateway) & mask;
+            let other = match network + 1 == u32::from(subnet.gateway) {
+                true => network + 2,
+                false => network + 1,
+            };
+            (subnet.gateway, Ipv4Addr::from(other), subnet.prefix)
+        })
+        .expect("this host has an IPv4 address besides loopback")
+}
+
+/// A fake LXD on a unix socket: lists `web-1` running at [`host_address`] and holds event
+/// streams open; gone (socket removed, streams closed) when dropped, as LXD is while it
+/// restarts.
 struct FakeLxd {
     socket: PathBuf,
     stop: Arc<AtomicBool>,
@@ -686,12 +855,19 @@ impl FakeLxd {
         let listener = UnixListener::bind(socket).expect("bind the fake LXD socket");
         listener.set_nonblocking(true).expect("nonblocking");
         let stop = Arc::new(AtomicBool::new(false));
+        let (address, gateway, prefix) = host_address();
         let instances = serde_json::json!({"type": "sync", "metadata": [{
             "name": "web-1", "status": "Running", "type": "container", "profiles": ["default"],
             "created_at": "2026-11-22T04:02:29Z", "last_used_at": "2026-11-22T04:02:29Z",
+            "expanded_devices": {"eth0": {"type": "nic", "network": "hostnet", "name": "eth0"}},
             "state": {"status": "Running", "network": {"eth0": {"addresses": [
-                {"family": "inet", "address": "127.0.0.1", "netmask": "8", "scope": "global"}
+                {"family": "inet", "address": address.to_string(), "netmask": "8", "scope": "global"}
             ]}}}
+        }]})
+        .to_string();
+        let networks = serde_json::json!({"type": "sync", "metadata": [{
+            "name": "hostnet", "managed": true,
+            "config": {"ipv4.address": format!("{gateway}/{prefix}")}
         }]})
         .to_string();
         let server = {
@@ -722,12 +898,19 @@ impl FakeLxd {
                               Connection: Upgrade\r\n\r\n",
                         );
                         streams.push(stream);
-                    } else if head.starts_with("GET /1.0/instances?recursion=2") {
+                    } else {
+                        let body = if head.starts_with("GET /1.0/instances?recursion=2") {
+                            &instances
+                        } else if head.starts_with("GET /1.0/networks?recursion=1") {
+                            &networks
+                        } else {
+                            continue;
+                        };
                         let _ = write!(
                             stream,
                             "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\n\
-                             Content-Length: {}\r\n\r\n{instances}",
-                            instances.len()
+                             Content-Length: {}\r\n\r\n{body}",
+                            body.len()
                         );
                     }
                     // Anything else (a connect probe) is just closed.
@@ -758,7 +941,7 @@ fn lxd_going_away_keeps_the_upstreams_and_its_return_is_picked_up() {
     let _ = fs::remove_dir_all(&dir);
     fs::create_dir_all(&dir).expect("test dir");
     let socket = dir.join("lxd.socket");
-    let backend = TcpListener::bind("127.0.0.1:0").expect("a backend");
+    let backend = TcpListener::bind((host_address().0, 0)).expect("a backend");
     let port = backend.local_addr().expect("address").port();
     let upstream_file = dir.join("upstreams.conf");
     let lxd = FakeLxd::start(&socket);
@@ -780,11 +963,12 @@ fn lxd_going_away_keeps_the_upstreams_and_its_return_is_picked_up() {
             main_config: dir.join("nginx.conf"),
             prefix: None,
             pid_file: dir.join("nginx.pid"),
+            test_timeout: Duration::from_secs(5),
         },
         fallback_port: 9099,
         dry_run: false,
     });
-    let server = format!("127.0.0.1:{port}");
+    let server = format!("{}:{port}", host_address().0);
     let wait_for = |what: &str, condition: &dyn Fn(&crate::model::Group) -> bool| {
         let deadline = Instant::now() + Duration::from_secs(10);
         loop {

@@ -1,14 +1,9 @@
 //! [`LxdClient`]: requests, LXD's answer envelope, and waiting for operations.
 use std::{
     io::{self, BufReader},
-    mem,
     net::Ipv4Addr,
-    os::{
-        fd::{AsRawFd, FromRawFd, OwnedFd},
-        unix::{ffi::OsStrExt, net::UnixStream},
-    },
+    os::unix::net::UnixStream,
     path::{Path, PathBuf},
-    thread,
     time::{Duration, Instant},
 };
 
@@ -16,18 +11,18 @@ use serde::{Deserialize, de::DeserializeOwned};
 use serde_json::{Value, json};
 
 use super::{
-    Image, Instance, InstanceState, LxdError, StateAction,
-    http::{self, HttpError},
+    Image, Instance, InstanceState, LxdError, Network, StateAction,
+    http::{self, Deadline, HttpError, connect},
     types::{
         InstanceDisks, PoolSpace, RawDevices, RawImage, RawInstance, RawInstanceDevices,
-        RawOperation, RawPoolResources, RawState, RawStoragePool, StoragePool,
+        RawNetwork, RawOperation, RawPoolResources, RawState, RawStoragePool, StoragePool,
     },
 };
 
 /// How long a connect may take: only a full listen backlog makes a unix socket connect wait.
 pub const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
-/// How long one read or write on the socket may stall. Waiting for an operation adds the
-/// wait's own timeout to this.
+/// How long one request may take in all, from sending it to the last byte of the answer.
+/// Waiting for an operation adds the wait's own timeout to this.
 pub const DEFAULT_IO_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// Slack given to LXD past an action's own timeout before giving up on the operation, so that
@@ -110,7 +105,7 @@ impl LxdClient {
         })
     }
 
-    /// Replaces the connect timeout and the per-read/write timeout.
+    /// Replaces the connect timeout and the total time a request may take.
     pub fn with_timeouts(self, connect: Duration, io: Duration) -> Self {
         Self {
             connect_timeout: connect,
@@ -128,6 +123,12 @@ impl LxdClient {
     pub fn instances(&self) -> Result<Vec<Instance>, LxdError> {
         let raw: Vec<RawInstance> = self.get("/1.0/instances?recursion=2")?;
         Ok(raw.into_iter().map(Instance::from).collect())
+    }
+
+    /// The networks LXD knows: those it manages, with their subnet, and the host's others.
+    pub fn networks(&self) -> Result<Vec<Network>, LxdError> {
+        let raw: Vec<RawNetwork> = self.get("/1.0/networks?recursion=1")?;
+        Ok(raw.into_iter().map(Network::from).collect())
     }
 
     /// One instance's live state.
@@ -300,8 +301,8 @@ impl LxdClient {
         }
     }
 
-    /// One request; LXD's error answers become [`LxdError::Api`]. `extra` lengthens the read
-    /// timeout, for a wait that LXD holds open on purpose.
+    /// One request; LXD's error answers become [`LxdError::Api`]. `extra` lengthens its
+    /// deadline, for a wait that LXD holds open on purpose.
     fn call(
         &self,
         method: &str,
@@ -357,11 +358,11 @@ impl LxdClient {
     ) -> Result<http::Response, LxdError> {
         let endpoint = || format!("{method} {target}");
         let stream = self.connect_stream()?;
-        let read_timeout = self.io_timeout + extra;
+        let timeout = self.io_timeout + extra;
         let io_error = |source: io::Error| match source.kind() {
             io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut => LxdError::Timeout {
                 endpoint: endpoint(),
-                after: read_timeout,
+                after: timeout,
             },
             _ => LxdError::Io {
                 socket: self.socket.clone(),
@@ -369,13 +370,14 @@ impl LxdClient {
                 source,
             },
         };
-        stream
-            .set_write_timeout(Some(self.io_timeout))
-            .and_then(|()| stream.set_read_timeout(Some(read_timeout)))
-            .map_err(io_error)?;
-        let mut writer = &stream;
-        http::write_request(&mut writer, method, target, headers, body).map_err(io_error)?;
-        let response = http::read_response(&mut BufReader::new(&stream), method);
+        // One deadline for the whole exchange: an LXD that trickles its answer a byte at a
+        // time cannot hold the caller past it.
+        let mut stream = Deadline {
+            stream: &stream,
+            at: Instant::now() + timeout,
+        };
+        http::write_request(&mut stream, "lxd", method, target, headers, body).map_err(io_error)?;
+        let response = http::read_response(&mut BufReader::new(stream), method);
         tracing::trace!(endpoint = %endpoint(), status = ?response.as_ref().map(|r| r.status).ok(), "LXD");
         response.map_err(|error| match error {
             HttpError::Io(source) => io_error(source),
@@ -414,66 +416,4 @@ fn one_line(message: &str) -> String {
         .filter(|line| !line.is_empty())
         .collect::<Vec<_>>()
         .join("; ")
-}
-
-/// Connects to a unix socket, giving up after `timeout`.
-///
-/// `std` has no connect timeout for unix sockets, and a blocking connect waits for as long as
-/// the server's listen backlog is full. A non-blocking one fails with `EAGAIN` instead (unix
-/// sockets never answer `EINPROGRESS`), so this retries until the deadline.
-fn connect(path: &Path, timeout: Duration) -> io::Result<UnixStream> {
-    // SAFETY: `sockaddr_un` is plain data, for which all zeroes is a valid value.
-    let mut address: libc::sockaddr_un = unsafe { mem::zeroed() };
-    address.sun_family = libc::AF_UNIX as libc::sa_family_t;
-    let bytes = path.as_os_str().as_bytes();
-    // One byte is kept for the terminating NUL.
-    if bytes.len() >= address.sun_path.len() || bytes.contains(&0) {
-        return Err(io::Error::new(
-            io::ErrorKind::InvalidInput,
-            "not a usable unix socket path",
-        ));
-    }
-    for (to, &from) in address.sun_path.iter_mut().zip(bytes) {
-        *to = from as libc::c_char;
-    }
-    let length = mem::offset_of!(libc::sockaddr_un, sun_path) + bytes.len() + 1;
-    // SAFETY: plain system call; its result is checked before use.
-    let fd = unsafe {
-        libc::socket(
-            libc::AF_UNIX,
-            libc::SOCK_STREAM | libc::SOCK_CLOEXEC | libc::SOCK_NONBLOCK,
-            0,
-        )
-    };
-    if fd < 0 {
-        return Err(io::Error::last_os_error());
-    }
-    // SAFETY: `fd` is a new descriptor that nothing else owns.
-    let fd = unsafe { OwnedFd::from_raw_fd(fd) };
-    let deadline = Instant::now() + timeout;
-    loop {
-        // SAFETY: `address` is a valid `sockaddr_un` and `length` is within it.
-        let result = unsafe {
-            libc::connect(
-                fd.as_raw_fd(),
-                (&raw const address).cast(),
-                length as libc::socklen_t,
-            )
-        };
-        if result == 0 {
-            break;
-        }
-        let error = io::Error::last_os_error();
-        match error.raw_os_error() {
-            Some(libc::EINTR) => {}
-            Some(libc::EAGAIN) if Instant::now() < deadline => {
-                thread::sleep(Duration::from_millis(10));
-            }
-            Some(libc::EAGAIN) => return Err(io::ErrorKind::TimedOut.into()),
-            _ => return Err(error),
-        }
-    }
-    let stream = UnixStream::from(fd);
-    stream.set_nonblocking(false)?;
-    Ok(stream)
 }

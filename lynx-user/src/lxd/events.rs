@@ -7,7 +7,7 @@
 use std::{
     io::{self, BufRead, BufReader, Read, Write},
     os::unix::net::UnixStream,
-    time::Duration,
+    time::{Duration, Instant},
 };
 
 use serde::Deserialize;
@@ -18,6 +18,10 @@ use super::{LxdClient, LxdError};
 const HANDSHAKE_KEY: &str = "bHlueC1ldmVudHMtMDAwMQ==";
 /// A message larger than this is not an LXD event: the stream is given up.
 const MAX_MESSAGE: usize = 1 << 20;
+/// How long a message may take to arrive whole once its first byte came: LXD writes each
+/// event at once, and a peer trickling one must not hold the reader (nor a daemon told to
+/// stop, whose listener looks at its stop flag between reads).
+const MESSAGE_TIMEOUT: Duration = Duration::from_secs(2);
 
 /// One event, as much of it as Lynx uses.
 #[derive(Clone, Debug, PartialEq, Eq, Deserialize)]
@@ -64,6 +68,8 @@ pub enum Next {
 pub struct EventStream {
     reader: BufReader<UnixStream>,
     endpoint: String,
+    /// How long [`EventStream::recv`] waits for a message to begin.
+    poll: Duration,
 }
 
 impl LxdClient {
@@ -108,21 +114,48 @@ impl LxdClient {
                 break;
             }
         }
-        Ok(EventStream { reader, endpoint })
+        Ok(EventStream {
+            reader,
+            endpoint,
+            poll,
+        })
     }
 }
 
 impl EventStream {
+    /// A stream over a socket past the websocket upgrade; for the fuzzer.
+    #[cfg(fuzzing)]
+    pub fn over(stream: UnixStream, poll: Duration) -> Self {
+        let _ = stream.set_read_timeout(Some(poll));
+        Self {
+            reader: BufReader::new(stream),
+            endpoint: "GET /1.0/events".into(),
+            poll,
+        }
+    }
+
     /// The next event, [`Next::Idle`] after the poll time without one, or [`Next::Closed`].
     pub fn recv(&mut self) -> Result<Next, LxdError> {
+        let result = self.next_message();
+        // What a message in progress shortened is the poll again for the next call.
+        let restored = self.reader.get_ref().set_read_timeout(Some(self.poll));
+        match (result, restored) {
+            (Ok(next), Err(error)) if next != Next::Closed => Err(self.error(error)),
+            (result, _) => result,
+        }
+    }
+
+    fn next_message(&mut self) -> Result<Next, LxdError> {
         let mut message = Vec::new();
+        // Set by the first byte of a message: the rest of it must come by then.
+        let mut deadline = None;
         loop {
-            let frame = match self.read_frame() {
+            let frame = match self.read_frame(&mut deadline) {
                 Ok(Some(frame)) => frame,
                 Ok(None) => return Ok(Next::Closed),
-                // Only a timeout before a frame begins is idleness; inside one it is a fault.
+                // Only a timeout before a message begins is idleness; inside one it is a fault.
                 Err(error)
-                    if message.is_empty()
+                    if deadline.is_none()
                         && matches!(
                             error.kind(),
                             io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
@@ -134,12 +167,22 @@ impl EventStream {
             };
             match frame.opcode {
                 OPCODE_CLOSE => return Ok(Next::Closed),
-                OPCODE_PING => {
-                    self.send(OPCODE_PONG, &frame.payload)
-                        .map_err(|e| self.error(e))?;
+                OPCODE_PING | OPCODE_PONG => {
+                    if frame.opcode == OPCODE_PING {
+                        self.send(OPCODE_PONG, &frame.payload)
+                            .map_err(|e| self.error(e))?;
+                    }
+                    // A control frame between messages begins none: what follows may be a
+                    // while coming.
+                    if message.is_empty() {
+                        deadline = None;
+                        self.reader
+                            .get_ref()
+                            .set_read_timeout(Some(self.poll))
+                            .map_err(|e| self.error(e))?;
+                    }
                     continue;
                 }
-                OPCODE_PONG => continue,
                 _ => {}
             }
             message.extend_from_slice(&frame.payload);
@@ -160,23 +203,32 @@ impl EventStream {
         }
     }
 
-    fn read_frame(&mut self) -> io::Result<Option<Frame>> {
+    /// The next frame, `None` at the end of the stream. Its first byte is waited for up to the
+    /// poll time (or the message's `deadline`, once one began); the rest by the deadline.
+    fn read_frame(&mut self, deadline: &mut Option<Instant>) -> io::Result<Option<Frame>> {
         let mut head = [0u8; 2];
+        if let Some(at) = *deadline {
+            self.set_timeout_until(at)?;
+        }
         match self.reader.read(&mut head[..1])? {
             0 => return Ok(None),
-            _ => self.reader.read_exact(&mut head[1..])?,
+            _ => {
+                let at = *deadline.get_or_insert_with(|| Instant::now() + MESSAGE_TIMEOUT);
+                self.read_exact_by(&mut head[1..], at)?;
+            }
         }
+        let at = deadline.expect("set by the first byte");
         let (fin, opcode) = (head[0] & 0x80 != 0, head[0] & 0x0f);
         let masked = head[1] & 0x80 != 0;
         let length = match head[1] & 0x7f {
             126 => {
                 let mut bytes = [0u8; 2];
-                self.reader.read_exact(&mut bytes)?;
+                self.read_exact_by(&mut bytes, at)?;
                 usize::from(u16::from_be_bytes(bytes))
             }
             127 => {
                 let mut bytes = [0u8; 8];
-                self.reader.read_exact(&mut bytes)?;
+                self.read_exact_by(&mut bytes, at)?;
                 usize::try_from(u64::from_be_bytes(bytes)).unwrap_or(usize::MAX)
             }
             short => usize::from(short),
@@ -189,10 +241,10 @@ impl EventStream {
         }
         let mut mask = [0u8; 4];
         if masked {
-            self.reader.read_exact(&mut mask)?;
+            self.read_exact_by(&mut mask, at)?;
         }
         let mut payload = vec![0u8; length];
-        self.reader.read_exact(&mut payload)?;
+        self.read_exact_by(&mut payload, at)?;
         if masked {
             payload
                 .iter_mut()
@@ -204,6 +256,32 @@ impl EventStream {
             opcode,
             payload,
         }))
+    }
+
+    /// Fills `buf` by `deadline`, whatever pace the bytes come at.
+    fn read_exact_by(&mut self, buf: &mut [u8], deadline: Instant) -> io::Result<()> {
+        let mut filled = 0;
+        while filled < buf.len() {
+            self.set_timeout_until(deadline)?;
+            match self.reader.read(&mut buf[filled..]) {
+                Ok(0) => return Err(io::ErrorKind::UnexpectedEof.into()),
+                Ok(n) => filled += n,
+                Err(error) if error.kind() == io::ErrorKind::Interrupted => {}
+                Err(error) => return Err(error),
+            }
+        }
+        Ok(())
+    }
+
+    fn set_timeout_until(&self, deadline: Instant) -> io::Result<()> {
+        let left = deadline.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            return Err(io::Error::new(
+                io::ErrorKind::TimedOut,
+                format!("a message took longer than {MESSAGE_TIMEOUT:?} to arrive"),
+            ));
+        }
+        self.reader.get_ref().set_read_timeout(Some(left))
     }
 
     /// A client frame: always masked, as the protocol requires of clients.
@@ -372,6 +450,40 @@ mod tests {
             next = events.recv().expect("then");
         }
         assert_eq!(next, Next::Closed);
+        server.join().expect("server thread");
+        std::fs::remove_dir_all(&dir).expect("clean up");
+    }
+
+    #[test]
+    fn a_ping_between_events_leaves_the_stream_idle_not_waiting_for_a_message() {
+        let (dir, socket, server) = fake_lxd("ping-idle", |mut stream, _, _| {
+            stream
+                .write_all(b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\n\r\n")
+                .expect("upgrade");
+            stream
+                .write_all(&frame(true, OPCODE_PING, b"hi"))
+                .expect("ping");
+            thread::sleep(Duration::from_millis(500));
+            stream
+                .write_all(&frame(true, 0x1, STARTED.as_bytes()))
+                .expect("event");
+            thread::sleep(Duration::from_millis(100));
+        });
+        let mut events = LxdClient::new(&socket)
+            .events("lifecycle", Duration::from_millis(100))
+            .expect("subscribe");
+        let started = std::time::Instant::now();
+        assert_eq!(events.recv().expect("after the ping"), Next::Idle);
+        assert!(
+            started.elapsed() < Duration::from_millis(400),
+            "waited {:?} after a ping",
+            started.elapsed()
+        );
+        let mut next = events.recv().expect("then");
+        while next == Next::Idle {
+            next = events.recv().expect("then");
+        }
+        assert!(matches!(next, Next::Event(_)), "{next:?}");
         server.join().expect("server thread");
         std::fs::remove_dir_all(&dir).expect("clean up");
     }

@@ -15,6 +15,8 @@
 //!   (`GET /1.0/instances?recursion=1`); [`LxdClient::storage_pools`] and
 //!   [`LxdClient::pool_space`] read the pools and their free space
 //!   (`GET /1.0/storage-pools/NAME/resources`).
+//! - [`LxdClient::networks`] lists networks (`GET /1.0/networks?recursion=1`), for the subnet
+//!   an upstream address must be in.
 //! - [`LxdClient::images`] lists local images, [`LxdClient::delete_image`] deletes one.
 //! - [`LxdClient::set_ipv4`] pins a NIC's IPv4 address (`PATCH /1.0/instances/NAME`).
 //!
@@ -25,18 +27,22 @@
 //! [`LxdError::Api`] carries. Requests are for the `default` project.
 mod client;
 pub mod events;
-pub mod http;
 #[cfg(test)]
 mod tests;
 mod types;
 
 use std::{io, path::PathBuf, time::Duration};
 
+use crate::unix_http as http;
+
 pub use client::{DEFAULT_CONNECT_TIMEOUT, DEFAULT_IO_TIMEOUT, LxdClient};
 pub use types::{
     DiskDevice, DiskState, Image, Instance, InstanceDisks, InstanceState, InstanceStatus,
-    MemoryState, NicState, PoolSpace, StateAction, StoragePool, parse_byte_size,
+    Interfaces, MemoryState, Network, NicDevice, NicState, PoolSpace, StateAction, StoragePool,
+    parse_byte_size,
 };
+#[cfg(fuzzing)]
+pub use types::{parse_instances, parse_networks, parse_state};
 
 /// Where LXD's socket lives: Debian's `lxd` package, the snap, then Incus (LXD's fork, which
 /// serves the same `/1.0` API).

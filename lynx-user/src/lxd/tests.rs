@@ -352,6 +352,13 @@ fn lists_instances_from_a_chunked_answer() {
                         .parse::<Ipv6Addr>()
                         .expect("IPv6")
                 ],
+                interfaces: [("eth0".to_owned(), vec![Ipv4Addr::new(10, 0, 3, 160)])].into(),
+                nics: vec![NicDevice {
+                    device: "eth0".into(),
+                    interface: "eth0".into(),
+                    network: Some("lxdbr0".into()),
+                    ipv4_address: None,
+                }],
                 image: Some("Debian bookworm amd64 (20231201_05:24)".into()),
                 base_image: Some(
                     "5b8e7a3c0c4f8a7dd2ed3e6a2c1f0d9e8b7a6c5d4e3f2a1b0c9d8e7f6a5b4c3d".into()
@@ -367,6 +374,13 @@ fn lists_instances_from_a_chunked_answer() {
                 pid: None,
                 ipv4: vec![],
                 ipv6: vec![],
+                interfaces: Interfaces::new(),
+                nics: vec![NicDevice {
+                    device: "eth0".into(),
+                    interface: "eth0".into(),
+                    network: Some("lxdbr0".into()),
+                    ipv4_address: None,
+                }],
                 image: Some("busybox 1.36".into()),
                 base_image: Some(
                     "a1f8811a70dc100ed622d5e6447b65d3f3c8ca821896095732d4ec9e875e97a6".into()
@@ -636,6 +650,39 @@ fn a_silent_lxd_times_out() {
         error.to_string(),
         "LXD GET /1.0/instances?recursion=2: no result within 200ms"
     );
+    fs::remove_dir_all(&dir).expect("clean up");
+    drop(server);
+}
+
+#[test]
+fn an_lxd_that_trickles_its_answer_is_cut_off_at_the_deadline() {
+    let dir = temp_dir("trickle");
+    let socket = dir.join("unix.socket");
+    let listener = UnixListener::bind(&socket).expect("bind");
+    // Answers one byte every 100 ms: each read gets a byte well within any per-read
+    // timeout, and the whole answer would take minutes.
+    let server = thread::spawn(move || {
+        let (stream, _) = listener.accept().expect("accept");
+        let _ = read_request(&mut BufReader::new(&stream));
+        let body = sync(&instances_fixture());
+        for byte in answer("200 OK", "", &body) {
+            if (&stream).write_all(&[byte]).is_err() {
+                return;
+            }
+            thread::sleep(Duration::from_millis(100));
+        }
+    });
+    let started = std::time::Instant::now();
+    let error = LxdClient::new(&socket)
+        .with_timeouts(Duration::from_secs(1), Duration::from_millis(700))
+        .instances()
+        .expect_err("too slow");
+    let took = started.elapsed();
+    assert_eq!(
+        error.to_string(),
+        "LXD GET /1.0/instances?recursion=2: no result within 700ms"
+    );
+    assert!(took < Duration::from_secs(2), "the request took {took:?}");
     fs::remove_dir_all(&dir).expect("clean up");
     drop(server);
 }
@@ -942,4 +989,37 @@ fn sizes_parse_as_lxd_writes_them() {
     for bad in ["", "MiB", "1.5GiB", "-1", "12XB", "20EiB"] {
         assert!(parse_byte_size(bad).is_err(), "{bad}");
     }
+}
+
+#[test]
+fn lists_networks_with_their_subnet() {
+    let networks = json!([
+        {"name": "lxdbr0", "managed": true, "type": "bridge",
+         "config": {"ipv4.address": "10.177.42.1/24", "ipv4.nat": "false", "ipv6.address": "none"}},
+        {"name": "eth0", "managed": false, "type": "physical", "config": {}},
+        {"name": "noaddr", "managed": true, "type": "bridge", "config": {"ipv4.address": "none"}}
+    ]);
+    let lxd = FakeLxd::serve("networks", vec![answer("200 OK", "", &sync(&networks))]);
+    let networks = lxd.client().networks().expect("networks");
+    assert_eq!(lxd.next().target, "/1.0/networks?recursion=1");
+    assert_eq!(
+        networks,
+        [
+            Network {
+                name: "lxdbr0".into(),
+                managed: true,
+                ipv4: Some((Ipv4Addr::new(10, 177, 42, 1), 24)),
+            },
+            Network {
+                name: "eth0".into(),
+                managed: false,
+                ipv4: None,
+            },
+            Network {
+                name: "noaddr".into(),
+                managed: true,
+                ipv4: None,
+            },
+        ]
+    );
 }

@@ -50,9 +50,14 @@ pub struct Instance {
     pub status: InstanceStatus,
     /// The init process's PID on the host; `None` when not running (LXD says 0 or -1).
     pub pid: Option<u32>,
-    /// Global-scope addresses of every NIC but `lo`; empty when stopped.
+    /// Global-scope addresses of every NIC but `lo`; empty when stopped. For people: what
+    /// the instance itself reports, whichever interface carries it.
     pub ipv4: Vec<Ipv4Addr>,
     pub ipv6: Vec<Ipv6Addr>,
+    /// Global-scope IPv4 addresses by interface name inside the instance (`lo` left out).
+    pub interfaces: Interfaces,
+    /// The NICs LXD gives it (`expanded_devices` of type `nic`), by device name.
+    pub nics: Vec<NicDevice>,
     /// What the instance was created from, for people: the image's description as copied
     /// into `config["image.description"]` at creation (`Debian bookworm amd64 (20240101_05:24)`),
     /// else `image.os` and `image.release` joined by a space; `None` for an instance made
@@ -70,6 +75,34 @@ pub struct Instance {
     pub last_used_at: Option<String>,
 }
 
+/// Global-scope IPv4 addresses by interface name inside an instance.
+pub type Interfaces = BTreeMap<String, Vec<Ipv4Addr>>;
+
+/// A NIC device in an instance's LXD config: what LXD itself set up, which the instance
+/// cannot change (it can add interfaces and addresses inside, which are not this).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct NicDevice {
+    /// The device's name in LXD's config (`eth0`).
+    pub device: String,
+    /// The interface's name inside the instance: the device's `name`, else the device name.
+    pub interface: String,
+    /// The LXD network it is on (`network`), else the host bridge it is attached to
+    /// (`parent`).
+    pub network: Option<String>,
+    /// A static address LXD's DHCP server hands it (`ipv4.address`).
+    pub ipv4_address: Option<Ipv4Addr>,
+}
+
+/// An LXD network, from `GET /1.0/networks?recursion=1`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Network {
+    pub name: String,
+    /// Managed by LXD (a bridge it made); otherwise a host interface LXD only lists.
+    pub managed: bool,
+    /// `ipv4.address` of a managed network: the host's address on it and the prefix length.
+    pub ipv4: Option<(Ipv4Addr, u8)>,
+}
+
 /// An instance's live state, from `GET /1.0/instances/NAME/state`.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct InstanceState {
@@ -81,6 +114,8 @@ pub struct InstanceState {
     /// Global-scope addresses of every NIC but `lo`.
     pub ipv4: Vec<Ipv4Addr>,
     pub ipv6: Vec<Ipv6Addr>,
+    /// Global-scope IPv4 addresses by interface (`lo` left out).
+    pub interfaces: Interfaces,
     /// CPU time used, in nanoseconds, from the instance's cgroup.
     pub cpu_usage_ns: u64,
     pub memory: MemoryState,
@@ -246,6 +281,8 @@ pub(super) struct RawInstance {
     created_at: String,
     #[serde(default)]
     last_used_at: String,
+    #[serde(default, deserialize_with = "nullable")]
+    expanded_devices: BTreeMap<String, BTreeMap<String, String>>,
     #[serde(default)]
     state: Option<RawState>,
 }
@@ -263,11 +300,25 @@ impl From<RawInstance> for Instance {
         let base_image = config("volatile.base_image");
         // `state` is `null` when LXD could not read it; then the instance shows no PID or
         // addresses rather than failing the whole list.
-        let (pid, ipv4, ipv6) = raw
+        let (pid, ipv4, ipv6, interfaces) = raw
             .state
             .map(InstanceState::from)
-            .map(|s| (s.pid, s.ipv4, s.ipv6))
+            .map(|s| (s.pid, s.ipv4, s.ipv6, s.interfaces))
             .unwrap_or_default();
+        let nics = raw
+            .expanded_devices
+            .iter()
+            .filter(|(_, device)| device.get("type").is_some_and(|t| t == "nic"))
+            .map(|(name, device)| {
+                let value = |key: &str| device.get(key).filter(|v| !v.is_empty());
+                NicDevice {
+                    device: name.clone(),
+                    interface: value("name").unwrap_or(name).clone(),
+                    network: value("network").or(value("parent")).cloned(),
+                    ipv4_address: value("ipv4.address").and_then(|a| a.parse().ok()),
+                }
+            })
+            .collect();
         Self {
             name: raw.name,
             kind: raw.kind,
@@ -275,6 +326,8 @@ impl From<RawInstance> for Instance {
             pid,
             ipv4,
             ipv6,
+            interfaces,
+            nics,
             image,
             base_image,
             profiles: raw.profiles,
@@ -382,18 +435,19 @@ impl From<RawState> for InstanceState {
     fn from(raw: RawState) -> Self {
         let mut ipv4 = Vec::new();
         let mut ipv6 = Vec::new();
-        let global = raw
-            .network
-            .iter()
-            .filter(|(name, _)| name.as_str() != "lo")
-            .flat_map(|(_, nic)| &nic.addresses)
-            .filter(|a| a.scope == "global");
-        for address in global {
-            // LXD renders addresses with `net.IP.String()`; anything else is not an address.
-            match address.address.parse() {
-                Ok(IpAddr::V4(a)) => ipv4.push(a),
-                Ok(IpAddr::V6(a)) => ipv6.push(a),
-                Err(_) => {}
+        let mut interfaces = Interfaces::new();
+        for (name, nic) in raw.network.iter().filter(|(name, _)| name.as_str() != "lo") {
+            let global = nic.addresses.iter().filter(|a| a.scope == "global");
+            for address in global {
+                // LXD renders addresses with `net.IP.String()`; anything else is not one.
+                match address.address.parse() {
+                    Ok(IpAddr::V4(a)) => {
+                        ipv4.push(a);
+                        interfaces.entry(name.clone()).or_default().push(a);
+                    }
+                    Ok(IpAddr::V6(a)) => ipv6.push(a),
+                    Err(_) => {}
+                }
             }
         }
         let network = raw
@@ -419,6 +473,7 @@ impl From<RawState> for InstanceState {
             processes: u64::try_from(raw.processes).ok(),
             ipv4,
             ipv6,
+            interfaces,
             cpu_usage_ns: count(raw.cpu.usage),
             memory: MemoryState {
                 usage: count(raw.memory.usage),
@@ -478,6 +533,31 @@ impl From<RawImage> for Image {
             size: count(raw.size),
             uploaded_at: raw.uploaded_at,
             cached: raw.cached,
+        }
+    }
+}
+
+#[derive(Debug, Deserialize)]
+pub(super) struct RawNetwork {
+    name: String,
+    #[serde(default)]
+    managed: bool,
+    #[serde(default, deserialize_with = "nullable")]
+    config: BTreeMap<String, String>,
+}
+
+impl From<RawNetwork> for Network {
+    fn from(raw: RawNetwork) -> Self {
+        let ipv4 = raw
+            .config
+            .get("ipv4.address")
+            .and_then(|cidr| cidr.split_once('/'))
+            .and_then(|(address, prefix)| Some((address.parse().ok()?, prefix.parse().ok()?)))
+            .filter(|&(_, prefix): &(Ipv4Addr, u8)| prefix <= 32);
+        Self {
+            name: raw.name,
+            managed: raw.managed,
+            ipv4,
         }
     }
 }
@@ -609,4 +689,24 @@ pub(super) struct RawOperation {
     pub status_code: u16,
     #[serde(default)]
     pub err: String,
+}
+
+/// The instances of `GET /1.0/instances?recursion=2`'s metadata; for the fuzzer.
+#[cfg(fuzzing)]
+pub fn parse_instances(bytes: &[u8]) -> serde_json::Result<Vec<Instance>> {
+    let raw: Vec<RawInstance> = serde_json::from_slice(bytes)?;
+    Ok(raw.into_iter().map(Instance::from).collect())
+}
+
+/// The state of `GET /1.0/instances/NAME/state`'s metadata; for the fuzzer.
+#[cfg(fuzzing)]
+pub fn parse_state(bytes: &[u8]) -> serde_json::Result<InstanceState> {
+    serde_json::from_slice::<RawState>(bytes).map(InstanceState::from)
+}
+
+/// The networks of `GET /1.0/networks?recursion=1`'s metadata; for the fuzzer.
+#[cfg(fuzzing)]
+pub fn parse_networks(bytes: &[u8]) -> serde_json::Result<Vec<Network>> {
+    let raw: Vec<RawNetwork> = serde_json::from_slice(bytes)?;
+    Ok(raw.into_iter().map(Network::from).collect())
 }

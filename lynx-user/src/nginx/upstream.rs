@@ -25,12 +25,14 @@ pub enum RenderError {
     Duplicate(String),
 }
 
+/// The first line of every file Lynx writes: Lynx overwrites only a file that starts with it.
+pub const HEADER: &str =
+    "# Written by lynx: changes here are overwritten. Running containers are the servers.\n";
+
 /// The whole file for `upstreams`, with the fallback server on `127.0.0.1:fallback_port`.
 pub fn render(upstreams: &[Upstream], fallback_port: u16) -> Result<String, RenderError> {
     let mut names: Vec<&str> = Vec::new();
-    let mut text = String::from(
-        "# Written by lynx: changes here are overwritten. Running containers are the servers.\n",
-    );
+    let mut text = String::from(HEADER);
     for upstream in upstreams {
         if !is_plain_name(&upstream.name) {
             return Err(RenderError::BadName(upstream.name.clone()));

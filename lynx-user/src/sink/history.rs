@@ -19,17 +19,27 @@
 //!   minutes in which nginx was not found), and the peak of its root disk's usage as LXD
 //!   measured it (`NULL` where LXD gave none).
 //!
-//! A version 1 database (before the disk column) is upgraded in place when the daemon opens
-//! it; `lynx history` and `lynx top` read both versions.
+//! An older database is upgraded in place when the daemon opens it (see [`UPGRADES`]);
+//! `lynx history` and `lynx top` read every version.
 //!
 //! A row written twice for one minute (a daemon restarted within the minute, a clock set back)
 //! is merged, not replaced.
+//!
+//! Retention counts from the host's clock when a minute is written, not from the minute's own
+//! stamp: a snapshot stamped in the future (a clock wrong until NTP set it) cannot make every
+//! older minute look expired. Minutes stamped ahead of the clock are kept and flagged
+//! (`minutes.ahead_of_clock`).
+//!
+//! A database that cannot be opened (a read-only `/var/lib`, a filesystem whose locking
+//! SQLite cannot use) does not stop the daemon: the sink says why once in the log and in
+//! [`HistorySink::error`] (the snapshot's `history_error`), keeps the last
+//! [`MAX_PENDING`] minutes in memory, and tries again each minute.
 use std::{
-    collections::{BTreeMap, HashMap},
+    collections::{BTreeMap, HashMap, VecDeque},
     fmt::Write as _,
     fs, io,
     path::{Path, PathBuf},
-    sync::mpsc,
+    sync::{Arc, Mutex, PoisonError, mpsc},
     thread,
     time::{Duration, SystemTime, UNIX_EPOCH},
 };
@@ -40,8 +50,9 @@ use serde::Serialize;
 use super::Sink;
 use crate::model::{Container, Snapshot};
 
-/// Version of the schema below, kept in `PRAGMA user_version`.
-pub const SCHEMA_VERSION: i32 = 2;
+/// Version of the schema below, kept in `PRAGMA user_version`: one more than the upgrades
+/// that bring an older database to it.
+pub const SCHEMA_VERSION: i32 = UPGRADES.len() as i32 + 1;
 
 const SCHEMA: &str = "
 CREATE TABLE IF NOT EXISTS minutes (
@@ -56,7 +67,8 @@ CREATE TABLE IF NOT EXISTS minutes (
     host_cpu_percent_avg REAL NOT NULL,
     host_memory_used_max_bytes INTEGER NOT NULL,
     nginx_requests_per_s_avg REAL,
-    nginx_requests_per_s_max REAL
+    nginx_requests_per_s_max REAL,
+    ahead_of_clock INTEGER NOT NULL DEFAULT 0
 );
 CREATE TABLE IF NOT EXISTS container_minutes (
     minute INTEGER NOT NULL,
@@ -76,20 +88,24 @@ CREATE TABLE IF NOT EXISTS container_minutes (
 ) WITHOUT ROWID;
 ";
 
-/// From version 1: the root disk's peak usage. `ADD COLUMN` appends it where [`SCHEMA`]
-/// has it, last.
-const UPGRADE_FROM_1: &str = "
-ALTER TABLE container_minutes ADD COLUMN disk_used_max_bytes INTEGER;
-";
+/// What each version after 1 added, in order: a database of version `n` gets the entries
+/// from `n - 1` on. `ADD COLUMN` appends each column where [`SCHEMA`] has it, last.
+const UPGRADES: [&str; 2] = [
+    // 2: minutes stamped ahead of the host's clock.
+    "ALTER TABLE minutes ADD COLUMN ahead_of_clock INTEGER NOT NULL DEFAULT 0;",
+    // 3: the root disk's peak usage.
+    "ALTER TABLE container_minutes ADD COLUMN disk_used_max_bytes INTEGER;",
+];
 
 // Averages are merged weighted by samples; SQLite's two-argument max() is NULL when either
 // side is, hence the coalesce() around nullable columns.
 const UPSERT_MINUTE: &str = "
 INSERT INTO minutes (minute, samples, running_min, running_max, stopped_min, stopped_max,
     frozen_min, frozen_max, host_cpu_percent_avg, host_memory_used_max_bytes,
-    nginx_requests_per_s_avg, nginx_requests_per_s_max)
-VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12)
+    nginx_requests_per_s_avg, nginx_requests_per_s_max, ahead_of_clock)
+VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13)
 ON CONFLICT (minute) DO UPDATE SET
+    ahead_of_clock = max(ahead_of_clock, excluded.ahead_of_clock),
     samples = samples + excluded.samples,
     running_min = min(running_min, excluded.running_min),
     running_max = max(running_max, excluded.running_max),
@@ -134,6 +150,8 @@ ON CONFLICT (minute, kind, name) DO UPDATE SET
 ";
 
 const SECONDS_PER_DAY: i64 = 86_400;
+/// Minutes kept in memory while the database cannot be opened, written once it can.
+pub const MAX_PENDING: usize = 60;
 /// How long a statement waits for a lock another connection holds (`lynx history` reading).
 const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
 
@@ -168,6 +186,19 @@ pub enum HistoryError {
     Thread { path: PathBuf, source: io::Error },
 }
 
+/// The host's clock in Unix seconds, injected so that tests choose what "now" is.
+pub type Clock = fn() -> i64;
+
+/// The system clock.
+pub fn system_clock() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX))
+}
+
+/// Why the database is not being written now; `None` while it is.
+type Status = Arc<Mutex<Option<String>>>;
+
 /// The history sink: aggregates snapshots per minute and has them written by a thread of its
 /// own. Dropping it writes the minute in progress and waits for the writer.
 pub struct HistorySink {
@@ -177,26 +208,37 @@ pub struct HistorySink {
     /// Each container's counters in the previous snapshot, for the byte deltas.
     previous: HashMap<ContainerKey, Counters>,
     warned_bad_timestamp: bool,
+    status: Status,
     /// Declared last: dropped after [`Drop::drop`] has handed it the minute in progress.
     writer: Writer,
 }
 
 impl HistorySink {
     /// Opens (creating it and its directory if needed) the database at `path`, moving a
-    /// corrupt one aside, and starts the writer thread. Minutes older than `retention_days`
-    /// are deleted as new ones are written.
-    pub fn open(path: &Path, retention_days: u32) -> Result<Self, HistoryError> {
-        if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
-            fs::create_dir_all(dir).map_err(|source| HistoryError::CreateDir {
-                path: dir.to_owned(),
-                source,
-            })?;
-        }
-        let database = Database {
+    /// corrupt one aside, and starts the writer thread. A database that cannot be opened is
+    /// tried again each minute ([`HistorySink::error`] says why meanwhile). Minutes older
+    /// than `retention_days` are deleted as new ones are written.
+    pub fn start(path: &Path, retention_days: u32) -> Result<Self, HistoryError> {
+        Self::start_with_clock(path, retention_days, system_clock)
+    }
+
+    /// [`HistorySink::start`] with retention counted from `clock`.
+    pub fn start_with_clock(
+        path: &Path,
+        retention_days: u32,
+        clock: Clock,
+    ) -> Result<Self, HistoryError> {
+        let status = Status::default();
+        let mut database = Database {
             path: path.to_owned(),
-            connection: Some(open_for_writing(path)?),
+            connection: None,
             retention_days,
+            clock,
+            status: Arc::clone(&status),
+            pending: VecDeque::new(),
+            warned_ahead: false,
         };
+        database.reopen();
         let (sender, minutes) = mpsc::channel();
         let thread = thread::Builder::new()
             .name("lynx-history".into())
@@ -210,11 +252,20 @@ impl HistorySink {
             minute: None,
             previous: HashMap::new(),
             warned_bad_timestamp: false,
+            status,
             writer: Writer {
                 sender: Some(sender),
                 thread: Some(thread),
             },
         })
+    }
+
+    /// Why the database is not being written now (it cannot be opened); `None` while it is.
+    pub fn error(&self) -> Option<String> {
+        self.status
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
     }
 
     /// Hands the minute in progress to the writer.
@@ -484,24 +535,108 @@ fn sql_int(value: u64) -> i64 {
     i64::try_from(value).unwrap_or(i64::MAX)
 }
 
-/// The writer thread's side: the connection, reopened when it turns out corrupt.
+/// The writer thread's side: the connection, reopened when it turns out corrupt or could not
+/// be opened.
 struct Database {
     path: PathBuf,
-    /// `None` after a failed reopen; the next minute tries again.
+    /// `None` while the database cannot be opened; each minute tries again.
     connection: Option<Connection>,
     retention_days: u32,
+    clock: Clock,
+    /// Shared with the sink: why the database is not written, for the snapshot.
+    status: Status,
+    /// Minutes not written yet because the database could not be opened, oldest first.
+    pending: VecDeque<MinuteRecord>,
+    /// A minute ahead of the clock was logged.
+    warned_ahead: bool,
 }
 
 impl Database {
     fn run(mut self, minutes: mpsc::Receiver<MinuteRecord>) {
         for record in minutes {
-            self.write(&record);
+            self.write(record);
+        }
+        if !self.pending.is_empty() {
+            tracing::warn!(
+                "{} minutes of history could not be written to {}: lost",
+                self.pending.len(),
+                self.path.display()
+            );
         }
     }
 
-    fn write(&mut self, record: &MinuteRecord) {
+    /// Opens the database (creating its directory), and records whether that worked, logging
+    /// each change once.
+    fn reopen(&mut self) {
+        let opened = self
+            .path
+            .parent()
+            .filter(|d| !d.as_os_str().is_empty())
+            .map_or(Ok(()), |dir| {
+                fs::create_dir_all(dir).map_err(|source| HistoryError::CreateDir {
+                    path: dir.to_owned(),
+                    source,
+                })
+            })
+            .and_then(|()| open_for_writing(&self.path));
+        let mut status = self.status.lock().unwrap_or_else(PoisonError::into_inner);
+        match opened {
+            Ok(connection) => {
+                if status.take().is_some() {
+                    tracing::info!(
+                        "history database {} is open again: writing the {} minutes kept meanwhile",
+                        self.path.display(),
+                        self.pending.len()
+                    );
+                }
+                self.connection = Some(connection);
+            }
+            Err(error) => {
+                let error = error.to_string();
+                if status.as_ref() != Some(&error) {
+                    tracing::warn!(
+                        "{error}: history is not written until it can be (tried again each \
+                         minute, the last {MAX_PENDING} minutes kept meanwhile); collection and \
+                         control go on"
+                    );
+                }
+                *status = Some(error);
+            }
+        }
+    }
+
+    fn write(&mut self, record: MinuteRecord) {
+        let now = (self.clock)();
+        if record.minute > now && !self.warned_ahead {
+            tracing::warn!(
+                "history: minute {} is {} s ahead of this host's clock: kept and flagged \
+                 (ahead_of_clock); retention counts from the clock",
+                record.minute,
+                record.minute - now
+            );
+            self.warned_ahead = true;
+        }
+        if self.connection.is_none() {
+            self.reopen();
+        }
+        if self.connection.is_none() {
+            if self.pending.len() == MAX_PENDING {
+                self.pending.pop_front();
+            }
+            self.pending.push_back(record);
+            return;
+        }
+        for record in std::mem::take(&mut self.pending)
+            .into_iter()
+            .chain(std::iter::once(record))
+        {
+            self.write_one(&record, now);
+        }
+    }
+
+    fn write_one(&mut self, record: &MinuteRecord, now: i64) {
         if let Some(connection) = &mut self.connection {
-            match write_minute(connection, record, self.retention_days) {
+            match write_minute(connection, record, self.retention_days, now) {
                 Ok(()) => return,
                 Err(error) if !is_corrupt(&error) => {
                     tracing::warn!(
@@ -521,7 +656,7 @@ impl Database {
                 }
             }
         }
-        // Corrupt, or not reopened after an earlier failure: start over on a new database.
+        // Corrupt: start over on a new database.
         match open_for_writing(&self.path) {
             Ok(connection) => self.connection = Some(connection),
             Err(error) => {
@@ -530,7 +665,7 @@ impl Database {
             }
         }
         if let Some(connection) = &mut self.connection
-            && let Err(error) = write_minute(connection, record, self.retention_days)
+            && let Err(error) = write_minute(connection, record, self.retention_days, now)
         {
             tracing::warn!(
                 "cannot write minute {} to {}: {error}",
@@ -541,11 +676,13 @@ impl Database {
     }
 }
 
-/// Writes one minute, and deletes what is older than the retention, in one transaction.
+/// Writes one minute, and deletes what is older than the retention counted from `now` (Unix
+/// seconds), in one transaction.
 fn write_minute(
     connection: &mut Connection,
     record: &MinuteRecord,
     retention_days: u32,
+    now: i64,
 ) -> rusqlite::Result<()> {
     let transaction = connection.transaction()?;
     let samples = f64::from(record.samples.max(1));
@@ -569,6 +706,7 @@ fn write_minute(
         sql_int(record.host_memory_used_max_bytes),
         nginx_avg,
         nginx_max,
+        record.minute > now,
     ])?;
     {
         let mut upsert = transaction.prepare_cached(UPSERT_CONTAINER)?;
@@ -591,7 +729,7 @@ fn write_minute(
             ])?;
         }
     }
-    let cutoff = record.minute - i64::from(retention_days) * SECONDS_PER_DAY;
+    let cutoff = now.div_euclid(60) * 60 - i64::from(retention_days) * SECONDS_PER_DAY;
     transaction.execute("DELETE FROM minutes WHERE minute < ?1", [cutoff])?;
     transaction.execute("DELETE FROM container_minutes WHERE minute < ?1", [cutoff])?;
     transaction.commit()
@@ -651,9 +789,10 @@ fn open_and_check(path: &Path) -> rusqlite::Result<(Connection, i32)> {
         ))?;
         version = SCHEMA_VERSION;
     }
-    if version == 1 {
+    if (1..SCHEMA_VERSION).contains(&version) {
+        let upgrades = UPGRADES[usize::try_from(version - 1).unwrap_or_default()..].concat();
         connection.execute_batch(&format!(
-            "BEGIN; {UPGRADE_FROM_1} PRAGMA user_version = {SCHEMA_VERSION}; COMMIT;"
+            "BEGIN; {upgrades} PRAGMA user_version = {SCHEMA_VERSION}; COMMIT;"
         ))?;
         version = SCHEMA_VERSION;
     }
@@ -785,8 +924,8 @@ fn open_for_reading(path: &Path) -> Result<Option<Connection>, HistoryError> {
         .map_err(read_error)?;
     match version {
         0 => Ok(None),
-        // What is read here is in both versions.
-        1 | SCHEMA_VERSION => Ok(Some(connection)),
+        // Reports read no column that an older version lacks.
+        1..=SCHEMA_VERSION => Ok(Some(connection)),
         found => Err(HistoryError::Schema {
             path: path.to_owned(),
             found,
@@ -1064,8 +1203,15 @@ mod tests {
         snapshot
     }
 
+    /// The clock of the tests' history: when the last minute of the retention test is
+    /// written.
+    fn test_clock() -> i64 {
+        NOV_20 + 24 * HOUR + 600
+    }
+
     fn open(path: &Path, retention_days: u32) -> HistorySink {
-        HistorySink::open(path, retention_days).unwrap_or_else(|e| panic!("open history sink: {e}"))
+        HistorySink::start_with_clock(path, retention_days, test_clock)
+            .unwrap_or_else(|e| panic!("open history sink: {e}"))
     }
 
     fn summary(path: &Path, days: u32, now: i64) -> Vec<DaySummary> {
@@ -1323,6 +1469,110 @@ mod tests {
         );
     }
 
+    #[test]
+    fn a_minute_stamped_in_the_future_deletes_nothing_and_is_flagged() {
+        fn an_hour_into_nov_20() -> i64 {
+            NOV_20 + HOUR
+        }
+        let dir = history_dir("future");
+        let mut sink = HistorySink::start_with_clock(&db(&dir), 7, an_hour_into_nov_20)
+            .expect("start the sink");
+        let web = || vec![container("web1", "Running", 1.0, 0)];
+        // A clock 30 days fast stamps one snapshot before NTP sets it right.
+        for at in [
+            NOV_20,
+            NOV_20 + 1800,
+            NOV_20 + 30 * 24 * HOUR,
+            NOV_20 + 1860,
+        ] {
+            sink.publish(&snapshot(at, web()));
+        }
+        drop(sink);
+        let minutes: Vec<(i64, i64)> = select(
+            &db(&dir),
+            "SELECT minute, ahead_of_clock FROM minutes ORDER BY minute",
+            |row| Ok((row.get(0)?, row.get(1)?)),
+        );
+        assert_eq!(
+            minutes,
+            [
+                (NOV_20, 0),
+                (NOV_20 + 1800, 0),
+                (NOV_20 + 1860, 0),
+                (NOV_20 + 30 * 24 * HOUR, 1)
+            ],
+            "nothing deleted, the future minute kept and flagged"
+        );
+    }
+
+    #[test]
+    fn a_database_that_cannot_be_opened_is_tried_again_and_nothing_is_lost_meanwhile() {
+        let dir = history_dir("unopenable");
+        let path = db(&dir);
+        // Its directory cannot be made: a file is in the way.
+        let parent = path.parent().expect("a parent");
+        fs::write(parent, "not a directory").expect("block the directory");
+        let mut sink = open(&path, 7);
+        let error = sink.error().expect("the sink says why");
+        assert!(
+            error.starts_with(&format!("cannot create {}", parent.display())),
+            "{error}"
+        );
+        let web = || vec![container("web1", "Running", 1.0, 0)];
+        sink.publish(&snapshot(NOV_20, web()));
+        sink.publish(&snapshot(NOV_20 + 60, web()));
+        sink.publish(&snapshot(NOV_20 + 120, web()));
+        // Two finished minutes are waiting; the way is cleared.
+        fs::remove_file(parent).expect("unblock the directory");
+        sink.publish(&snapshot(NOV_20 + 180, web()));
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        while sink.error().is_some() {
+            assert!(std::time::Instant::now() < deadline, "never reopened");
+            thread::sleep(Duration::from_millis(10));
+        }
+        drop(sink);
+        let minutes: Vec<i64> = query(&path, "SELECT minute FROM minutes ORDER BY minute");
+        assert_eq!(
+            minutes,
+            [NOV_20, NOV_20 + 60, NOV_20 + 120, NOV_20 + 180],
+            "the minutes from while it could not be opened are written"
+        );
+    }
+
+    #[test]
+    fn a_version_1_database_gets_the_new_column() {
+        let dir = history_dir("migrate");
+        let path = db(&dir);
+        fs::create_dir_all(path.parent().expect("a parent")).expect("db dir");
+        {
+            let connection = Connection::open(&path).expect("create a version 1 database");
+            let v1 = SCHEMA
+                .replace(",\n    ahead_of_clock INTEGER NOT NULL DEFAULT 0", "")
+                .replace("    disk_used_max_bytes INTEGER,\n", "");
+            assert_ne!(v1, SCHEMA, "the version 1 schema lacks the column");
+            connection
+                .execute_batch(&format!("{v1} PRAGMA user_version = 1;"))
+                .expect("version 1 schema");
+            connection
+                .execute(
+                    "INSERT INTO minutes VALUES (?1, 1, 1, 1, 0, 0, 0, 0, 1.0, 0, NULL, NULL)",
+                    [NOV_20 - 60],
+                )
+                .expect("a version 1 minute");
+        }
+        let mut sink = open(&path, 7);
+        sink.publish(&snapshot(NOV_20, vec![]));
+        drop(sink);
+        let minutes: Vec<(i64, i64)> = select(
+            &path,
+            "SELECT minute, ahead_of_clock FROM minutes ORDER BY minute",
+            |row| Ok((row.get(0)?, row.get(1)?)),
+        );
+        assert_eq!(minutes, [(NOV_20 - 60, 0), (NOV_20, 0)]);
+        let version: Vec<i64> = query(&path, "PRAGMA user_version");
+        assert_eq!(version, [i64::from(SCHEMA_VERSION)]);
+    }
+
     /// Captures what `tracing` logs on this thread.
     #[derive(Clone, Default)]
     struct Log(Arc<Mutex<Vec<u8>>>);
@@ -1439,17 +1689,17 @@ mod tests {
     }
 
     #[test]
-    fn a_version_1_database_is_upgraded_and_keeps_its_minutes() {
+    fn a_version_2_database_is_upgraded_and_keeps_its_minutes() {
         let dir = history_dir("upgrade");
         let path = db(&dir);
         {
-            let version_1 = SCHEMA.replace("    disk_used_max_bytes INTEGER,\n", "");
-            assert_ne!(version_1, SCHEMA);
+            let version_2 = SCHEMA.replace("    disk_used_max_bytes INTEGER,\n", "");
+            assert_ne!(version_2, SCHEMA);
             fs::create_dir_all(path.parent().expect("a parent")).expect("create the directory");
             let connection = Connection::open(&path).expect("create");
             connection
-                .execute_batch(&format!("{version_1} PRAGMA user_version = 1;"))
-                .expect("a version 1 schema");
+                .execute_batch(&format!("{version_2} PRAGMA user_version = 2;"))
+                .expect("a version 2 schema");
             connection
                 .execute(
                     "INSERT INTO container_minutes VALUES \
@@ -1458,7 +1708,7 @@ mod tests {
                 )
                 .expect("an old minute");
         }
-        let old = container_minutes(&path, "old", 0).expect("version 1 reads");
+        let old = container_minutes(&path, "old", 0).expect("version 2 reads");
         assert_eq!(old.len(), 1);
         let mut sink = open(&path, 3650);
         sink.publish(&snapshot(

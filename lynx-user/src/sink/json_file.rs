@@ -38,5 +38,6 @@ pub fn write(path: &Path, snapshot: &Snapshot) -> Result<(), JsonFileError> {
         .map_err(io::Error::from)
         .map_err(error)?;
     text.push(b'\n');
-    atomic_file::write(path, &text).map_err(error)
+    // Readable by `lynx top` run by any user, whatever the daemon's umask.
+    atomic_file::write(path, &text, 0o644).map_err(error)
 }

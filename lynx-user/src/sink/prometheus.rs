@@ -1,327 +1,14 @@
-//! The Prometheus endpoint: `GET /metrics` in the text exposition format 0.0.4 and
-//! `GET /snapshot` (the JSON document), both from the latest snapshot, served by a small
-//! HTTP/1.1 server on a thread of its own.
-//!
-//! [`PrometheusServer::publish`] only swaps in the new snapshot; a request renders what it
-//! asks for from the snapshot current when it arrives, so `/metrics` and `/snapshot` fetched
-//! within one interval describe the same moment (`lynx_snapshot_timestamp_seconds` is the
-//! snapshot's `host.timestamp`). Connections are answered one at a time and closed: a
-//! scraper asks once per scrape interval, and each answer takes well under a millisecond.
-use std::{
-    fmt::{self, Write as _},
-    io::{self, Read, Write},
-    net::{SocketAddr, TcpListener, TcpStream},
-    os::fd::AsRawFd,
-    sync::{
-        Arc, Mutex, PoisonError,
-        atomic::{AtomicBool, Ordering},
-    },
-    thread,
-    time::{Duration, Instant},
-};
+//! The Prometheus text exposition format 0.0.4 of a snapshot: what the daemon's HTTP server
+//! ([`crate::web`]) answers `GET /metrics` with, rendered from the snapshot current when the
+//! request arrives (`lynx_snapshot_timestamp_seconds` is the snapshot's `host.timestamp`, so
+//! `/metrics` and `/snapshot` can be matched).
+use std::fmt::{self, Write as _};
 
-use super::{Sink, history::parse_timestamp};
-use crate::model::{Autoscaler, Container, Disk, Group, Nginx, NginxEndpoint, Snapshot};
+use super::history::parse_timestamp;
+use crate::model::{Autoscaler, Container, Disk, Features, Group, Nginx, NginxEndpoint, Snapshot};
 
 /// `Content-Type` of `/metrics`.
 pub const METRICS_CONTENT_TYPE: &str = "text/plain; version=0.0.4; charset=utf-8";
-/// How long a client may take to send its request head.
-const REQUEST_TIMEOUT: Duration = Duration::from_secs(2);
-/// How long a write to a client that does not read may block.
-const WRITE_TIMEOUT: Duration = Duration::from_secs(2);
-/// Longest request head read; scrapers send a few hundred bytes.
-const MAX_HEAD: usize = 8192;
-/// How often the server thread looks at its stop flag while no client connects.
-const STOP_POLL: Duration = Duration::from_millis(100);
-
-/// Errors of starting the endpoint.
-#[derive(Debug, thiserror::Error)]
-pub enum PrometheusError {
-    #[error("cannot listen on {address}: {source}")]
-    Listen { address: String, source: io::Error },
-    #[error("cannot start the Prometheus server thread for {address}: {source}")]
-    Thread {
-        address: SocketAddr,
-        source: io::Error,
-    },
-}
-
-/// The latest snapshot, shared with the server thread; `None` until the first one.
-type Latest = Arc<Mutex<Option<Arc<Snapshot>>>>;
-
-/// The endpoint. Dropping it stops and joins its thread (within [`STOP_POLL`], or once the
-/// client being answered is done).
-pub struct PrometheusServer {
-    latest: Latest,
-    local_addr: SocketAddr,
-    stop: Arc<AtomicBool>,
-    thread: Option<thread::JoinHandle<()>>,
-}
-
-impl PrometheusServer {
-    /// Listens on `listen` (`host:port`; port 0 picks a free one) and starts serving.
-    pub fn start(listen: &str) -> Result<Self, PrometheusError> {
-        let listen_error = |source| PrometheusError::Listen {
-            address: listen.to_owned(),
-            source,
-        };
-        let listener = TcpListener::bind(listen).map_err(listen_error)?;
-        let local_addr = listener.local_addr().map_err(listen_error)?;
-        // Non-blocking so that a readiness the poll reported but another took cannot hang
-        // the accept, and the stop flag is always seen.
-        listener.set_nonblocking(true).map_err(listen_error)?;
-        let latest: Latest = Arc::default();
-        let stop = Arc::new(AtomicBool::new(false));
-        let thread = thread::Builder::new()
-            .name("lynx-prometheus".into())
-            .spawn({
-                let (latest, stop) = (latest.clone(), stop.clone());
-                move || serve(&listener, &latest, &stop)
-            })
-            .map_err(|source| PrometheusError::Thread {
-                address: local_addr,
-                source,
-            })?;
-        tracing::info!("serving Prometheus metrics on http://{local_addr}/metrics");
-        Ok(Self {
-            latest,
-            local_addr,
-            stop,
-            thread: Some(thread),
-        })
-    }
-
-    /// The address it listens on (the port chosen when asked for port 0).
-    pub fn local_addr(&self) -> SocketAddr {
-        self.local_addr
-    }
-}
-
-impl Sink for PrometheusServer {
-    fn publish(&mut self, snapshot: &Snapshot) {
-        let snapshot = Arc::new(snapshot.clone());
-        // A poisoned lock only means a request thread panicked mid-read: the slot is intact.
-        *self.latest.lock().unwrap_or_else(PoisonError::into_inner) = Some(snapshot);
-    }
-}
-
-impl Drop for PrometheusServer {
-    fn drop(&mut self) {
-        self.stop.store(true, Ordering::Relaxed);
-        if let Some(thread) = self.thread.take()
-            && thread.join().is_err()
-        {
-            tracing::warn!("Prometheus server thread on {} panicked", self.local_addr);
-        }
-    }
-}
-
-fn serve(listener: &TcpListener, latest: &Latest, stop: &AtomicBool) {
-    while !stop.load(Ordering::Relaxed) {
-        if !wait_readable(listener, STOP_POLL) {
-            continue;
-        }
-        match listener.accept() {
-            Ok((stream, peer)) => {
-                if let Err(error) = answer(stream, latest) {
-                    tracing::debug!("Prometheus endpoint: client {peer}: {error}");
-                }
-            }
-            Err(error) if error.kind() == io::ErrorKind::WouldBlock => {}
-            Err(error) => {
-                // Out of file descriptors and the like: say so, and do not spin.
-                tracing::warn!("Prometheus endpoint: cannot accept a connection: {error}");
-                thread::sleep(STOP_POLL);
-            }
-        }
-    }
-}
-
-/// Waits up to `timeout` for a connection to accept.
-fn wait_readable(listener: &TcpListener, timeout: Duration) -> bool {
-    let mut fd = libc::pollfd {
-        fd: listener.as_raw_fd(),
-        events: libc::POLLIN,
-        revents: 0,
-    };
-    let millis = i32::try_from(timeout.as_millis()).unwrap_or(i32::MAX);
-    // SAFETY: `fd` is one valid pollfd that outlives the call.
-    unsafe { libc::poll(&mut fd, 1, millis) > 0 }
-}
-
-/// One response.
-struct Response {
-    status: &'static str,
-    content_type: &'static str,
-    extra_headers: &'static str,
-    body: Vec<u8>,
-}
-
-impl Response {
-    fn text(status: &'static str, body: &str) -> Self {
-        Self {
-            status,
-            content_type: "text/plain; charset=utf-8",
-            extra_headers: "",
-            body: body.as_bytes().to_vec(),
-        }
-    }
-}
-
-fn answer(mut stream: TcpStream, latest: &Latest) -> io::Result<()> {
-    // Accepted sockets do not inherit the listener's O_NONBLOCK on Linux; made sure anyway,
-    // as the timeouts below need blocking mode.
-    stream.set_nonblocking(false)?;
-    stream.set_write_timeout(Some(WRITE_TIMEOUT))?;
-    let (response, head_only) = match read_head(&mut stream)? {
-        Head::Complete(head) => route(&head, latest),
-        Head::TooLarge => (
-            Response::text(
-                "431 Request Header Fields Too Large",
-                "request head too large\n",
-            ),
-            false,
-        ),
-        // The client left or stalled: nobody to answer.
-        Head::Incomplete => return Ok(()),
-    };
-    let mut message = format!(
-        "HTTP/1.1 {}\r\nContent-Type: {}\r\nContent-Length: {}\r\n{}Connection: close\r\n\r\n",
-        response.status,
-        response.content_type,
-        response.body.len(),
-        response.extra_headers
-    )
-    .into_bytes();
-    if !head_only {
-        message.extend_from_slice(&response.body);
-    }
-    stream.write_all(&message)?;
-    stream.flush()?;
-    stream.shutdown(std::net::Shutdown::Write)
-}
-
-enum Head {
-    Complete(String),
-    TooLarge,
-    Incomplete,
-}
-
-/// Reads up to the blank line that ends the request head, within [`REQUEST_TIMEOUT`] in all.
-fn read_head(stream: &mut TcpStream) -> io::Result<Head> {
-    let deadline = Instant::now() + REQUEST_TIMEOUT;
-    let mut head = Vec::with_capacity(512);
-    let mut buffer = [0; 1024];
-    loop {
-        if let Some(end) = find_head_end(&head) {
-            head.truncate(end);
-            return Ok(Head::Complete(String::from_utf8_lossy(&head).into_owned()));
-        }
-        if head.len() > MAX_HEAD {
-            return Ok(Head::TooLarge);
-        }
-        let left = deadline.saturating_duration_since(Instant::now());
-        if left.is_zero() {
-            return Ok(Head::Incomplete);
-        }
-        stream.set_read_timeout(Some(left))?;
-        match stream.read(&mut buffer) {
-            Ok(0) => return Ok(Head::Incomplete),
-            Ok(n) => head.extend_from_slice(&buffer[..n]),
-            Err(error)
-                if matches!(
-                    error.kind(),
-                    io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
-                ) =>
-            {
-                return Ok(Head::Incomplete);
-            }
-            Err(error) if error.kind() == io::ErrorKind::Interrupted => {}
-            Err(error) => return Err(error),
-        }
-    }
-}
-
-/// Where the head ends: at `\r\n\r\n`, or `\n\n` from a lax client.
-fn find_head_end(bytes: &[u8]) -> Option<usize> {
-    let crlf = bytes.windows(4).position(|w| w == b"\r\n\r\n");
-    let lf = bytes.windows(2).position(|w| w == b"\n\n");
-    match (crlf, lf) {
-        (Some(a), Some(b)) => Some(a.min(b)),
-        (a, b) => a.or(b),
-    }
-}
-
-/// The response to a request head, and whether only its head is wanted (`HEAD`).
-fn route(head: &str, latest: &Latest) -> (Response, bool) {
-    let request_line = head.lines().next().unwrap_or_default();
-    let mut parts = request_line.split_ascii_whitespace();
-    let (Some(method), Some(target), Some(version), None) =
-        (parts.next(), parts.next(), parts.next(), parts.next())
-    else {
-        return (Response::text("400 Bad Request", "bad request\n"), false);
-    };
-    if !version.starts_with("HTTP/1.") {
-        return (
-            Response::text("505 HTTP Version Not Supported", "HTTP/1.x only\n"),
-            false,
-        );
-    }
-    let head_only = match method {
-        "GET" => false,
-        "HEAD" => true,
-        _ => {
-            let mut response = Response::text("405 Method Not Allowed", "GET or HEAD only\n");
-            response.extra_headers = "Allow: GET, HEAD\r\n";
-            return (response, false);
-        }
-    };
-    let path = target.split(['?', '#']).next().unwrap_or_default();
-    if !matches!(path, "/metrics" | "/snapshot") {
-        return (
-            Response::text("404 Not Found", "not found: try /metrics or /snapshot\n"),
-            head_only,
-        );
-    }
-    // Cloned out so that the lock is not held while rendering.
-    let snapshot = latest
-        .lock()
-        .unwrap_or_else(PoisonError::into_inner)
-        .clone();
-    let Some(snapshot) = snapshot else {
-        let mut response = Response::text("503 Service Unavailable", "no snapshot yet\n");
-        response.extra_headers = "Retry-After: 1\r\n";
-        return (response, head_only);
-    };
-    let response = if path == "/metrics" {
-        Response {
-            status: "200 OK",
-            content_type: METRICS_CONTENT_TYPE,
-            extra_headers: "",
-            body: render(&snapshot).into_bytes(),
-        }
-    } else {
-        match serde_json::to_vec_pretty(&*snapshot) {
-            Ok(mut body) => {
-                body.push(b'\n');
-                Response {
-                    status: "200 OK",
-                    content_type: "application/json",
-                    extra_headers: "",
-                    body,
-                }
-            }
-            Err(error) => {
-                tracing::warn!("Prometheus endpoint: cannot serialise the snapshot: {error}");
-                Response::text(
-                    "500 Internal Server Error",
-                    "cannot serialise the snapshot\n",
-                )
-            }
-        }
-    };
-    (response, head_only)
-}
 
 /// The snapshot in the Prometheus text exposition format 0.0.4.
 pub fn render(snapshot: &Snapshot) -> String {
@@ -387,6 +74,14 @@ pub fn render(snapshot: &Snapshot) -> String {
         "1 when LXD's latest poll answered; without it containers are recognised by cgroup only.",
         u8::from(host.lxd_available),
     );
+    // Only on a host with a Docker Engine.
+    if let Some(available) = host.docker_available {
+        out.gauge(
+            "lynx_docker_available",
+            "1 when the Docker Engine answers; without it Docker containers are named by their id.",
+            u8::from(available),
+        );
+    }
 
     let containers = &snapshot.containers;
     out.family(
@@ -518,6 +213,7 @@ pub fn render(snapshot: &Snapshot) -> String {
     ] {
         out.sample("lynx_kernel_drops_total", &[("map", map)], count);
     }
+    render_features(&mut out, &snapshot.features);
     out.gauge(
         "lynx_collector_sample_seconds",
         "Wall time lynx took to read the kernel maps, cgroupfs and procfs for this snapshot.",
@@ -564,6 +260,27 @@ fn render_disks(out: &mut Exposition, containers: &[Container]) {
                 }
             }
         }
+    }
+}
+
+/// Which counter families the kernel supports: 1 counted, 0 unavailable (the snapshot's
+/// `features` object says why), with the hooks that count them.
+fn render_features(out: &mut Exposition, features: &Features) {
+    if features.is_empty() {
+        return;
+    }
+    out.family(
+        "lynx_feature_active",
+        Type::Gauge,
+        "1 when the kernel supports a counter family and Lynx counts it; 0 when it is unavailable and its counters read zero (the snapshot's features object says why).",
+    );
+    for (family, feature) in features {
+        let hooks = feature.hooks.join(",");
+        out.sample(
+            "lynx_feature_active",
+            &[("family", family.name()), ("hooks", &hooks)],
+            u8::from(feature.is_active()),
+        );
     }
 }
 
@@ -883,13 +600,13 @@ impl fmt::Display for Decimal {
 }
 
 #[cfg(test)]
-mod tests {
-    use std::net::Shutdown;
-
+pub(crate) mod tests {
     use super::*;
-    use crate::model::{BlockIo, Container, Cpu, Disk, Memory, Network, fixtures};
+    use crate::model::{BlockIo, Container, Cpu, Disk, Family, Feature, Memory, Network, fixtures};
 
-    fn fixture() -> Snapshot {
+    /// A snapshot with a container, the host, nginx and a group: what [`FIXTURE_METRICS`]
+    /// renders.
+    pub(crate) fn fixture() -> Snapshot {
         let web1 = Container {
             pid: Some(12990),
             ipv4: vec!["10.177.42.62".into()],
@@ -961,6 +678,13 @@ mod tests {
         };
         let mut snapshot = fixtures::snapshot("2026-11-22T04:22:02.196581371Z", vec![web1, host]);
         snapshot.kernel_drops.cgroup_net_map_full = 3;
+        snapshot.features.insert(
+            Family::BlockIo,
+            Feature::unavailable(
+                &["tp_btf/block_bio_queue"],
+                "missing kernel feature: tracepoint block_bio_queue (kernel 5.4.0)".into(),
+            ),
+        );
         snapshot.nginx = Nginx {
             master_pid: Some(900),
             listen: vec![NginxEndpoint {
@@ -975,7 +699,7 @@ mod tests {
         snapshot
     }
 
-    const FIXTURE_METRICS: &str = r#"# HELP lynx_snapshot_timestamp_seconds When the snapshot's second sample was taken (host.timestamp), in Unix seconds.
+    pub(crate) const FIXTURE_METRICS: &str = r#"# HELP lynx_snapshot_timestamp_seconds When the snapshot's second sample was taken (host.timestamp), in Unix seconds.
 # TYPE lynx_snapshot_timestamp_seconds gauge
 lynx_snapshot_timestamp_seconds 1795321322.196581371
 # HELP lynx_host_interval_seconds Length of the interval the snapshot's rates are computed over.
@@ -1113,6 +837,13 @@ lynx_kernel_drops_total{map="cgroup_net"} 3
 lynx_kernel_drops_total{map="cgroup_io"} 0
 lynx_kernel_drops_total{map="nginx_endpoints"} 0
 lynx_kernel_drops_total{map="nginx_flows"} 0
+# HELP lynx_feature_active 1 when the kernel supports a counter family and Lynx counts it; 0 when it is unavailable and its counters read zero (the snapshot's features object says why).
+# TYPE lynx_feature_active gauge
+lynx_feature_active{family="cpu",hooks="tp_btf/sched_switch,perf_event/cpu-clock"} 1
+lynx_feature_active{family="block_io",hooks="tp_btf/block_bio_queue"} 0
+lynx_feature_active{family="network",hooks="cgroup_skb/ingress,cgroup_skb/egress"} 1
+lynx_feature_active{family="nginx_connections",hooks="sock_ops,cgroup/sock_release,tp_btf/sched_process_fork"} 1
+lynx_feature_active{family="nginx_requests",hooks="tp_btf/sock_recv_length,tp_btf/sock_send_length"} 1
 # HELP lynx_collector_sample_seconds Wall time lynx took to read the kernel maps, cgroupfs and procfs for this snapshot.
 # TYPE lynx_collector_sample_seconds gauge
 lynx_collector_sample_seconds 0.00087
@@ -1165,205 +896,5 @@ lynx_collector_sample_seconds 0.00087
         assert_eq!(Float(f64::INFINITY).to_string(), "+Inf");
         assert_eq!(Float(f64::NEG_INFINITY).to_string(), "-Inf");
         assert_eq!(Float(1e-7).to_string(), "0.0000001");
-    }
-
-    /// Sends `request` and returns the status line, the headers (lowercased names) and body.
-    fn exchange(addr: SocketAddr, request: &[u8]) -> (String, Vec<(String, String)>, Vec<u8>) {
-        let mut stream =
-            TcpStream::connect(addr).unwrap_or_else(|e| panic!("connect to {addr}: {e}"));
-        stream
-            .set_read_timeout(Some(Duration::from_secs(10)))
-            .expect("set a read timeout");
-        stream.write_all(request).expect("send the request");
-        let mut response = Vec::new();
-        stream
-            .read_to_end(&mut response)
-            .expect("read the response to its end");
-        let end = find_head_end(&response).unwrap_or_else(|| {
-            panic!(
-                "no head in the response: {:?}",
-                String::from_utf8_lossy(&response)
-            )
-        });
-        let head = String::from_utf8(response[..end].to_vec()).expect("an ASCII head");
-        let body = response[end + 4..].to_vec();
-        let mut lines = head.split("\r\n");
-        let status = lines.next().expect("a status line").to_owned();
-        let headers = lines
-            .map(|line| {
-                let (name, value) = line
-                    .split_once(": ")
-                    .unwrap_or_else(|| panic!("header line {line:?}"));
-                (name.to_ascii_lowercase(), value.to_owned())
-            })
-            .collect();
-        (status, headers, body)
-    }
-
-    fn get(addr: SocketAddr, path: &str) -> (String, Vec<(String, String)>, Vec<u8>) {
-        exchange(
-            addr,
-            format!("GET {path} HTTP/1.1\r\nHost: test\r\nUser-Agent: lynx-test\r\n\r\n")
-                .as_bytes(),
-        )
-    }
-
-    fn header<'a>(headers: &'a [(String, String)], name: &str) -> &'a str {
-        headers
-            .iter()
-            .find(|(n, _)| n == name)
-            .map(|(_, v)| v.as_str())
-            .unwrap_or_else(|| panic!("no {name} header in {headers:?}"))
-    }
-
-    fn start() -> PrometheusServer {
-        PrometheusServer::start("127.0.0.1:0").unwrap_or_else(|e| panic!("start the server: {e}"))
-    }
-
-    #[test]
-    fn serves_metrics_and_snapshot_of_the_latest_publish() {
-        let mut server = start();
-        let addr = server.local_addr();
-        assert_ne!(addr.port(), 0, "a port was chosen");
-
-        let (status, headers, body) = get(addr, "/metrics");
-        assert_eq!(
-            status, "HTTP/1.1 503 Service Unavailable",
-            "before any snapshot"
-        );
-        assert_eq!(body, b"no snapshot yet\n");
-        assert_eq!(header(&headers, "retry-after"), "1");
-        let (status, ..) = get(addr, "/snapshot");
-        assert_eq!(
-            status, "HTTP/1.1 503 Service Unavailable",
-            "before any snapshot"
-        );
-
-        let snapshot = fixture();
-        server.publish(&snapshot);
-        let (status, headers, body) = get(addr, "/metrics");
-        assert_eq!(status, "HTTP/1.1 200 OK", "/metrics");
-        assert!(
-            header(&headers, "content-type").starts_with("text/plain; version=0.0.4"),
-            "content type of /metrics: {headers:?}"
-        );
-        assert_eq!(header(&headers, "content-length"), body.len().to_string());
-        assert_eq!(header(&headers, "connection"), "close");
-        assert_eq!(
-            String::from_utf8(body).expect("UTF-8 metrics"),
-            FIXTURE_METRICS,
-            "/metrics renders the published snapshot"
-        );
-
-        let (status, headers, body) = get(addr, "/snapshot?pretty=1");
-        assert_eq!(status, "HTTP/1.1 200 OK", "/snapshot");
-        assert_eq!(header(&headers, "content-type"), "application/json");
-        assert_eq!(header(&headers, "content-length"), body.len().to_string());
-        let served: Snapshot = serde_json::from_slice(&body).expect("/snapshot is the document");
-        assert_eq!(served, snapshot, "/snapshot is the published snapshot");
-
-        let mut newer = fixture();
-        newer.host.timestamp = "2026-11-22T04:22:03Z".into();
-        server.publish(&newer);
-        let (_, _, body) = get(addr, "/metrics");
-        assert!(
-            String::from_utf8_lossy(&body)
-                .contains("\nlynx_snapshot_timestamp_seconds 1795321323\n"),
-            "the newer snapshot replaced the old one"
-        );
-    }
-
-    #[test]
-    fn answers_other_requests_with_errors() {
-        let mut server = start();
-        let addr = server.local_addr();
-        server.publish(&fixture());
-
-        let (status, _, body) = get(addr, "/");
-        assert_eq!(status, "HTTP/1.1 404 Not Found", "/");
-        assert_eq!(body, b"not found: try /metrics or /snapshot\n");
-        let (status, ..) = get(addr, "/metrics/x");
-        assert_eq!(status, "HTTP/1.1 404 Not Found", "/metrics/x");
-
-        let (status, headers, _) = exchange(addr, b"POST /metrics HTTP/1.1\r\n\r\n");
-        assert_eq!(status, "HTTP/1.1 405 Method Not Allowed", "POST");
-        assert_eq!(header(&headers, "allow"), "GET, HEAD");
-
-        let (status, headers, body) = exchange(addr, b"HEAD /metrics HTTP/1.1\r\n\r\n");
-        assert_eq!(status, "HTTP/1.1 200 OK", "HEAD");
-        assert_eq!(
-            header(&headers, "content-length"),
-            FIXTURE_METRICS.len().to_string(),
-            "HEAD's length is GET's"
-        );
-        assert!(body.is_empty(), "HEAD has no body");
-
-        let (status, ..) = exchange(addr, b"GET /metrics HTTP/1.0\n\n");
-        assert_eq!(status, "HTTP/1.1 200 OK", "HTTP/1.0 with bare newlines");
-
-        let (status, ..) = exchange(addr, b"hello\r\n\r\n");
-        assert_eq!(status, "HTTP/1.1 400 Bad Request", "garbage");
-
-        let (status, ..) = exchange(addr, b"GET /metrics SPDY/3\r\n\r\n");
-        assert_eq!(
-            status, "HTTP/1.1 505 HTTP Version Not Supported",
-            "not HTTP/1"
-        );
-
-        let mut huge = b"GET /metrics HTTP/1.1\r\nX: ".to_vec();
-        huge.extend(std::iter::repeat_n(b'a', 2 * MAX_HEAD));
-        let (status, ..) = exchange(addr, &huge);
-        assert_eq!(
-            status, "HTTP/1.1 431 Request Header Fields Too Large",
-            "an endless head"
-        );
-    }
-
-    #[test]
-    fn a_client_that_leaves_early_does_not_stop_the_server() {
-        let mut server = start();
-        let addr = server.local_addr();
-        server.publish(&fixture());
-        let stream = TcpStream::connect(addr).expect("connect");
-        stream.shutdown(Shutdown::Both).expect("hang up");
-        drop(stream);
-        let (status, ..) = get(addr, "/metrics");
-        assert_eq!(status, "HTTP/1.1 200 OK", "served after a client hung up");
-    }
-
-    #[test]
-    fn drop_stops_the_server_and_frees_the_port() {
-        let server = start();
-        let addr = server.local_addr();
-        let started = Instant::now();
-        drop(server);
-        assert!(
-            started.elapsed() < Duration::from_secs(1),
-            "drop took {:?}",
-            started.elapsed()
-        );
-        let again = PrometheusServer::start(&addr.to_string())
-            .unwrap_or_else(|e| panic!("listen on {addr} again after drop: {e}"));
-        drop(again);
-    }
-
-    #[test]
-    fn a_taken_address_is_an_error_naming_it() {
-        let server = start();
-        let addr = server.local_addr().to_string();
-        let Err(error) = PrometheusServer::start(&addr) else {
-            panic!("a second server on {addr} started");
-        };
-        let message = error.to_string();
-        assert!(
-            message.starts_with(&format!("cannot listen on {addr}: Address already in use")),
-            "{message}"
-        );
-    }
-
-    #[test]
-    fn the_sink_can_move_to_another_thread() {
-        fn send<T: Send>() {}
-        send::<PrometheusServer>();
     }
 }

@@ -335,8 +335,9 @@ fn draw_table(frame: &mut Frame, area: Rect, app: &App) {
 }
 
 fn draw_detail(frame: &mut Frame, area: Rect, app: &App, snapshot: &Snapshot, name: &str) {
+    let info_height = app.detail().map_or(3, |c| info_lines(c).len()) as u16 + 2;
     let [info, cpu, memory, long, io] = Layout::vertical([
-        Constraint::Length(5),
+        Constraint::Length(info_height),
         Constraint::Fill(1),
         Constraint::Fill(1),
         Constraint::Length(5),
@@ -380,7 +381,7 @@ fn info_lines(c: &Container) -> Vec<Line<'_>> {
             addresses.join(", ")
         }
     };
-    vec![
+    let mut lines = vec![
         Line::from(vec![
             label("status "),
             Span::styled(c.status.as_str(), status_style(&c.status)),
@@ -405,7 +406,21 @@ fn info_lines(c: &Container) -> Vec<Line<'_>> {
             label("   cgroup "),
             or_dash(c.cgroup.as_deref()).into(),
         ]),
-    ]
+    ];
+    if let Some(docker) = &c.docker {
+        lines.push(Line::from(vec![
+            label("docker "),
+            format!(
+                "{} {}",
+                docker.id.get(..12).unwrap_or(&docker.id),
+                docker.state
+            )
+            .into(),
+            label("   command "),
+            docker.command.join(" ").into(),
+        ]));
+    }
+    lines
 }
 
 fn io_lines(c: &Container) -> Vec<Line<'_>> {

@@ -7,100 +7,22 @@
 //!
 //! Prints one `bench-result: {json}` line that xtask merges into `target/bench/results.json`.
 use std::{
-    fs,
     io::{Read, Write},
     os::unix::net::UnixStream,
-    path::PathBuf,
-    process::{Child, Command, Stdio},
-    thread::{self, sleep},
+    thread,
     time::{Duration, Instant},
 };
 
-use lynx::collector::cgroupfs::CgroupLayout;
 use lynx_common::{CGROUP_CPU_MAP, CpuTime};
 use lynx_tests::{
+    bench::{ManyCgroups, measure_daemon},
     daemon::DaemonUnderTest,
     lxd::{SOCKET, TestContainer, lxd},
-    spawn_in_cgroups,
 };
 use serde_json::json;
 
 const CGROUPS: usize = 1000;
 const CONTAINERS: usize = 20;
-const WINDOW: Duration = Duration::from_secs(10);
-
-/// 1,000 cgroups, each with a sleeping process; all removed on drop.
-struct ManyCgroups {
-    root: PathBuf,
-    children: Vec<Child>,
-}
-
-impl ManyCgroups {
-    fn create(count: usize) -> Self {
-        let unified = CgroupLayout::detect().expect("cgroup layout").unified;
-        let root = unified.join(format!("lynx-bench-{}", std::process::id()));
-        fs::create_dir_all(&root).expect("create bench cgroup root");
-        let mut children = Vec::with_capacity(count);
-        for n in 0..count {
-            let dir = root.join(format!("cg-{n}"));
-            fs::create_dir(&dir).expect("create bench cgroup");
-            let mut command = Command::new("sleep");
-            command.arg("600").stdout(Stdio::null());
-            children.push(spawn_in_cgroups([&dir], &mut command));
-        }
-        Self { root, children }
-    }
-}
-
-impl Drop for ManyCgroups {
-    fn drop(&mut self) {
-        for child in &mut self.children {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
-        if let Ok(entries) = fs::read_dir(&self.root) {
-            for entry in entries.flatten() {
-                let _ = fs::remove_dir(entry.path());
-            }
-        }
-        let _ = fs::remove_dir(&self.root);
-    }
-}
-
-fn rss_mb(pid: u32) -> f64 {
-    let status = fs::read_to_string(format!("/proc/{pid}/status")).expect("read daemon status");
-    let kib: f64 = status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-        .expect("VmRSS");
-    kib / 1024.0
-}
-
-/// The daemon's CPU per tick over [`WINDOW`], its median `sample_ms`, and its RSS.
-fn measure_daemon(daemon: &DaemonUnderTest) -> (f64, f64, f64) {
-    daemon.next_snapshot();
-    let (cpu_before, started) = (daemon.cpu_time(), Instant::now());
-    let mut samples = Vec::new();
-    let mut last = String::new();
-    while started.elapsed() < WINDOW {
-        if let Some(snapshot) = daemon.snapshot()
-            && snapshot.host.timestamp != last
-        {
-            last = snapshot.host.timestamp;
-            samples.push(snapshot.collector.sample_ms);
-        }
-        sleep(Duration::from_millis(10));
-    }
-    let cpu = daemon.cpu_time() - cpu_before;
-    let ticks = samples.len().max(1) as f64;
-    samples.sort_by(f64::total_cmp);
-    (
-        cpu.as_secs_f64() * 1000.0 / ticks,
-        samples[samples.len() / 2],
-        rss_mb(daemon.pid()),
-    )
-}
 
 /// Wall time of one `GET /1.0/metrics` on LXD's socket, whole answer read.
 fn lxd_metrics_ms() -> f64 {

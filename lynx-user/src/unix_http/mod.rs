@@ -1,10 +1,22 @@
-//! Just enough HTTP/1.1 for LXD's unix socket: write one request, read one response.
+//! Just enough HTTP/1.1 for the local APIs Lynx speaks on unix sockets (LXD, the Docker
+//! Engine): write one request, read one response, or follow one endless chunked response.
 //!
-//! Framing only, no transport: [`read_response`] parses from any [`BufRead`] so the edge
-//! cases are tested on byte strings. The client sends `Connection: close` and opens one
+//! Framing here is transport-free: [`read_response`] parses from any [`BufRead`] so the edge
+//! cases are tested on byte strings. Clients send `Connection: close` and open one
 //! connection per request, so there is no keep-alive or pipelining to get right; a response
 //! without `Content-Length` or chunked encoding runs to end of stream (RFC 9112 §6.3).
+//!
+//! - [`connect`] opens a socket within a timeout, and [`Deadline`] bounds a whole exchange.
+//! - [`ChunkedLines`] reads a stream of newline-separated messages in a chunked body (the
+//!   Docker Engine's `/events`) from a socket with a read timeout, so that a waiting reader
+//!   can look up between messages without losing a byte.
+mod socket;
+mod stream;
+
 use std::io::{self, BufRead, Read, Write};
+
+pub use socket::{Deadline, connect};
+pub use stream::{ChunkedLines, Line};
 
 /// Longest status, header, chunk-size or trailer line accepted; LXD's are far shorter, and a
 /// bound stops a broken peer from growing a line without end.
@@ -48,10 +60,12 @@ impl Response {
     }
 }
 
-/// Writes a request for `target` (path and query) to host `lxd`, with a JSON `body` if any and
-/// extra `headers`. It asks the server to close the connection after answering.
+/// Writes a request for `target` (path and query) to `host` (a name for the server, as `lxd`
+/// or `docker`: a unix socket has no host), with a JSON `body` if any and extra `headers`. It
+/// asks the server to close the connection after answering.
 pub fn write_request<W: Write>(
     out: &mut W,
+    host: &str,
     method: &str,
     target: &str,
     headers: &[(&str, &str)],
@@ -59,7 +73,7 @@ pub fn write_request<W: Write>(
 ) -> io::Result<()> {
     // One buffer, one write: the request reaches the server whole.
     let mut head = format!(
-        "{method} {target} HTTP/1.1\r\nHost: lxd\r\nUser-Agent: lynx\r\nAccept: application/json\r\nConnection: close\r\n"
+        "{method} {target} HTTP/1.1\r\nHost: {host}\r\nUser-Agent: lynx\r\nAccept: application/json\r\nConnection: close\r\n"
     );
     for (name, value) in headers {
         head.push_str(&format!("{name}: {value}\r\n"));
@@ -79,24 +93,38 @@ pub fn write_request<W: Write>(
 
 /// Reads one response to a request made with `method`; interim `1xx` responses are skipped.
 pub fn read_response<R: BufRead>(input: &mut R, method: &str) -> Result<Response, HttpError> {
+    let mut response = read_head(input)?;
+    // RFC 9112 §6.3: these never carry a body, whatever the headers say.
+    if method.eq_ignore_ascii_case("HEAD") || response.status == 204 || response.status == 304 {
+        return Ok(response);
+    }
+    response.body = read_body(input, &response)?;
+    Ok(response)
+}
+
+/// Reads the status line and headers of the final response, interim `1xx` ones skipped; the
+/// body is left in `input`.
+pub fn read_head<R: BufRead>(input: &mut R) -> Result<Response, HttpError> {
     loop {
         let (status, reason) = read_status_line(input)?;
         let headers = read_fields(input, "header")?;
-        let mut response = Response {
-            status,
-            reason,
-            headers,
-            body: Vec::new(),
-        };
-        if (100..200).contains(&status) {
-            continue;
+        if !(100..200).contains(&status) {
+            return Ok(Response {
+                status,
+                reason,
+                headers,
+                body: Vec::new(),
+            });
         }
-        // RFC 9112 §6.3: these never carry a body, whatever the headers say.
-        if method.eq_ignore_ascii_case("HEAD") || status == 204 || status == 304 {
-            return Ok(response);
-        }
-        response.body = read_body(input, &response)?;
-        return Ok(response);
+    }
+}
+
+impl Response {
+    /// True when the body is sent in chunks (the last transfer coding is `chunked`).
+    pub fn is_chunked(&self) -> bool {
+        self.header("transfer-encoding")
+            .and_then(|codings| codings.rsplit(',').next())
+            .is_some_and(|last| last.trim().eq_ignore_ascii_case("chunked"))
     }
 }
 
@@ -143,11 +171,7 @@ fn read_fields<R: BufRead>(
 }
 
 fn read_body<R: BufRead>(input: &mut R, response: &Response) -> Result<Vec<u8>, HttpError> {
-    let chunked = response
-        .header("transfer-encoding")
-        .and_then(|codings| codings.rsplit(',').next())
-        .is_some_and(|last| last.trim().eq_ignore_ascii_case("chunked"));
-    if chunked {
+    if response.is_chunked() {
         return read_chunked(input);
     }
     let lengths: Vec<&str> = response
@@ -398,6 +422,7 @@ mod tests {
         let mut out = Vec::new();
         write_request(
             &mut out,
+            "lxd",
             "PATCH",
             "/1.0/instances/web1",
             &[("If-Match", "\"abc\"")],
