@@ -141,11 +141,11 @@ fn disk_usage_on_a_btrfs_quota_matches_lxd_and_flags_a_nearly_full_root() {
     let cleared = settled(&daemon, &web);
     eprintln!("after deleting: {cleared:?}");
     assert!(!cleared.nearly_full, "cleared after deleting: {cleared:?}");
-    assert_close(
-        cleared.used_bytes.expect("settled"),
-        used_before,
-        0.02,
-        "root usage after deleting the files",
+    // btrfs keeps a few metadata blocks of the deleted files (16 KiB measured).
+    let used_cleared = cleared.used_bytes.expect("settled");
+    assert!(
+        used_cleared.abs_diff(used_before) < MIB,
+        "root usage after deleting the files: {used_cleared}, before writing them {used_before}"
     );
     let log = daemon.log();
     assert_eq!(
