@@ -39,8 +39,8 @@ fn try_http_conn(ctx: &SockOpsContext) -> Option<()> {
     // SAFETY: the context is the helper's argument.
     let cookie = || unsafe { bpf_get_socket_cookie(ctx.ops.cast()) };
     match ctx.op() {
-        // SAFETY: as above.
         BPF_SOCK_OPS_PASSIVE_ESTABLISHED_CB
+            // SAFETY: the context is the helper's argument.
             if http::is_nginx_netns(unsafe { bpf_get_netns_cookie(ctx.ops.cast()) }) =>
         {
             // local_port is in host byte order.

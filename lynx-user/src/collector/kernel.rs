@@ -89,6 +89,11 @@ pub enum KernelError {
     PinDir { path: PathBuf, source: io::Error },
     #[error("the embedded eBPF object does not parse: {0}")]
     Object(String),
+    #[error(
+        "this lynx was built without its eBPF programs (LYNX_EBPF_OBJECT unset): build it with \
+         `cargo xtask build`"
+    )]
+    NoPrograms,
 }
 
 /// Counts of events the kernel programs could not record since they were loaded, because a
@@ -261,6 +266,9 @@ impl KernelCounters {
     /// A counter family whose kernel features are missing is left out, logged once and
     /// reported in [`Self::features`]; only missing privileges or BTF are errors.
     pub fn load(options: &LoadOptions) -> Result<Self, KernelError> {
+        if EBPF_OBJECT.is_empty() {
+            return Err(KernelError::NoPrograms);
+        }
         preflight::check_privileges()?;
         preflight::check_btf(Path::new("/sys"))?;
         let btf = Btf::from_kernel()?;
