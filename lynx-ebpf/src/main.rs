@@ -16,20 +16,9 @@
 mod bio_queue;
 mod cpu_clock;
 mod cpu_time;
-mod host_net_egress;
-mod host_net_ingress;
 mod http;
-mod http_call;
-mod http_exit;
-mod http_parse;
-mod http_recv;
-mod http_release;
-mod http_send;
-mod http_sock_ops;
 mod maps;
 mod net;
-mod net_egress;
-mod net_ingress;
 mod nginx_fork;
 mod sched_switch;
 

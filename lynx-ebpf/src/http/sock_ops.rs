@@ -8,7 +8,7 @@
 //!   from others in the cgroup); an nginx process's connection is an upstream flow.
 //! - `STATE` (asked for on client flows only): reaching `TCP_CLOSE` ends the flow of a
 //!   connection that closed before nginx accepted it, which therefore has no file to
-//!   release. Every other flow ends when nginx closes it ([`crate::http_release`]), before
+//!   release. Every other flow ends when nginx closes it ([`crate::http::release`]), before
 //!   its `TCP_CLOSE`, which then finds no flow.
 use aya_ebpf::{
     bindings::{
