@@ -262,13 +262,22 @@ impl crate::Accumulate for EndpointCounters {
 
 #[cfg(feature = "user")]
 mod pod {
-    // SAFETY: `#[repr(C)]`, explicit padding, every bit pattern valid.
-    unsafe impl aya::Pod for super::HttpTarget {}
-    unsafe impl aya::Pod for super::FdWalk {}
-    unsafe impl aya::Pod for super::HttpFlow {}
-    unsafe impl aya::Pod for super::HttpFlowEntry {}
-    unsafe impl aya::Pod for super::Endpoint {}
-    unsafe impl aya::Pod for super::EndpointCounters {}
+    /// Implements `aya::Pod` for each type.
+    macro_rules! pod {
+        ($($type:ident),* $(,)?) => {$(
+            // SAFETY: `#[repr(C)]`, explicit padding, every bit pattern valid.
+            unsafe impl aya::Pod for super::$type {}
+        )*};
+    }
+
+    pod!(
+        HttpTarget,
+        FdWalk,
+        HttpFlow,
+        HttpFlowEntry,
+        Endpoint,
+        EndpointCounters
+    );
 }
 
 /// Framing states of [`HttpFlow::state`].

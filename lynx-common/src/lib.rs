@@ -220,10 +220,13 @@ fn sibling_cgroups_keep_their_cpu_time_in_different_pending_slots() {
 
 #[cfg(feature = "user")]
 mod pod {
-    // SAFETY: plain `#[repr(C)]` structs of `u64` fields: no padding, every bit pattern valid.
-    unsafe impl aya::Pod for super::CpuTime {}
-    unsafe impl aya::Pod for super::CpuSlice {}
-    unsafe impl aya::Pod for super::CpuPending {}
-    unsafe impl aya::Pod for super::NetCounters {}
-    unsafe impl aya::Pod for super::IoCounters {}
+    /// Implements `aya::Pod` for each type.
+    macro_rules! pod {
+        ($($type:ident),* $(,)?) => {$(
+            // SAFETY: plain `#[repr(C)]` structs of `u64` fields: no padding, every bit pattern valid.
+            unsafe impl aya::Pod for super::$type {}
+        )*};
+    }
+
+    pod!(CpuTime, CpuSlice, CpuPending, NetCounters, IoCounters);
 }

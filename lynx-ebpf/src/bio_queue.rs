@@ -49,6 +49,7 @@ fn try_bio_queue(ctx: &BtfTracePointContext) -> Result<(), u32> {
         return Ok(());
     }
     let bytes = u64::from(size);
+    // SAFETY: a helper without arguments, allowed in tracing programs.
     let cgroup_id = unsafe { bpf_get_current_cgroup_id() };
     update_cgroup(
         &CGROUP_IO,

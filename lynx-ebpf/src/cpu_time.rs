@@ -55,6 +55,7 @@ pub fn sample(current: *const u8) -> Result<(), u32> {
     let is_idle = bpf_get_current_pid_tgid() as u32 == 0;
     if slice.task == current as u64 && !is_idle {
         slice.running_ns = runtime_of(current).saturating_sub(slice.task_runtime_ns);
+        // SAFETY: a helper without arguments, allowed in tracing and perf programs.
         slice.running_cgroup_id = unsafe { bpf_get_current_cgroup_id() };
     }
     for pending in &mut slice.pending {
@@ -82,6 +83,7 @@ fn charge_current(slice: &mut CpuSlice, task: *const u8) {
     let runtime = runtime_of(task);
     let ns = runtime.saturating_sub(slice.task_runtime_ns);
     slice.task_runtime_ns = runtime;
+    // SAFETY: a helper without arguments, allowed in tracing and perf programs.
     let cgroup_id = unsafe { bpf_get_current_cgroup_id() };
     let pending = &mut slice.pending[pending_slot(cgroup_id)];
     if pending.cgroup_id != cgroup_id {

@@ -11,7 +11,7 @@ use clap::{Args, Parser, Subcommand};
 
 use crate::{
     collector::{CollectError, Collector, CollectorOptions, lxd_instances::LxdInstances},
-    config::{Config, ConfigError, DEFAULT_CONFIG_PATH},
+    config::{Config, ConfigError, DEFAULT_CONFIG_PATH, parse_interval},
     controller::ControlOptions,
     daemon::{self, DaemonError, DaemonLock, DaemonOptions},
     docker::{DockerClient, DockerError},
@@ -163,19 +163,6 @@ pub struct SnapshotArgs {
     /// How long to measure rates (CPU %) over, e.g. `500ms`, `1s`.
     #[arg(long, default_value = "1s", value_parser = parse_interval)]
     pub interval: Duration,
-}
-
-/// Shortest and longest interval accepted: shorter makes rates noise, longer makes them stale.
-const INTERVAL_RANGE: (Duration, Duration) = (Duration::from_millis(10), Duration::from_secs(3600));
-
-/// Parses a human duration (`250ms`, `1s`, `2m`) within [`INTERVAL_RANGE`].
-pub fn parse_interval(text: &str) -> Result<Duration, String> {
-    let interval = humantime::parse_duration(text).map_err(|e| format!("{text:?}: {e}"))?;
-    let (min, max) = INTERVAL_RANGE;
-    if !(min..=max).contains(&interval) {
-        return Err(format!("{text:?} is outside {min:?}..={max:?}"));
-    }
-    Ok(interval)
 }
 
 /// Errors of a subcommand.
@@ -515,20 +502,6 @@ fn print(text: &str) -> Result<(), CliError> {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn intervals_parse_in_human_units() {
-        assert_eq!(parse_interval("250ms"), Ok(Duration::from_millis(250)));
-        assert_eq!(parse_interval("2s"), Ok(Duration::from_secs(2)));
-    }
-
-    #[test]
-    fn bad_intervals_name_the_value() {
-        let error = parse_interval("1 fortnight").unwrap_err();
-        assert!(error.contains("\"1 fortnight\""), "{error}");
-        let error = parse_interval("1ms").unwrap_err();
-        assert!(error.contains("\"1ms\" is outside"), "{error}");
-    }
 
     #[test]
     fn command_line_is_consistent() {

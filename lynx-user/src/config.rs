@@ -461,28 +461,53 @@ fn fraction<'de, D: Deserializer<'de>>(deserializer: D) -> Result<f64, D::Error>
     Ok(fraction)
 }
 
-/// A deadline: a humantime duration from 100ms to 10m.
+/// Shortest and longest interval accepted: shorter makes rates noise, longer makes them stale.
+const INTERVAL_RANGE: (Duration, Duration) = (Duration::from_millis(10), Duration::from_secs(3600));
+/// Shortest and longest deadline of an external command.
+const TIMEOUT_RANGE: (Duration, Duration) = (Duration::from_millis(100), Duration::from_secs(600));
+
+/// Parses a human duration (`250ms`, `1s`, `2m`) within [`INTERVAL_RANGE`].
+pub fn parse_interval(text: &str) -> Result<Duration, String> {
+    parse_duration_in(text, INTERVAL_RANGE)
+}
+
+/// Parses a human duration within `(min, max)`, naming the value when it is not one.
+fn parse_duration_in(text: &str, (min, max): (Duration, Duration)) -> Result<Duration, String> {
+    let duration = humantime::parse_duration(text).map_err(|e| format!("{text:?}: {e}"))?;
+    if !(min..=max).contains(&duration) {
+        return Err(format!("{text:?} is outside {min:?}..={max:?}"));
+    }
+    Ok(duration)
+}
+
+/// A deadline: a humantime duration within [`TIMEOUT_RANGE`].
 fn timeout<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Duration, D::Error> {
     let text = String::deserialize(deserializer)?;
-    let timeout = humantime::parse_duration(&text)
-        .map_err(|e| serde::de::Error::custom(format!("{text:?}: {e}")))?;
-    let (min, max) = (Duration::from_millis(100), Duration::from_secs(600));
-    if !(min..=max).contains(&timeout) {
-        return Err(serde::de::Error::custom(format!(
-            "{text:?} is outside {min:?}..={max:?}"
-        )));
-    }
-    Ok(timeout)
+    parse_duration_in(&text, TIMEOUT_RANGE).map_err(serde::de::Error::custom)
 }
 
 fn interval<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Duration, D::Error> {
     let text = String::deserialize(deserializer)?;
-    crate::cli::parse_interval(&text).map_err(serde::de::Error::custom)
+    parse_interval(&text).map_err(serde::de::Error::custom)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn intervals_parse_in_human_units() {
+        assert_eq!(parse_interval("250ms"), Ok(Duration::from_millis(250)));
+        assert_eq!(parse_interval("2s"), Ok(Duration::from_secs(2)));
+    }
+
+    #[test]
+    fn bad_intervals_name_the_value() {
+        let error = parse_interval("1 fortnight").unwrap_err();
+        assert!(error.contains("\"1 fortnight\""), "{error}");
+        let error = parse_interval("1ms").unwrap_err();
+        assert!(error.contains("\"1ms\" is outside"), "{error}");
+    }
 
     fn parse(text: &str) -> Result<Config, String> {
         Config::parse(Path::new("lynx.toml"), text).map_err(|e| e.to_string())

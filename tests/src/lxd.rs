@@ -26,7 +26,7 @@ use std::{
     fs::{self, File, OpenOptions},
     io::{Read, Write},
     net::{Ipv4Addr, SocketAddr, TcpStream},
-    os::{fd::AsRawFd, unix::process::CommandExt},
+    os::unix::process::CommandExt,
     path::Path,
     process::{Child, Command, Output, Stdio},
     sync::{
@@ -1030,8 +1030,7 @@ impl FileLock {
             .open(path)
             .unwrap_or_else(|e| panic!("open {}: {e}", path.display()));
         let deadline = Instant::now() + timeout;
-        // SAFETY: flock on a descriptor this function owns.
-        while unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } != 0 {
+        while file.try_lock().is_err() {
             assert!(
                 Instant::now() < deadline,
                 "another test process held {} for {timeout:?}",
@@ -1045,8 +1044,8 @@ impl FileLock {
 
 impl Drop for FileLock {
     fn drop(&mut self) {
-        // SAFETY: unlocks the descriptor this guard owns; closing it would unlock too.
-        unsafe { libc::flock(self.0.as_raw_fd(), libc::LOCK_UN) };
+        // Closing the descriptor would unlock too; unlocking says so where it matters.
+        let _ = self.0.unlock();
     }
 }
 

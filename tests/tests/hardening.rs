@@ -72,11 +72,8 @@ fn get(addr: SocketAddr, path: &str, host: &str) -> Result<(u16, String), String
 
 fn signal(pid: u32, signal: i32) {
     // SAFETY: kill has no memory-safety preconditions; the pid is the test's own child.
-    assert_eq!(
-        unsafe { libc::kill(pid as i32, signal) },
-        0,
-        "signal {signal} to {pid}"
-    );
+    let sent = unsafe { libc::kill(pid as i32, signal) };
+    assert_eq!(sent, 0, "signal {signal} to {pid}");
 }
 
 #[test]

@@ -15,7 +15,7 @@ use aya::{
 };
 use serde_json::json;
 
-use crate::build::{Built, workspace_root};
+use crate::{build::Built, command::workspace_root};
 
 /// Pipe round trips per measurement: each is at least two context switches.
 const ROUND_TRIPS: u32 = 200_000;
@@ -248,7 +248,9 @@ impl TracefsMount {
         if Path::new(TRACEFS).join("events").exists() {
             return Ok(Self(false));
         }
-        crate::build::run_checked(Command::new("mount").args(["-t", "tracefs", "nodev", TRACEFS]))?;
+        crate::command::run_checked(
+            Command::new("mount").args(["-t", "tracefs", "nodev", TRACEFS]),
+        )?;
         Ok(Self(true))
     }
 }

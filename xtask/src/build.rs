@@ -8,14 +8,11 @@ use std::{
 
 use anyhow::{Context, Result, bail};
 
-use crate::{kernel_matrix, setup::Toolchain};
-
-/// The workspace root (xtask lives one level below it).
-pub fn workspace_root() -> &'static Path {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .parent()
-        .expect("xtask is inside the workspace")
-}
+use crate::{
+    command::{run_checked, workspace_root},
+    kernel_matrix,
+    setup::Toolchain,
+};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Profile {
@@ -170,13 +167,13 @@ fn host_tests(
 ) -> Result<bool> {
     run_checked(cargo().args(["fmt", "--all", "--check"]))
         .context("cargo fmt found unformatted code")?;
+    // The kernel programs are linted with the rest, built for the host as an ordinary program
+    // (see lynx-ebpf/src/main.rs): clippy's lints do not depend on the target.
     run_checked(
         cargo()
             .args([
                 "clippy",
                 "--workspace",
-                "--exclude",
-                "lynx-ebpf",
                 "--all-targets",
                 "--features",
                 "lynx-tests/guest",
@@ -187,23 +184,6 @@ fn host_tests(
             .env("LYNX_EBPF_OBJECT", object),
     )
     .context("clippy found problems")?;
-    // The kernel programs are linted for the host: clippy's lints do not depend on the
-    // target, and the host needs no `build-std`. `panic = "abort"` because the crate is
-    // `no_std` and the host's `core` would otherwise ask for unwinding; its own target
-    // directory keeps that profile from rebuilding the rest of the workspace.
-    run_checked(cargo().args([
-        "clippy",
-        "--package",
-        "lynx-ebpf",
-        "--config",
-        "profile.dev.panic=\"abort\"",
-        "--target-dir",
-        "target/clippy-ebpf",
-        "--",
-        "-D",
-        "warnings",
-    ]))
-    .context("clippy found problems in lynx-ebpf")?;
     let mut test = cargo();
     test.args([
         "test",
@@ -355,36 +335,6 @@ impl TestTotals {
         self.passed += count(" passed");
         self.failed += count(" failed");
     }
-}
-
-/// Runs `command`, echoing it, and fails unless it exits 0.
-pub fn run_checked(command: &mut Command) -> Result<()> {
-    println!("+ {command:?}");
-    let status = command
-        .status()
-        .with_context(|| format!("cannot start {:?}", command.get_program()))?;
-    if !status.success() {
-        bail!("{:?} failed: {status}", command.get_program());
-    }
-    Ok(())
-}
-
-/// True when `command` runs and exits 0; its output is discarded.
-pub fn command_succeeds(command: &mut Command) -> bool {
-    command
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .status()
-        .is_ok_and(|status| status.success())
-}
-
-/// Standard output of `command` when it runs and exits 0.
-pub fn output_of(command: &mut Command) -> Option<String> {
-    let output = command.stderr(Stdio::null()).output().ok()?;
-    output
-        .status
-        .success()
-        .then(|| String::from_utf8_lossy(&output.stdout).into_owned())
 }
 
 #[cfg(test)]

@@ -9,7 +9,7 @@ use std::{path::Path, process::Command};
 use anyhow::{Context, Result, bail};
 
 use crate::{
-    build::{command_succeeds, output_of, run_checked, workspace_root},
+    command::{command_succeeds, output_of, run_checked, workspace_root},
     setup::Apt,
 };
 

@@ -20,7 +20,7 @@ use std::{
 
 use anyhow::{Context, Result, bail};
 
-use crate::build::{output_of, run_checked, workspace_root};
+use crate::command::{output_of, run_checked, workspace_root};
 
 /// The kernels of the matrix: a name for the series and the pattern of its package name.
 const KERNELS: [(&str, &str); 2] = [

@@ -1,6 +1,7 @@
 //! `cargo xtask`: set-up, build, run, test and bench Lynx, each one command on a fresh host.
 mod bench;
 mod build;
+mod command;
 mod fuzz;
 mod kernel_matrix;
 mod package;
@@ -97,7 +98,7 @@ fn run(command: Command) -> Result<()> {
             } else {
                 args
             };
-            build::run_checked(std::process::Command::new(lynx).args(args))
+            command::run_checked(std::process::Command::new(lynx).args(args))
         }
         Command::Test { args, only } => {
             let toolchain =

@@ -15,7 +15,8 @@ use std::{
 use anyhow::{Context, Result, bail};
 
 use crate::{
-    build::{self, Profile, command_succeeds, output_of, run_checked, workspace_root},
+    build::{self, Profile},
+    command::{command_succeeds, output_of, run_checked, workspace_root},
     setup::Toolchain,
 };
 

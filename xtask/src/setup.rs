@@ -15,7 +15,7 @@ use std::{
 
 use anyhow::{Context, Result, bail};
 
-use crate::build::{command_succeeds, output_of, run_checked};
+use crate::command::{command_succeeds, output_of, run_checked};
 
 /// How the eBPF crate is compiled.
 #[derive(Debug, Clone)]
@@ -457,7 +457,7 @@ mod tests {
             .flat_map(|p| p.programs.iter().copied())
             .chain(TOOLCHAIN_PROGRAMS.iter().copied())
             .collect();
-        let root = crate::build::workspace_root();
+        let root = crate::command::workspace_root();
         let mut sources = Vec::new();
         for dir in ["tests", "xtask/src"] {
             rust_files(&root.join(dir), &mut sources);
@@ -524,7 +524,7 @@ mod tests {
     /// The README's table of the packages set-up installs is this list, rendered.
     #[test]
     fn the_readme_lists_every_package_setup_installs() {
-        let readme = std::fs::read_to_string(crate::build::workspace_root().join("README.md"))
+        let readme = std::fs::read_to_string(crate::command::workspace_root().join("README.md"))
             .expect("read README.md");
         let table = package_table();
         assert!(

@@ -194,6 +194,11 @@ mod tests {
 
     #[test]
     fn the_object_defines_every_pinned_map() {
+        // A plain `cargo test` embeds no object (see build.rs); xtask always embeds one.
+        if EBPF_OBJECT.is_empty() && std::env::var_os("CI").is_none() {
+            eprintln!("no eBPF object embedded: build with `cargo xtask test` to check it");
+            return;
+        }
         let shapes = object_map_shapes().expect("the object parses");
         for name in PINNED_MAPS {
             assert!(shapes.contains_key(name), "{name} is not in the object");

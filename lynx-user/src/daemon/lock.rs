@@ -10,10 +10,7 @@
 use std::{
     fs,
     io::{self, Read, Seek, Write},
-    os::{
-        fd::AsRawFd,
-        unix::fs::{DirBuilderExt, MetadataExt, OpenOptionsExt, PermissionsExt},
-    },
+    os::unix::fs::{DirBuilderExt, MetadataExt, OpenOptionsExt, PermissionsExt},
     path::{Path, PathBuf},
 };
 
@@ -166,10 +163,10 @@ fn open(path: &Path, pin_dir: &Path) -> Result<fs::File, DaemonError> {
     options(true).open(path).map_err(error)
 }
 
-/// Takes an exclusive lock without waiting; false when another process holds it.
+/// Takes an exclusive lock without waiting (`flock`, which `/proc/locks` lists as FLOCK);
+/// false when another process holds it.
 fn try_lock(file: &fs::File) -> bool {
-    // SAFETY: flock on a descriptor this process owns.
-    unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) == 0 }
+    file.try_lock().is_ok()
 }
 
 /// The process holding a `flock` on the file `meta` describes, from `/proc/locks`.

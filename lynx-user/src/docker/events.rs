@@ -61,14 +61,7 @@ struct RawActor {
 }
 
 /// What waiting for the next event gave.
-#[derive(Debug, PartialEq, Eq)]
-pub enum Next {
-    Event(Event),
-    /// Nothing arrived within the poll time; the stream is still open.
-    Idle,
-    /// The engine ended the stream (it is stopping).
-    Closed,
-}
+pub type Next = crate::unix_http::Next<Event>;
 
 /// An open event stream.
 pub struct EventStream {

@@ -55,14 +55,7 @@ pub struct EventMetadata {
 }
 
 /// What waiting for the next event gave.
-#[derive(Debug, PartialEq, Eq)]
-pub enum Next {
-    Event(Event),
-    /// Nothing arrived within the read timeout; the stream is still open.
-    Idle,
-    /// LXD closed the stream (it is stopping or restarting).
-    Closed,
-}
+pub type Next = crate::unix_http::Next<Event>;
 
 /// An open event stream.
 pub struct EventStream {

@@ -268,6 +268,16 @@ fn read_line<R: BufRead>(input: &mut R, what: &'static str) -> Result<Option<Str
     Ok(Some(String::from_utf8_lossy(&line).into_owned()))
 }
 
+/// What waiting for the next event of an event stream (LXD's, Docker's) gave.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Next<E> {
+    Event(E),
+    /// Nothing arrived within the poll time; the stream is still open.
+    Idle,
+    /// The server ended the stream (it is stopping or restarting).
+    Closed,
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

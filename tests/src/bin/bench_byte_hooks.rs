@@ -101,7 +101,9 @@ fn median(values: &mut [f64]) -> f64 {
 
 fn main() {
     // SAFETY: geteuid has no preconditions.
-    assert_eq!(unsafe { libc::geteuid() }, 0, "the bench needs root");
+    // SAFETY: geteuid has no preconditions.
+    let euid = unsafe { libc::geteuid() };
+    assert_eq!(euid, 0, "the bench needs root");
     let backends = [CountingBackend::start(), CountingBackend::start()];
     let addresses: Vec<_> = backends.iter().map(|b| b.addr).collect();
     let cgroup = TestCgroup::create("bench-byte-hooks");

@@ -38,7 +38,9 @@ fn lxd_metrics_ms() -> f64 {
 }
 
 fn main() {
-    assert_eq!(unsafe { libc::geteuid() }, 0, "the bench needs root");
+    // SAFETY: geteuid has no preconditions.
+    let euid = unsafe { libc::geteuid() };
+    assert_eq!(euid, 0, "the bench needs root");
 
     let bare = DaemonUnderTest::start("bench-bare", "100ms");
     let (bare_cpu_ms, bare_sample_ms, bare_rss) = measure_daemon(&bare);

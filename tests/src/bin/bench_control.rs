@@ -48,7 +48,9 @@ fn median_p99(values: &mut [f64]) -> (f64, f64) {
 
 fn main() {
     // SAFETY: geteuid has no preconditions.
-    assert_eq!(unsafe { libc::geteuid() }, 0, "the bench needs root");
+    // SAFETY: geteuid has no preconditions.
+    let euid = unsafe { libc::geteuid() };
+    assert_eq!(euid, 0, "the bench needs root");
     let farm = Farm::new("bench", 1);
     let config = farm.config("").replace(
         "reconcile_interval = \"2s\"",

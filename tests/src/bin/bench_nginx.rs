@@ -335,7 +335,9 @@ fn throughputs<const N: usize>(
 
 fn main() {
     // SAFETY: geteuid has no preconditions.
-    assert_eq!(unsafe { libc::geteuid() }, 0, "the bench needs root");
+    // SAFETY: geteuid has no preconditions.
+    let euid = unsafe { libc::geteuid() };
+    assert_eq!(euid, 0, "the bench needs root");
     let backends = [CountingBackend::start(), CountingBackend::start()];
     let addresses: Vec<_> = backends.iter().map(|b| b.addr).collect();
     // nginx in a cgroup of its own, as a service manager runs it.

@@ -77,7 +77,9 @@ impl Clients {
 
 fn main() {
     // SAFETY: geteuid has no preconditions.
-    assert_eq!(unsafe { libc::geteuid() }, 0, "the bench needs root");
+    // SAFETY: geteuid has no preconditions.
+    let euid = unsafe { libc::geteuid() };
+    assert_eq!(euid, 0, "the bench needs root");
 
     let off = DaemonUnderTest::start("bench-web-off", "100ms");
     let cgroups = ManyCgroups::create(CGROUPS);

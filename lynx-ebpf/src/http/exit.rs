@@ -1,12 +1,12 @@
 //! `tp_btf/sys_exit`, on kernels without the socket tracepoints (before 6.3): a system call
 //! returned. On nginx's socket calls, counts the bytes nginx received or sent on a followed
-//! connection and parses the requests in them, as [`crate::http_recv`] and
-//! [`crate::http_send`] do from 6.3 on (see [`crate::http_call`]). Every system call of the
+//! connection and parses the requests in them, as [`crate::http::recv`] and
+//! [`crate::http::send`] do from 6.3 on (see [`crate::http::call`]). Every system call of the
 //! host runs it up to its cgroup check: the cost of following nginx where the socket layer
 //! has no tracepoint.
 use aya_ebpf::{macros::btf_tracepoint, programs::BtfTracePointContext};
 
-use crate::http_call;
+use crate::http::call;
 
 #[btf_tracepoint(function = "sys_exit")]
 pub fn lynx_http_exit(ctx: BtfTracePointContext) -> i32 {
@@ -16,5 +16,5 @@ pub fn lynx_http_exit(ctx: BtfTracePointContext) -> i32 {
 
 #[inline(always)]
 fn try_http_exit(ctx: &BtfTracePointContext) {
-    http_call::returned(ctx);
+    call::returned(ctx);
 }

@@ -1,10 +1,15 @@
-//! Traffic counting shared by the container hooks ([`crate::net_ingress`],
-//! [`crate::net_egress`]) and the host hooks ([`crate::host_net_ingress`],
-//! [`crate::host_net_egress`]).
+//! Traffic counting shared by the container hooks ([`crate::net::ingress`],
+//! [`crate::net::egress`]) and the host hooks ([`crate::net::host_ingress`],
+//! [`crate::net::host_egress`]).
 //!
 //! Lengths are from the network header on. Both count every packet of a socket in the subtree
 //! they are attached to, whichever task is current: a TCP ACK or retransmission sent from
 //! softirq still counts for the socket's cgroup.
+mod egress;
+mod host_egress;
+mod host_ingress;
+mod ingress;
+
 use aya_ebpf::{helpers::bpf_skb_cgroup_id, programs::SkBuffContext};
 use lynx_common::{DROP_CGROUP_NET_FULL, NetCounters};
 

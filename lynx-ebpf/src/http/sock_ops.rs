@@ -8,7 +8,7 @@
 //!   from others in the cgroup); an nginx process's connection is an upstream flow.
 //! - `STATE` (asked for on client flows only): reaching `TCP_CLOSE` ends the flow of a
 //!   connection that closed before nginx accepted it, which therefore has no file to
-//!   release. Every other flow ends when nginx closes it ([`crate::http_release`]), before
+//!   release. Every other flow ends when nginx closes it ([`crate::http::release`]), before
 //!   its `TCP_CLOSE`, which then finds no flow.
 use aya_ebpf::{
     bindings::{
@@ -39,8 +39,8 @@ fn try_http_conn(ctx: &SockOpsContext) -> Option<()> {
     // SAFETY: the context is the helper's argument.
     let cookie = || unsafe { bpf_get_socket_cookie(ctx.ops.cast()) };
     match ctx.op() {
-        // SAFETY: as above.
         BPF_SOCK_OPS_PASSIVE_ESTABLISHED_CB
+            // SAFETY: the context is the helper's argument.
             if http::is_nginx_netns(unsafe { bpf_get_netns_cookie(ctx.ops.cast()) }) =>
         {
             // local_port is in host byte order.

@@ -1,7 +1,7 @@
 //! The system call behind a socket transfer: which of nginx's buffers the bytes are in, and,
-//! where only the system call is seen ([`crate::http_exit`]), which socket they went through.
+//! where only the system call is seen ([`crate::http::exit`]), which socket they went through.
 //!
-//! The socket tracepoints ([`crate::http_recv`], [`crate::http_send`]) hand over the socket
+//! The socket tracepoints ([`crate::http::recv`], [`crate::http::send`]) hand over the socket
 //! and the byte count, not the buffer. The buffer is in the calling task's saved user registers
 //! (`bpf_task_pt_regs`; x86-64 syscall ABI: rdi, rsi, rdx, r10; `orig_ax` is the syscall
 //! number), which stay the caller's for the whole call.

@@ -1,5 +1,5 @@
-//! nginx's HTTP traffic: the bookkeeping shared by [`crate::http_sock_ops`],
-//! [`crate::http_recv`], [`crate::http_send`], [`crate::http_exit`] and [`crate::nginx_fork`]
+//! nginx's HTTP traffic: the bookkeeping shared by [`crate::http::sock_ops`],
+//! [`crate::http::recv`], [`crate::http::send`], [`crate::http::exit`] and [`crate::nginx_fork`]
 //! (design: `docs/design/nginx-counting.md`).
 //!
 //! nginx's sockets are followed where the socket layer hands bytes to nginx or takes them from
@@ -14,6 +14,14 @@
 //! - Bytes sent: counted; on an upstream flow, requests are parsed.
 //! - nginx closing the socket, or the state of a client connection nginx never accepted
 //!   reaching `TCP_CLOSE`: the flow ends.
+mod call;
+mod exit;
+mod parse;
+mod recv;
+mod release;
+mod send;
+mod sock_ops;
+
 use aya_ebpf::{
     bindings::BPF_NOEXIST,
     helpers::{bpf_get_current_cgroup_id, bpf_get_current_task_btf},
@@ -26,14 +34,12 @@ use lynx_common::{
     },
 };
 
-pub use crate::http_parse::Buffer;
-use crate::{
-    http_parse::scan,
-    maps::{
-        HTTP_COUNTERS, HTTP_ENDPOINTS, HTTP_FLOWS, HTTP_PORTS, HTTP_SLOT_OWNER, HTTP_TARGET,
-        NGINX_TGIDS, count_drop,
-    },
+use crate::maps::{
+    HTTP_COUNTERS, HTTP_ENDPOINTS, HTTP_FLOWS, HTTP_PORTS, HTTP_SLOT_OWNER, HTTP_TARGET,
+    NGINX_TGIDS, count_drop,
 };
+pub use parse::Buffer;
+use parse::scan;
 
 /// `task_struct.tgid`, set by the loader from BTF (`lynx_common::http::TASK_TGID_OFFSET_GLOBAL`).
 #[unsafe(no_mangle)]
