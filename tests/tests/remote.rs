@@ -7,14 +7,14 @@ use std::{
     net::{Ipv4Addr, TcpListener, TcpStream},
     os::unix::fs::PermissionsExt,
     path::{Path, PathBuf},
-    process::{Command, Output, Stdio},
+    process::{Command, Stdio},
     thread::sleep,
     time::{Duration, Instant},
 };
 
 use lynx_tests::{
-    ChildGuard, daemon::DaemonUnderTest, lxd::TestContainer, lynx_bin, privileged, require, run_ok,
-    tmux::Tmux,
+    ChildGuard, daemon::DaemonUnderTest, lxd::TestContainer, lynx_bin, output_within, privileged,
+    require, run_ok, tmux::Tmux,
 };
 
 /// sshd by its absolute path: sshd refuses to run otherwise (it re-executes itself).
@@ -189,30 +189,15 @@ fn free_port() -> u16 {
         .port()
 }
 
-/// Runs `command` to its end, at most 60 s.
-fn output_within(command: &mut Command) -> Output {
-    let mut child = command
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap_or_else(|e| panic!("start {command:?}: {e}"));
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while child.try_wait().expect("poll child").is_none() {
-        if Instant::now() >= deadline {
-            let _ = child.kill();
-            let _ = child.wait();
-            panic!("{command:?} still ran after 60 s");
-        }
-        sleep(Duration::from_millis(20));
-    }
-    child.wait_with_output().expect("collect output")
-}
+/// How long one lynx command may take here, ssh included.
+const COMMAND_TIMEOUT: Duration = Duration::from_secs(60);
 
 /// What running lynx gave: exit code, stdout, stderr.
 type Ran = (Option<i32>, String, String);
 
-fn ran(output: Output) -> Ran {
+/// Runs `command` within [`COMMAND_TIMEOUT`].
+fn ran(command: &mut Command) -> Ran {
+    let output = output_within(command, COMMAND_TIMEOUT);
     (
         output.status.code(),
         String::from_utf8_lossy(&output.stdout).into_owned(),
@@ -230,18 +215,16 @@ struct Lynx {
 
 impl Lynx {
     fn local(&self, args: &[&str]) -> Ran {
-        ran(output_within(
-            Command::new(lynx_bin())
-                .arg("--config")
-                .arg(&self.config)
-                .args(args),
-        ))
+        ran(Command::new(lynx_bin())
+            .arg("--config")
+            .arg(&self.config)
+            .args(args))
     }
 
     /// `lynx --host ...`, with the host, ssh config and remote program from the environment,
     /// as an operator's shell profile would set them.
     fn remote(&self, args: &[&str]) -> Ran {
-        ran(output_within(&mut self.remote_command(args)))
+        ran(&mut self.remote_command(args))
     }
 
     fn remote_command(&self, args: &[&str]) -> Command {
@@ -374,14 +357,14 @@ fn lynx_runs_remotely_over_ssh_as_a_non_root_user() {
 
     // What the host string, ssh or the remote PATH get wrong is one line and an exit code.
     let mut bad = lynx.remote_command(&["containers", "list"]);
-    let (code, _, err) = ran(output_within(bad.env("LYNX_HOST", "farm1")));
+    let (code, _, err) = ran(bad.env("LYNX_HOST", "farm1"));
     assert_eq!(code, Some(2), "{err}");
     assert_eq!(
         err,
         "lynx: host \"farm1\" (--host or LYNX_HOST) is not ssh://USER@HOST[:PORT]: it must start with ssh://\n"
     );
     let closed = format!("ssh://{}@127.0.0.1:{}", user.name, free_port());
-    let (code, _, err) = ran(output_within(bad.env("LYNX_HOST", &closed)));
+    let (code, _, err) = ran(bad.env("LYNX_HOST", &closed));
     assert_eq!(code, Some(3), "{err}");
     assert!(
         err.ends_with(&format!(
@@ -389,11 +372,15 @@ fn lynx_runs_remotely_over_ssh_as_a_non_root_user() {
         )),
         "{err}"
     );
-    let mut default_lynx = lynx.remote_command(&["containers", "list"]);
-    let (code, _, err) = ran(output_within(default_lynx.env_remove("LYNX_REMOTE_LYNX")));
+    let mut missing_lynx = lynx.remote_command(&["containers", "list"]);
+    let (code, _, err) = ran(missing_lynx.env("LYNX_REMOTE_LYNX", "lynx-not-installed"));
     assert_eq!(code, Some(2), "{err}");
     assert!(
-        err.contains("lynx is not on the remote PATH of ssh://"),
+        err.ends_with(&format!(
+            "lynx: lynx-not-installed is not on the remote PATH of {}: install lynx there, or \
+             name it with --remote-lynx\n",
+            lynx.host
+        )),
         "{err}"
     );
 
