@@ -49,7 +49,7 @@ pub enum RemoteError {
     Spawn(io::Error),
     #[error("cannot wait for ssh: {0}")]
     Wait(io::Error),
-    #[error("ssh to {host} failed (ssh's message is above)")]
+    #[error("ssh to {host} failed or its connection ended (ssh exit status 255)")]
     Ssh { host: SshHost },
     #[error(
         "{program} is not on the remote PATH of {host}: install lynx there, or name it with --remote-lynx"
@@ -592,7 +592,7 @@ mod tests {
         assert_eq!(failed.exit_code(), 3);
         assert_eq!(
             failed.to_string(),
-            "ssh to ssh://ops@farm failed (ssh's message is above)"
+            "ssh to ssh://ops@farm failed or its connection ended (ssh exit status 255)"
         );
         let missing = code(127).unwrap_err();
         assert_eq!(missing.exit_code(), 2);
