@@ -280,7 +280,8 @@ fn lynx_runs_remotely_over_ssh_as_a_non_root_user() {
 
     let container = TestContainer::launch("remote");
     let other = TestContainer::launch("remote");
-    let daemon = DaemonUnderTest::start("remote", "200ms");
+    // Slow enough that a document often outlives a remote read made next to a local one.
+    let daemon = DaemonUnderTest::start("remote", "2s");
     daemon.wait_for("both containers", Duration::from_secs(30), |s| {
         [container.name(), other.name()]
             .iter()
