@@ -265,7 +265,7 @@ fn lynx_runs_remotely_over_ssh_as_a_non_root_user() {
         return;
     }
     let dir =
-        ScratchDir(std::env::temp_dir().join(format!("lynx-test-remote-{}", std::process::id())));
+        ScratchDir(std::env::temp_dir().join(format!("lynx-test-ssh-{}", std::process::id())));
     fs::create_dir_all(&dir.0).expect("create test dir");
     fs::set_permissions(&dir.0, fs::Permissions::from_mode(0o755)).expect("chmod test dir");
     // The lynx under test where the remote user can run it: the build tree may be private.
