@@ -5,7 +5,7 @@ use std::{
     fs,
     os::unix::{fs::MetadataExt, process::CommandExt},
     path::{Path, PathBuf},
-    process::{Child, Command, Stdio},
+    process::{Child, Command, Output, Stdio},
     thread::sleep,
     time::{Duration, Instant},
 };
@@ -156,6 +156,28 @@ impl Drop for ChildGuard {
     fn drop(&mut self) {
         self.kill();
     }
+}
+
+/// Runs `command` (no stdin) to its end and returns its output; panics, killing it, after
+/// `timeout`, so that a command waiting for input or a key never hangs the suite. The outputs
+/// must fit in a pipe's buffer.
+pub fn output_within(command: &mut Command, timeout: Duration) -> Output {
+    let mut child = command
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap_or_else(|e| panic!("start {command:?}: {e}"));
+    let deadline = Instant::now() + timeout;
+    while child.try_wait().expect("poll child").is_none() {
+        if Instant::now() >= deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("{command:?} still ran after {timeout:?}");
+        }
+        sleep(Duration::from_millis(20));
+    }
+    child.wait_with_output().expect("collect output")
 }
 
 /// Starts `command` inside the cgroups at `dirs` (one per hierarchy) before it executes
