@@ -16,6 +16,7 @@ use lynx::collector::{
 };
 
 pub mod bench;
+pub mod browser;
 pub mod control;
 pub mod daemon;
 pub mod docker;

@@ -88,6 +88,9 @@ fn server_serves_a_real_snapshot_that_promtool_accepts() {
         max_connections: 64,
         timeout: Duration::from_secs(10),
         retry: Duration::from_secs(1),
+        actions: false,
+        login_file: None,
+        lxd_sockets: Vec::new(),
     })
     .unwrap_or_else(|e| panic!("start the server: {e}"));
     server.publish(&snapshot);

@@ -117,7 +117,7 @@ pub enum WebError {
 }
 
 /// The latest snapshot, shared with the server; `None` until the first one.
-type Latest = Arc<Mutex<Option<Arc<Snapshot>>>>;
+pub(crate) type Latest = Arc<Mutex<Option<Arc<Snapshot>>>>;
 
 /// What the routes read: the latest snapshot, the live chart samples, the dashboard (`None`
 /// when it is off).
@@ -126,6 +126,17 @@ pub(crate) struct AppState {
     latest: Latest,
     live: Live,
     dashboard: Option<Arc<Dashboard>>,
+}
+
+impl AppState {
+    /// Serving `latest`, without the dashboard.
+    pub(crate) fn new(latest: Latest) -> Self {
+        Self {
+            latest,
+            live: Live::default(),
+            dashboard: None,
+        }
+    }
 }
 
 impl FromRef<AppState> for Latest {
@@ -165,9 +176,8 @@ impl WebServer {
             .name("lynx-web".into())
             .spawn({
                 let state = AppState {
-                    latest: latest.clone(),
                     live: live.clone(),
-                    dashboard: None,
+                    ..AppState::new(latest.clone())
                 };
                 let local_addr = local_addr.clone();
                 move || {

@@ -3,7 +3,7 @@
 'use strict';
 
 (function () {
-  const REFRESH_MS = 3000;
+  const REFRESH_MS = 2000;
   const csrf = document.querySelector('meta[name="csrf-token"]').content;
   const page = document.body.dataset.page;
   const params = new URLSearchParams(location.search);
