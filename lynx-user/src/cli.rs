@@ -267,6 +267,7 @@ fn daemon_options(config: Config, args: &DaemonArgs) -> DaemonOptions {
         web.with_dashboard(
             web_login_file(&config.daemon.pin_dir),
             config.lxd.sockets.clone(),
+            config.history.path.clone(),
         )
     });
     DaemonOptions {

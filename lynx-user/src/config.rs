@@ -234,6 +234,7 @@ impl WebConfig {
             actions: self.actions,
             login_file: None,
             lxd_sockets: Vec::new(),
+            history_path: None,
         })
     }
 }

@@ -38,6 +38,7 @@ pub fn http_request(bytes: &[u8]) {
         actions: false,
         login_file: None,
         lxd_sockets: Vec::new(),
+        history_path: None,
     };
     let app = web::router(web::AppState::new(latest), &options);
     let request = bytes.to_vec();

@@ -237,7 +237,13 @@ fn the_browser_shows_the_farm_and_stops_a_container() {
     let table = browser.text(&browser.find("#images"));
     assert!(table.contains("lynx-busybox"), "{table}");
     browser.screenshot(&screenshots().join("images.png"));
-    browser.click(&browser.find("button[data-image]"));
+    // The rig's image, not another test's.
+    let rows = browser.find_all("#images tbody tr");
+    let row = rows
+        .iter()
+        .position(|r| browser.text(r).contains("lynx-busybox"))
+        .expect("a row for lynx-busybox");
+    browser.click(&browser.find_all("#images tbody tr button[data-image]")[row]);
     browser.accept_prompt(Duration::from_secs(5));
     let (message, _) = browser.wait_for_text("#message", Duration::from_secs(30), |t| {
         t.starts_with("failed")
@@ -252,9 +258,17 @@ fn the_browser_shows_the_farm_and_stops_a_container() {
             .contains("lynx-busybox"),
         "the image is still there"
     );
+    // The history page: the daily table of `lynx history` over 7 days, and its chart.
+    browser.goto(&format!("http://{LISTEN}/history?range=1h"));
+    let days = browser.find_all("#days tbody tr").len();
+    assert_eq!(days, 7, "a row per day");
+    assert_eq!(browser.find_all("#chart-history svg").len(), 1);
+    browser.screenshot(&screenshots().join("history.png"));
+
     let log = daemon.log();
     assert!(
-        log.contains("dashboard action") && log.contains(&format!("target={target}")),
+        log.lines()
+            .any(|l| l.contains("dashboard action") && l.contains("action=") && l.contains(target)),
         "the action is in the daemon's log:\n{log}"
     );
 }

@@ -91,6 +91,7 @@ fn server_serves_a_real_snapshot_that_promtool_accepts() {
         actions: false,
         login_file: None,
         lxd_sockets: Vec::new(),
+        history_path: None,
     })
     .unwrap_or_else(|e| panic!("start the server: {e}"));
     server.publish(&snapshot);

@@ -31,6 +31,7 @@ use crate::{
     lxd::{LxdClient, StateAction},
     manage,
     model::Snapshot,
+    sink::history,
     tui::{app::Column, format},
 };
 
@@ -82,6 +83,7 @@ pub(crate) struct Dashboard {
     /// `[web] actions`: whether POSTs may change anything.
     pub(crate) actions: bool,
     pub(crate) lxd_sockets: Vec<PathBuf>,
+    pub(crate) history_path: Option<PathBuf>,
     /// The most an action may take in all, within the connection's own timeout.
     pub(crate) deadline: Duration,
 }
@@ -93,6 +95,7 @@ pub(crate) fn routes() -> Router<AppState> {
         .route("/login", get(login))
         .route("/containers/{name}", get(container_page))
         .route("/images", get(images_page))
+        .route("/history", get(history_page))
         .route("/chart/{which}", get(chart_svg))
         .route("/api/v1/snapshot", get(api_snapshot))
         .route("/api/v1/containers/{name}", get(api_container))
@@ -142,10 +145,6 @@ fn plain(status: StatusCode, body: impl Into<String>) -> Response {
 }
 
 /// The dashboard, or 404 when it is off.
-#[expect(
-    clippy::result_large_err,
-    reason = "the error is the answer, built once"
-)]
 fn dashboard(state: &AppState) -> Result<&Arc<Dashboard>, Response> {
     state
         .dashboard
@@ -154,10 +153,6 @@ fn dashboard(state: &AppState) -> Result<&Arc<Dashboard>, Response> {
 }
 
 /// The session's CSRF token, or 401.
-#[expect(
-    clippy::result_large_err,
-    reason = "the error is the answer, built once"
-)]
 fn session_of(state: &AppState, headers: &HeaderMap) -> Result<(Arc<Dashboard>, String), Response> {
     let dashboard = dashboard(state)?;
     let cookie = headers.get(header::COOKIE).map(HeaderValue::as_bytes);
@@ -358,6 +353,57 @@ fn lxd(sockets: &[PathBuf]) -> Result<LxdClient, String> {
     LxdClient::discover(sockets).ok_or_else(|| "no LXD socket answers".to_owned())
 }
 
+#[derive(Deserialize)]
+struct RangeQuery {
+    range: Option<String>,
+}
+
+/// The history page: nginx's requests per second a minute over `?range=` (`1h`, `24h`,
+/// `7d`), and the daily minimum and maximum of running containers over 7 days, from the
+/// history database `lynx history` reads.
+async fn history_page(
+    State(state): State<AppState>,
+    Query(query): Query<RangeQuery>,
+    headers: HeaderMap,
+) -> Response {
+    let (dashboard, csrf) = match session_of(&state, &headers) {
+        Ok(s) => s,
+        Err(response) => return response,
+    };
+    let (range, span) = match query.range.as_deref().unwrap_or("1h") {
+        "24h" => ("24h", 86_400),
+        "7d" => ("7d", 7 * 86_400),
+        _ => ("1h", 3600),
+    };
+    let Some(path) = dashboard.history_path.clone() else {
+        return plain(StatusCode::NOT_FOUND, "no history database\n");
+    };
+    let now = crate::sink::history::system_clock();
+    let read = within(dashboard.deadline, move || {
+        let minutes = history::nginx_minutes(&path, now - span).map_err(|e| e.to_string())?;
+        let days = history::daily_summary(&path, 7, now).map_err(|e| e.to_string())?;
+        Ok((minutes, days))
+    })
+    .await;
+    let body = match read {
+        Ok((minutes, days)) => {
+            let points: Vec<(f64, f64)> = minutes.iter().map(|&(t, v)| (t as f64, v)).collect();
+            let chart = chart::render(&Series {
+                title: "nginx requests per second, average of each minute",
+                unit: "req/s",
+                colour: "#1f6fb4",
+                points: &points,
+            });
+            page::history_html(range, &chart, &days)
+        }
+        Err(error) => format!(
+            "<h1>History</h1><p id=\"message\">{}</p>",
+            page::escape(&error)
+        ),
+    };
+    Html(page::layout("History", "history", &csrf, &body)).into_response()
+}
+
 async fn images_page(State(state): State<AppState>, headers: HeaderMap) -> Response {
     let (dashboard, csrf) = match session_of(&state, &headers) {
         Ok(s) => s,
@@ -391,10 +437,6 @@ fn peer_text(peer: Option<&Extension<Peer>>) -> String {
 
 /// Whether a POST may act: a session, actions on, this server's `Origin`, the session's
 /// CSRF token. The refusal says which failed; nothing has been done.
-#[expect(
-    clippy::result_large_err,
-    reason = "the error is the answer, built once"
-)]
 fn authorise(state: &AppState, headers: &HeaderMap) -> Result<Arc<Dashboard>, Response> {
     let (dashboard, csrf) = session_of(state, headers)?;
     let forbidden = |why: &str| Err(plain(StatusCode::FORBIDDEN, format!("forbidden: {why}\n")));

@@ -93,15 +93,23 @@ pub struct WebOptions {
     pub login_file: Option<PathBuf>,
     /// LXD's sockets, for the dashboard's actions and images.
     pub lxd_sockets: Vec<PathBuf>,
+    /// The history database, for the dashboard's history page.
+    pub history_path: Option<PathBuf>,
 }
 
 impl WebOptions {
     /// These options with the dashboard on: its login token written to `login_file`, LXD
-    /// reached through `lxd_sockets`.
-    pub fn with_dashboard(self, login_file: PathBuf, lxd_sockets: Vec<PathBuf>) -> Self {
+    /// reached through `lxd_sockets`, history read from `history_path`.
+    pub fn with_dashboard(
+        self,
+        login_file: PathBuf,
+        lxd_sockets: Vec<PathBuf>,
+        history_path: PathBuf,
+    ) -> Self {
         Self {
             login_file: Some(login_file),
             lxd_sockets,
+            history_path: Some(history_path),
             ..self
         }
     }
@@ -375,6 +383,7 @@ fn start_dashboard(options: &WebOptions, address: Option<SocketAddr>) -> Option<
         hosts: Arc::new(AllowedHosts::new(&options.allowed_hosts)),
         actions: options.actions,
         lxd_sockets: options.lxd_sockets.clone(),
+        history_path: options.history_path.clone(),
         // Within the connection's own timeout, so the answer still reaches the page.
         deadline: options
             .timeout

@@ -10,6 +10,7 @@ use crate::{
     lxd::Image,
     manage,
     model::{Container, Snapshot},
+    sink::history::DaySummary,
     tui::{app::Column, format},
 };
 
@@ -185,7 +186,7 @@ pub fn layout(title: &str, page: &str, csrf: &str, body: &str) -> String {
          <title>{title} - Lynx</title>\
          <link rel=\"stylesheet\" href=\"/assets/style.css\">\
          <script src=\"/assets/app.js\" defer></script></head>\
-         <body data-page=\"{page}\"><header><a href=\"/\">Lynx</a> <a href=\"/images\">Images</a>\
+         <body data-page=\"{page}\"><header><a href=\"/\">Lynx</a> <a href=\"/history\">History</a> <a href=\"/images\">Images</a>\
          <span id=\"updated\"></span></header><main>{body}</main></body></html>\n",
         csrf = escape(csrf),
         title = escape(title),
@@ -347,6 +348,39 @@ pub fn images_html(images: &[Image], actions: bool) -> String {
         html.push_str("</td></tr>");
     }
     html.push_str("</tbody></table><p id=\"message\" role=\"status\"></p>");
+    html
+}
+
+/// The history page: the request chart over `range`, the daily table of `lynx history`.
+pub fn history_html(range: &str, chart: &str, days: &[DaySummary]) -> String {
+    let mut html = String::from("<h1>History</h1><nav id=\"ranges\">");
+    for choice in ["1h", "24h", "7d"] {
+        match choice == range {
+            true => {
+                let _ = write!(html, "<strong>{choice}</strong> ");
+            }
+            false => {
+                let _ = write!(html, "<a href=\"/history?range={choice}\">{choice}</a> ");
+            }
+        }
+    }
+    let _ = write!(
+        html,
+        "</nav><figure id=\"chart-history\">{chart}</figure><h2>Last 7 days (UTC)</h2>\
+         <table id=\"days\"><thead><tr>"
+    );
+    for title in DaySummary::HEADERS {
+        let _ = write!(html, "<th>{}</th>", title.to_uppercase());
+    }
+    html.push_str("</tr></thead><tbody>");
+    for day in days {
+        html.push_str("<tr>");
+        for cell in day.cells() {
+            let _ = write!(html, "<td>{}</td>", escape(&cell));
+        }
+        html.push_str("</tr>");
+    }
+    html.push_str("</tbody></table>");
     html
 }
 

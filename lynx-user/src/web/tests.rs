@@ -23,6 +23,7 @@ pub(super) fn options(listen: &str) -> WebOptions {
         actions: false,
         login_file: None,
         lxd_sockets: Vec::new(),
+        history_path: None,
     }
 }
 
