@@ -111,8 +111,8 @@ fn screenshots() -> std::path::PathBuf {
 }
 
 #[test]
-fn the_browser_shows_the_farm_and_stops_a_container() {
-    if !privileged("the_browser_shows_the_farm_and_stops_a_container") {
+fn dashboard_in_a_browser_shows_the_farm_and_stops_a_container() {
+    if !privileged("dashboard_in_a_browser_shows_the_farm_and_stops_a_container") {
         return;
     }
     const LISTEN: &str = "127.0.0.1:19471";
@@ -274,8 +274,8 @@ fn the_browser_shows_the_farm_and_stops_a_container() {
 }
 
 #[test]
-fn without_a_session_or_with_a_forged_post_nothing_changes() {
-    if !privileged("without_a_session_or_with_a_forged_post_nothing_changes") {
+fn dashboard_refuses_without_a_session_or_with_a_forged_post() {
+    if !privileged("dashboard_refuses_without_a_session_or_with_a_forged_post") {
         return;
     }
     const LISTEN: &str = "127.0.0.1:19472";
@@ -413,8 +413,8 @@ fn promtool_accepts(text: &str) {
 }
 
 #[test]
-fn metrics_answer_within_a_second_while_twenty_dashboards_poll() {
-    if !privileged("metrics_answer_within_a_second_while_twenty_dashboards_poll") {
+fn dashboard_polling_leaves_metrics_answering_within_a_second() {
+    if !privileged("dashboard_polling_leaves_metrics_answering_within_a_second") {
         return;
     }
     const LISTEN: &str = "127.0.0.1:19473";
