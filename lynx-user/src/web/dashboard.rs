@@ -13,9 +13,9 @@ use std::{
 
 use axum::{
     Extension, Json, Router,
-    extract::{Path, Query, State},
+    extract::{Path, Query, Request, State},
     http::{HeaderMap, HeaderValue, StatusCode, header},
-    middleware,
+    middleware::{self, Next},
     response::{Html, IntoResponse, Response},
     routing::{get, post},
 };
@@ -89,10 +89,9 @@ pub(crate) struct Dashboard {
 }
 
 /// The dashboard's routes (with `state.dashboard` set; without it they answer 404).
-pub(crate) fn routes() -> Router<AppState> {
-    Router::new()
+pub(crate) fn routes(state: AppState) -> Router<AppState> {
+    let behind_login = Router::new()
         .route("/", get(overview_page))
-        .route("/login", get(login))
         .route("/containers/{name}", get(container_page))
         .route("/images", get(images_page))
         .route("/history", get(history_page))
@@ -101,8 +100,12 @@ pub(crate) fn routes() -> Router<AppState> {
         .route("/api/v1/containers/{name}", get(api_container))
         .route("/api/v1/containers/{name}/{action}", post(container_action))
         .route("/api/v1/images/{fingerprint}/delete", post(image_delete))
+        .route_layer(middleware::from_fn_with_state(state, require_session));
+    Router::new()
+        .route("/login", get(login))
         .route("/assets/app.js", get(|| asset("text/javascript", APP_JS)))
         .route("/assets/style.css", get(|| asset("text/css", STYLE_CSS)))
+        .merge(behind_login)
         .layer(middleware::map_response(secure_headers))
 }
 
@@ -152,17 +155,38 @@ fn dashboard(state: &AppState) -> Result<&Arc<Dashboard>, Response> {
         .ok_or_else(|| plain(StatusCode::NOT_FOUND, "the dashboard is off\n"))
 }
 
-/// The session's CSRF token, or 401.
-fn session_of(state: &AppState, headers: &HeaderMap) -> Result<(Arc<Dashboard>, String), Response> {
-    let dashboard = dashboard(state)?;
-    let cookie = headers.get(header::COOKIE).map(HeaderValue::as_bytes);
-    match dashboard.sessions.session(cookie, Instant::now()) {
-        Some(csrf) => Ok((Arc::clone(dashboard), csrf)),
-        None => Err(plain(
+/// A logged-in request: the dashboard, and the CSRF token of its session.
+#[derive(Clone, Debug)]
+struct LoggedIn {
+    dashboard: Arc<Dashboard>,
+    csrf: String,
+}
+
+/// Lets a request with a live session's cookie through, with [`LoggedIn`]; answers 401 to
+/// any other.
+async fn require_session(
+    State(state): State<AppState>,
+    mut request: Request,
+    next: Next,
+) -> Response {
+    let dashboard = match dashboard(&state) {
+        Ok(d) => Arc::clone(d),
+        Err(response) => return response,
+    };
+    let cookie = request
+        .headers()
+        .get(header::COOKIE)
+        .map(HeaderValue::as_bytes);
+    let Some(csrf) = dashboard.sessions.session(cookie, Instant::now()) else {
+        return plain(
             StatusCode::UNAUTHORIZED,
             "not logged in: open the login link `lynx web` prints (as root, on the daemon's host)\n",
-        )),
-    }
+        );
+    };
+    request
+        .extensions_mut()
+        .insert(LoggedIn { dashboard, csrf });
+    next.run(request).await
 }
 
 fn no_snapshot() -> Response {
@@ -252,43 +276,25 @@ fn chart(state: &AppState, which: &str) -> Option<String> {
 
 async fn overview_page(
     State(state): State<AppState>,
+    Extension(user): Extension<LoggedIn>,
     Query(query): Query<SortQuery>,
-    headers: HeaderMap,
 ) -> Response {
-    let (_, csrf) = match session_of(&state, &headers) {
-        Ok(s) => s,
-        Err(response) => return response,
-    };
     let Some(snapshot) = current(&state.latest) else {
         return no_snapshot();
     };
     let overview = page::overview(&snapshot, query.column(), query.desc == 1);
     let body = page::overview_html(&overview, &charts(&state));
-    Html(page::layout("Overview", "overview", &csrf, &body)).into_response()
+    Html(page::layout("Overview", "overview", &user.csrf, &body)).into_response()
 }
 
-async fn api_snapshot(
-    State(state): State<AppState>,
-    Query(query): Query<SortQuery>,
-    headers: HeaderMap,
-) -> Response {
-    if let Err(response) = session_of(&state, &headers) {
-        return response;
-    }
+async fn api_snapshot(State(state): State<AppState>, Query(query): Query<SortQuery>) -> Response {
     let Some(snapshot) = current(&state.latest) else {
         return no_snapshot();
     };
     Json(page::overview(&snapshot, query.column(), query.desc == 1)).into_response()
 }
 
-async fn chart_svg(
-    State(state): State<AppState>,
-    Path(which): Path<String>,
-    headers: HeaderMap,
-) -> Response {
-    if let Err(response) = session_of(&state, &headers) {
-        return response;
-    }
+async fn chart_svg(State(state): State<AppState>, Path(which): Path<String>) -> Response {
     let which = which.strip_suffix(".svg").unwrap_or(&which);
     match chart(&state, which) {
         Some(svg) => ([(header::CONTENT_TYPE, "image/svg+xml")], svg).into_response(),
@@ -301,31 +307,20 @@ async fn chart_svg(
 
 async fn container_page(
     State(state): State<AppState>,
+    Extension(user): Extension<LoggedIn>,
     Path(name): Path<String>,
-    headers: HeaderMap,
 ) -> Response {
-    let (dashboard, csrf) = match session_of(&state, &headers) {
-        Ok(s) => s,
-        Err(response) => return response,
-    };
     let Some(snapshot) = current(&state.latest) else {
         return no_snapshot();
     };
     let Some(container) = snapshot.containers.iter().find(|c| c.name == name) else {
         return plain(StatusCode::NOT_FOUND, format!("no container {name:?}\n"));
     };
-    let body = page::container_html(&snapshot, container, dashboard.actions);
-    Html(page::layout(&name, "container", &csrf, &body)).into_response()
+    let body = page::container_html(&snapshot, container, user.dashboard.actions);
+    Html(page::layout(&name, "container", &user.csrf, &body)).into_response()
 }
 
-async fn api_container(
-    State(state): State<AppState>,
-    Path(name): Path<String>,
-    headers: HeaderMap,
-) -> Response {
-    if let Err(response) = session_of(&state, &headers) {
-        return response;
-    }
+async fn api_container(State(state): State<AppState>, Path(name): Path<String>) -> Response {
     let Some(snapshot) = current(&state.latest) else {
         return no_snapshot();
     };
@@ -362,14 +357,9 @@ struct RangeQuery {
 /// `7d`), and the daily minimum and maximum of running containers over 7 days, from the
 /// history database `lynx history` reads.
 async fn history_page(
-    State(state): State<AppState>,
+    Extension(LoggedIn { dashboard, csrf }): Extension<LoggedIn>,
     Query(query): Query<RangeQuery>,
-    headers: HeaderMap,
 ) -> Response {
-    let (dashboard, csrf) = match session_of(&state, &headers) {
-        Ok(s) => s,
-        Err(response) => return response,
-    };
     let (range, span) = match query.range.as_deref().unwrap_or("1h") {
         "24h" => ("24h", 86_400),
         "7d" => ("7d", 7 * 86_400),
@@ -404,11 +394,7 @@ async fn history_page(
     Html(page::layout("History", "history", &csrf, &body)).into_response()
 }
 
-async fn images_page(State(state): State<AppState>, headers: HeaderMap) -> Response {
-    let (dashboard, csrf) = match session_of(&state, &headers) {
-        Ok(s) => s,
-        Err(response) => return response,
-    };
+async fn images_page(Extension(LoggedIn { dashboard, csrf }): Extension<LoggedIn>) -> Response {
     let sockets = dashboard.lxd_sockets.clone();
     let listed = within(dashboard.deadline, move || {
         lxd(&sockets)?.images().map_err(|e| e.to_string())
@@ -435,10 +421,10 @@ fn peer_text(peer: Option<&Extension<Peer>>) -> String {
     peer.map_or_else(|| "-".to_owned(), |p| p.0.0.to_string())
 }
 
-/// Whether a POST may act: a session, actions on, this server's `Origin`, the session's
+/// Whether a POST of a logged-in user may act: actions on, this server's `Origin`, the session's
 /// CSRF token. The refusal says which failed; nothing has been done.
-fn authorise(state: &AppState, headers: &HeaderMap) -> Result<Arc<Dashboard>, Response> {
-    let (dashboard, csrf) = session_of(state, headers)?;
+fn authorise(user: LoggedIn, headers: &HeaderMap) -> Result<Arc<Dashboard>, Response> {
+    let LoggedIn { dashboard, csrf } = user;
     let forbidden = |why: &str| Err(plain(StatusCode::FORBIDDEN, format!("forbidden: {why}\n")));
     if !dashboard.actions {
         return forbidden("actions are off ([web] actions = false)");
@@ -482,13 +468,13 @@ fn refused(peer: &str, action: &str, target: &str, response: Response) -> Respon
 }
 
 async fn container_action(
-    State(state): State<AppState>,
+    Extension(user): Extension<LoggedIn>,
     Path((name, action)): Path<(String, String)>,
     peer: Option<Extension<Peer>>,
     headers: HeaderMap,
 ) -> Response {
     let peer = peer_text(peer.as_ref());
-    let dashboard = match authorise(&state, &headers) {
+    let dashboard = match authorise(user, &headers) {
         Ok(d) => d,
         Err(response) => return refused(&peer, &action, &name, response),
     };
@@ -521,13 +507,13 @@ async fn container_action(
 }
 
 async fn image_delete(
-    State(state): State<AppState>,
+    Extension(user): Extension<LoggedIn>,
     Path(fingerprint): Path<String>,
     peer: Option<Extension<Peer>>,
     headers: HeaderMap,
 ) -> Response {
     let peer = peer_text(peer.as_ref());
-    let dashboard = match authorise(&state, &headers) {
+    let dashboard = match authorise(user, &headers) {
         Ok(d) => d,
         Err(response) => return refused(&peer, "delete image", &fingerprint, response),
     };

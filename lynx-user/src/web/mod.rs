@@ -399,7 +399,7 @@ pub(crate) fn router(state: AppState, options: &WebOptions) -> Router {
         .route("/metrics", get(metrics))
         .route("/snapshot", get(snapshot));
     if state.dashboard.is_some() {
-        routes = routes.merge(dashboard::routes());
+        routes = routes.merge(dashboard::routes(state.clone()));
     }
     routes
         .fallback(not_found)
