@@ -8,7 +8,6 @@ use std::{
     io::{Read, Write},
     net::{SocketAddr, TcpStream},
     os::unix::fs::MetadataExt,
-    process::{Command, Stdio},
     sync::{
         Arc,
         atomic::{AtomicBool, AtomicU64, Ordering},
@@ -22,7 +21,7 @@ use lynx_tests::{
     browser::Browser,
     daemon::{DaemonUnderTest, read_snapshot},
     lxd::{TestContainer, lxd},
-    lynx_ok, privileged, workspace,
+    lynx_ok, privileged, promtool_check, workspace,
 };
 
 /// `lynx web` for this daemon: its login link, after checking the token file is root's alone.
@@ -388,30 +387,6 @@ fn dashboard_refuses_without_a_session_or_with_a_forged_post() {
     );
 }
 
-/// `promtool check metrics` accepts `text`.
-fn promtool_accepts(text: &str) {
-    let mut child = Command::new("promtool")
-        .args(["check", "metrics"])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("run promtool (Debian package prometheus)");
-    child
-        .stdin
-        .take()
-        .expect("stdin")
-        .write_all(text.as_bytes())
-        .expect("feed promtool");
-    let output = child.wait_with_output().expect("promtool");
-    assert!(
-        output.status.success() && output.stdout.is_empty() && output.stderr.is_empty(),
-        "promtool: {}{}",
-        String::from_utf8_lossy(&output.stdout),
-        String::from_utf8_lossy(&output.stderr)
-    );
-}
-
 #[test]
 fn dashboard_polling_leaves_metrics_answering_within_a_second() {
     if !privileged("dashboard_polling_leaves_metrics_answering_within_a_second") {
@@ -476,5 +451,5 @@ fn dashboard_polling_leaves_metrics_answering_within_a_second() {
         during > CLIENTS as u64,
         "the dashboards did poll meanwhile ({during} requests)"
     );
-    promtool_accepts(&last);
+    promtool_check(&last);
 }
