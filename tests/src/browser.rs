@@ -17,7 +17,7 @@ use serde_json::{Value, json};
 use crate::ChildGuard;
 
 /// The key under which WebDriver names an element.
-const ELEMENT: &str = "element-6066-11e4-a07a-4f3b8f8fa7d1";
+const ELEMENT: &str = "element-6066-11e4-a52e-4f735466cecf";
 /// The longest one WebDriver command may take (a navigation waits for the page's load).
 const COMMAND_TIMEOUT: Duration = Duration::from_secs(60);
 
@@ -238,7 +238,8 @@ impl Drop for Browser {
     }
 }
 
-/// One WebDriver exchange: HTTP/1.0, so the answer ends with the connection.
+/// One WebDriver exchange, on a connection of its own that the driver closes after its
+/// answer (chromedriver speaks HTTP/1.1 only).
 fn request(
     addr: SocketAddr,
     method: &str,
@@ -253,24 +254,41 @@ fn request(
         .map_err(|e| e.to_string())?;
     write!(
         stream,
-        "{method} {path} HTTP/1.0\r\nHost: {addr}\r\nContent-Type: application/json\r\n\
-         Content-Length: {}\r\n\r\n{body}",
+        "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\
+         Content-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
         body.len()
     )
     .map_err(|e| e.to_string())?;
+    // The driver says `Connection: close` but may keep the connection open: the answer
+    // ends where its Content-Length says.
     let mut answer = Vec::new();
-    stream.read_to_end(&mut answer).map_err(|e| e.to_string())?;
-    let start = answer
-        .windows(4)
-        .position(|w| w == b"\r\n\r\n")
-        .ok_or("no HTTP head")?
-        + 4;
-    serde_json::from_slice(&answer[start..]).map_err(|e| {
-        format!(
-            "not JSON ({e}): {}",
-            String::from_utf8_lossy(&answer[..answer.len().min(500)])
-        )
-    })
+    let mut buffer = [0u8; 16 * 1024];
+    let body_start = loop {
+        if let Some(end) = answer.windows(4).position(|w| w == b"\r\n\r\n") {
+            break end + 4;
+        }
+        let n = stream.read(&mut buffer).map_err(|e| e.to_string())?;
+        if n == 0 {
+            return Err("the driver closed the connection before its answer's head".into());
+        }
+        answer.extend_from_slice(&buffer[..n]);
+    };
+    let head = String::from_utf8_lossy(&answer[..body_start]).to_ascii_lowercase();
+    let length: usize = head
+        .lines()
+        .find_map(|l| l.strip_prefix("content-length:"))
+        .and_then(|n| n.trim().parse().ok())
+        .ok_or_else(|| format!("no Content-Length in {head:?}"))?;
+    while answer.len() < body_start + length {
+        let n = stream.read(&mut buffer).map_err(|e| e.to_string())?;
+        if n == 0 {
+            return Err("the driver closed the connection mid-answer".into());
+        }
+        answer.extend_from_slice(&buffer[..n]);
+    }
+    let body = &answer[body_start..body_start + length];
+    serde_json::from_slice(body)
+        .map_err(|e| format!("not JSON ({e}): {}", String::from_utf8_lossy(body)))
 }
 
 /// Standard base64 (WebDriver's screenshots), padding and line breaks ignored.
@@ -299,7 +317,30 @@ fn decode_base64(text: &str) -> Vec<u8> {
 
 #[cfg(test)]
 mod tests {
-    use super::decode_base64;
+    use super::*;
+
+    /// The driver itself, on a page of its own (no daemon, no root).
+    #[test]
+    fn drives_chromium_through_a_page_with_a_prompt() {
+        let browser = Browser::start("self-test");
+        browser.goto("about:blank");
+        browser.execute(
+            "document.body.innerHTML = '<p id=out>none</p><button id=go>go</button>'; \
+             document.getElementById('go').onclick = function () { \
+             document.getElementById('out').textContent = String(confirm('Sure?')); };",
+        );
+        assert_eq!(browser.text(&browser.find("#out")), "none");
+        browser.click(&browser.find("#go"));
+        assert_eq!(browser.accept_prompt(Duration::from_secs(5)), "Sure?");
+        let (text, _) = browser.wait_for_text("#out", Duration::from_secs(5), |t| t == "true");
+        assert_eq!(text, "true");
+        assert_eq!(browser.execute("return 6 * 7;"), json!(42));
+        let shot = std::env::temp_dir().join(format!("lynx-browser-{}.png", std::process::id()));
+        browser.screenshot(&shot);
+        let png = fs::read(&shot).expect("the screenshot");
+        let _ = fs::remove_file(&shot);
+        assert!(png.starts_with(b"\x89PNG\r\n\x1a\n"), "a PNG");
+    }
 
     #[test]
     fn base64_decodes() {
