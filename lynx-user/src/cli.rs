@@ -24,6 +24,7 @@ use crate::{
     sink::history::{self, HistoryError},
     stop::sleep_until,
     tui::{self, FileSource, TopOptions, TuiError},
+    web,
 };
 
 /// What `lynx --version` prints after the name: the crate version, the git revision and the
@@ -96,6 +97,9 @@ pub enum Command {
     /// Print the snapshot document as JSON: the running daemon's, or one collected over
     /// `--interval` when no daemon runs.
     Snapshot(SnapshotArgs),
+    /// Print the dashboard's address with a one-time login link, from the running daemon's
+    /// login token (root's, in /run/lynx); opens nothing.
+    Web,
     /// Write the manual pages and shell completions into DIR (for packaging).
     #[command(hide = true)]
     Generate { dir: PathBuf },
@@ -231,6 +235,12 @@ pub enum CliError {
     Stdout(io::Error),
     #[error("cannot install signal handlers: {0}")]
     Signals(io::Error),
+    #[error(
+        "cannot read the dashboard's login token {path}: {source} (is the daemon running, with [web] listen on loopback? reading it needs root)"
+    )]
+    WebLogin { path: PathBuf, source: io::Error },
+    #[error("the daemon's HTTP server is off ([web] listen = \"\"): there is no dashboard")]
+    WebOff,
     #[error("cannot write the manual pages and completions into {dir}: {source}")]
     Generate { dir: PathBuf, source: io::Error },
     #[error(transparent)]
@@ -282,6 +292,13 @@ fn load_config(path: Option<&Path>) -> Result<Config, ConfigError> {
 
 /// The daemon's options: the config, with the command line's flags over it.
 fn daemon_options(config: Config, args: &DaemonArgs) -> DaemonOptions {
+    let web = config.web.options().map(|web| {
+        web.with_dashboard(
+            web_login_file(&config.daemon.pin_dir),
+            config.lxd.sockets.clone(),
+            config.history.path.clone(),
+        )
+    });
     DaemonOptions {
         control: control_options(&config, args.dry_run),
         interval: args.interval.unwrap_or(config.daemon.interval),
@@ -291,7 +308,7 @@ fn daemon_options(config: Config, args: &DaemonArgs) -> DaemonOptions {
         lxd_sockets: config.lxd.sockets,
         docker: config.docker,
         history: config.history,
-        web: config.web.options(),
+        web,
         nginx: config.nginx.counting(),
     }
 }
@@ -343,6 +360,13 @@ pub fn run(cli: Cli) -> Result<(), CliError> {
                 false => history::render_table(&summary),
             };
             print(&text)
+        }
+        Command::Web => {
+            let listen = config.web.options().ok_or(CliError::WebOff)?.listen;
+            let path = web_login_file(&config.daemon.pin_dir);
+            let link = web::session::login_link(listen, &path)
+                .map_err(|source| CliError::WebLogin { path, source })?;
+            print(&format!("{link}\n"))
         }
         Command::Containers { action } => containers(&config, action),
         Command::Images { action } => images(&lxd_client(&config)?, action),
@@ -450,6 +474,11 @@ fn run_remote(cli: &Cli, host: &str) -> Result<(), CliError> {
         0 => Ok(()),
         code => Err(CliError::RemoteExit(code)),
     }
+}
+
+/// The dashboard's login token file of the daemon with maps pinned in `pin_dir`.
+fn web_login_file(pin_dir: &Path) -> PathBuf {
+    web::session::login_file(&daemon::lock_path(pin_dir))
 }
 
 /// The controller's options, `None` without groups.

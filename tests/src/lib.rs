@@ -3,6 +3,7 @@
 //! own cgroup accounting) to check Lynx's counters against.
 use std::{
     fs,
+    io::Write,
     os::unix::{fs::MetadataExt, process::CommandExt},
     path::{Path, PathBuf},
     process::{Child, Command, Output, Stdio},
@@ -16,6 +17,7 @@ use lynx::collector::{
 };
 
 pub mod bench;
+pub mod browser;
 pub mod control;
 pub mod daemon;
 pub mod docker;
@@ -101,6 +103,37 @@ pub fn lynx_ok(args: &[&str]) -> String {
         String::from_utf8_lossy(&output.stderr)
     );
     String::from_utf8(output.stdout).expect("lynx prints UTF-8")
+}
+
+/// Checks `metrics` with `promtool check metrics` (Debian package `prometheus`), which must
+/// accept it without a remark.
+pub fn promtool_check(metrics: &str) {
+    let mut child = Command::new("promtool")
+        .args(["check", "metrics"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap_or_else(|e| {
+            panic!("run promtool: {e} (it is in Debian's package prometheus: apt-get install prometheus)")
+        });
+    child
+        .stdin
+        .take()
+        .expect("promtool's stdin")
+        .write_all(metrics.as_bytes())
+        .expect("feed promtool");
+    let output = child.wait_with_output().expect("wait for promtool");
+    let said = format!(
+        "{}{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
+    assert!(
+        output.status.success() && said.trim().is_empty(),
+        "promtool check metrics: {}: {said}\n{metrics}",
+        output.status
+    );
 }
 
 /// Runs `command`, which must succeed, and returns its standard output.

@@ -158,6 +158,16 @@ pub const TEST_PACKAGES: &[Package] = &[
         why: "promtool checks lynx's /metrics output",
     },
     Package {
+        name: "chromium",
+        programs: &["chromium"],
+        why: "a real browser, headless, for the dashboard tests",
+    },
+    Package {
+        name: "chromium-driver",
+        programs: &["chromedriver"],
+        why: "drives chromium over WebDriver in the dashboard tests",
+    },
+    Package {
         name: "openssl",
         programs: &["openssl"],
         why: "a self-signed certificate for nginx's TLS port",
