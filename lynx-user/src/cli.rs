@@ -1,7 +1,7 @@
 //! Command line: parsing and dispatch. Every subcommand returns a [`CliError`] whose
 //! [`CliError::exit_code`] main uses.
 use std::{
-    io::{self, Write},
+    io::{self, IsTerminal, Write},
     path::{Path, PathBuf},
     sync::{Arc, atomic::AtomicBool},
     time::{Duration, Instant, SystemTime},
@@ -11,17 +11,20 @@ use clap::{Args, Parser, Subcommand};
 
 use crate::{
     collector::{CollectError, Collector, CollectorOptions, lxd_instances::LxdInstances},
-    config::{Config, ConfigError, DEFAULT_CONFIG_PATH, parse_interval},
+    config::{Config, ConfigError, DEFAULT_CONFIG_PATH, TopConfig, parse_interval},
     controller::ControlOptions,
     daemon::{self, DaemonError, DaemonLock, DaemonOptions},
     docker::{DockerClient, DockerError},
+    follow::{self, FollowError},
     generate,
     lxd::{LxdClient, LxdError, StateAction},
     manage::{self, ContainerRefError, Engine, ImageRefError},
     model,
+    remote::{self, Remote, RemoteError},
     sink::history::{self, HistoryError},
     stop::sleep_until,
-    tui::{self, TuiError},
+    tui::{self, FileSource, TopOptions, TuiError},
+    web,
 };
 
 /// What `lynx --version` prints after the name: the crate version, the git revision and the
@@ -35,6 +38,29 @@ pub struct Cli {
     /// Config file (TOML); without it `/etc/lynx/lynx.toml` is read when it exists.
     #[arg(long, global = true, value_name = "PATH")]
     pub config: Option<PathBuf>,
+    /// Run the command on another host through the system's ssh (its config, keys and
+    /// known_hosts), with the lynx installed there; `--config` then names a file on that host.
+    /// `top` draws here from the remote daemon's snapshots.
+    #[arg(
+        long,
+        global = true,
+        env = "LYNX_HOST",
+        value_name = "ssh://USER@HOST[:PORT]"
+    )]
+    pub host: Option<String>,
+    /// The lynx program on the remote host, for `--host`: a name looked up on the remote
+    /// user's PATH, or an absolute path.
+    #[arg(
+        long,
+        global = true,
+        env = "LYNX_REMOTE_LYNX",
+        default_value = "lynx",
+        value_name = "PROGRAM"
+    )]
+    pub remote_lynx: String,
+    /// An ssh config file for `--host`, read instead of ~/.ssh/config (`ssh -F`).
+    #[arg(long, global = true, env = "LYNX_SSH_CONFIG", value_name = "PATH")]
+    pub ssh_config: Option<PathBuf>,
     #[command(subcommand)]
     pub command: Command,
 }
@@ -71,6 +97,9 @@ pub enum Command {
     /// Print the snapshot document as JSON: the running daemon's, or one collected over
     /// `--interval` when no daemon runs.
     Snapshot(SnapshotArgs),
+    /// Print the dashboard's address with a one-time login link, from the running daemon's
+    /// login token (root's, in /run/lynx); opens nothing.
+    Web,
     /// Write the manual pages and shell completions into DIR (for packaging).
     #[command(hide = true)]
     Generate { dir: PathBuf },
@@ -160,9 +189,17 @@ pub struct DaemonArgs {
 
 #[derive(Debug, Args)]
 pub struct SnapshotArgs {
-    /// How long to measure rates (CPU %) over, e.g. `500ms`, `1s`.
+    /// How long to measure rates (CPU %) over, e.g. `500ms`, `1s`; with `--follow`, how
+    /// often to look for a new document.
     #[arg(long, default_value = "1s", value_parser = parse_interval)]
     pub interval: Duration,
+    /// Print the running daemon's document as one JSON line each time it changes, until
+    /// the reader goes (what `lynx --host ... top` reads over ssh).
+    #[arg(long)]
+    pub follow: bool,
+    /// With `--follow`: stop after this many documents.
+    #[arg(long, requires = "follow", value_name = "N")]
+    pub count: Option<u64>,
 }
 
 /// Errors of a subcommand.
@@ -198,8 +235,21 @@ pub enum CliError {
     Stdout(io::Error),
     #[error("cannot install signal handlers: {0}")]
     Signals(io::Error),
+    #[error(
+        "cannot read the dashboard's login token {path}: {source} (is the daemon running, with [web] listen on loopback? reading it needs root)"
+    )]
+    WebLogin { path: PathBuf, source: io::Error },
+    #[error("the daemon's HTTP server is off ([web] listen = \"\"): there is no dashboard")]
+    WebOff,
     #[error("cannot write the manual pages and completions into {dir}: {source}")]
     Generate { dir: PathBuf, source: io::Error },
+    #[error(transparent)]
+    Remote(#[from] RemoteError),
+    #[error("snapshot stream: {0}")]
+    Follow(#[from] FollowError),
+    /// The remote lynx failed with this exit code and has said why on standard error.
+    #[error("the remote lynx exited with {0}")]
+    RemoteExit(u8),
 }
 
 impl CliError {
@@ -220,6 +270,8 @@ impl CliError {
             ) => 2,
             Self::Image(ImageRefError::NotFound(_) | ImageRefError::Ambiguous { .. }) => 2,
             Self::ContainerRef(_) => 2,
+            Self::Remote(error) => error.exit_code(),
+            Self::RemoteExit(code) => *code,
             Self::NoLxd { .. }
             | Self::NoDocker { .. }
             | Self::NoEngine { .. }
@@ -240,6 +292,13 @@ fn load_config(path: Option<&Path>) -> Result<Config, ConfigError> {
 
 /// The daemon's options: the config, with the command line's flags over it.
 fn daemon_options(config: Config, args: &DaemonArgs) -> DaemonOptions {
+    let web = config.web.options().map(|web| {
+        web.with_dashboard(
+            web_login_file(&config.daemon.pin_dir),
+            config.lxd.sockets.clone(),
+            config.history.path.clone(),
+        )
+    });
     DaemonOptions {
         control: control_options(&config, args.dry_run),
         interval: args.interval.unwrap_or(config.daemon.interval),
@@ -250,7 +309,7 @@ fn daemon_options(config: Config, args: &DaemonArgs) -> DaemonOptions {
         disk: config.disk,
         docker: config.docker,
         history: config.history,
-        web: config.web.options(),
+        web,
         nginx: config.nginx.counting(),
     }
 }
@@ -258,6 +317,9 @@ fn daemon_options(config: Config, args: &DaemonArgs) -> DaemonOptions {
 /// Runs the parsed command line.
 pub fn run(cli: Cli) -> Result<(), CliError> {
     // Packaging reads no config: a host's own file must not change what is shipped.
+    if let Some(host) = &cli.host {
+        return run_remote(&cli, host);
+    }
     if let Command::Generate { dir } = cli.command {
         return generate::generate(&dir).map_err(|source| CliError::Generate { dir, source });
     }
@@ -281,12 +343,14 @@ pub fn run(cli: Cli) -> Result<(), CliError> {
             };
             Ok(daemon::run(options, &signals, &reread)?)
         }
-        Command::Top(args) => Ok(tui::run(&tui::TopOptions {
-            snapshot_path: config.daemon.snapshot_path,
-            refresh: args.refresh.unwrap_or(config.top.refresh),
-            once: args.once,
-            history_path: Some(config.history.path),
-        })?),
+        Command::Top(args) => Ok(tui::run(
+            &mut FileSource(config.daemon.snapshot_path),
+            &TopOptions {
+                refresh: args.refresh.unwrap_or(config.top.refresh),
+                once: args.once,
+                history_path: Some(config.history.path),
+            },
+        )?),
         Command::History { days, json } => {
             let now = SystemTime::now()
                 .duration_since(SystemTime::UNIX_EPOCH)
@@ -298,9 +362,34 @@ pub fn run(cli: Cli) -> Result<(), CliError> {
             };
             print(&text)
         }
+        Command::Web => {
+            let listen = config.web.options().ok_or(CliError::WebOff)?.listen;
+            let path = web_login_file(&config.daemon.pin_dir);
+            let link = web::session::login_link(listen, &path)
+                .map_err(|source| CliError::WebLogin { path, source })?;
+            print(&format!("{link}\n"))
+        }
         Command::Containers { action } => containers(&config, action),
         Command::Images { action } => images(&lxd_client(&config)?, action),
         Command::Generate { .. } => unreachable!("handled before the config is read"),
+        Command::Snapshot(args) if args.follow => {
+            let path = config.daemon.snapshot_path;
+            // Says so when no daemon runs, or it is another lynx's.
+            tui::load_snapshot(&path)?;
+            let read = || std::fs::read(&path).map_err(FollowError::Read);
+            let wait = |interval| {
+                std::thread::sleep(interval);
+                true
+            };
+            let mut out = io::stdout().lock();
+            Ok(follow::follow(
+                read,
+                &mut out,
+                args.interval,
+                args.count,
+                wait,
+            )?)
+        }
         Command::Snapshot(args) => {
             let daemon_file = &config.daemon.snapshot_path;
             if DaemonLock::is_held(&config.daemon.pin_dir) && daemon_file.exists() {
@@ -338,6 +427,63 @@ pub fn run(cli: Cli) -> Result<(), CliError> {
                 .map_err(CliError::Stdout)
         }
     }
+}
+
+/// How long a remote command may take beyond its own timeout: connecting, LXD's answer.
+const REMOTE_DEADLINE: Duration = Duration::from_secs(120);
+
+/// Runs the command on `host` through ssh: `top` on a terminal here, with the remote
+/// daemon's documents streamed; every other command there, its output passed through.
+fn run_remote(cli: &Cli, host: &str) -> Result<(), CliError> {
+    let remote = Remote {
+        host: host.parse()?,
+        lynx: cli.remote_lynx.clone(),
+        ssh_config: cli.ssh_config.clone(),
+    };
+    let deadline = match &cli.command {
+        Command::Daemon(_) => Err(RemoteError::LocalOnly { command: "daemon" })?,
+        Command::Generate { .. } => Err(RemoteError::LocalOnly {
+            command: "generate",
+        })?,
+        Command::Top(args) if !args.once && io::stdout().is_terminal() => {
+            let refresh = args.refresh.unwrap_or(TopConfig::default().refresh);
+            let mut follow: Vec<String> = match &cli.config {
+                Some(path) => vec!["--config".into(), path.display().to_string()],
+                None => Vec::new(),
+            };
+            follow.extend([
+                "snapshot".into(),
+                "--follow".into(),
+                "--interval".into(),
+                format!("{}ms", refresh.as_millis()),
+            ]);
+            let mut source = remote.follow(&follow)?;
+            // The history database is the remote host's: no longer sparkline.
+            let options = TopOptions {
+                refresh,
+                once: false,
+                history_path: None,
+            };
+            return Ok(tui::run(&mut source, &options)?);
+        }
+        // A stream has no end to wait for.
+        Command::Snapshot(args) if args.follow => None,
+        Command::Snapshot(args) => Some(REMOTE_DEADLINE + args.interval),
+        Command::Containers {
+            action: ContainerAction::Stop(stop) | ContainerAction::Restart(stop),
+        } => Some(REMOTE_DEADLINE + stop.timeout * 2),
+        _ => Some(REMOTE_DEADLINE + DEFAULT_ACTION_TIMEOUT),
+    };
+    let args: Vec<_> = std::env::args_os().skip(1).collect();
+    match remote.run(&remote::remote_args(&args)?, deadline)? {
+        0 => Ok(()),
+        code => Err(CliError::RemoteExit(code)),
+    }
+}
+
+/// The dashboard's login token file of the daemon with maps pinned in `pin_dir`.
+fn web_login_file(pin_dir: &Path) -> PathBuf {
+    web::session::login_file(&daemon::lock_path(pin_dir))
 }
 
 /// The controller's options, `None` without groups.

@@ -200,6 +200,10 @@ pub struct WebConfig {
     /// reading the answer. A slower client is cut off.
     #[serde(deserialize_with = "timeout")]
     pub timeout: Duration,
+    /// Whether the dashboard may start, stop, restart, freeze and unfreeze containers and
+    /// delete images (each still needs a logged-in session, a CSRF token and this server's
+    /// `Origin`). Off by default: the dashboard then only shows.
+    pub actions: bool,
 }
 
 impl Default for WebConfig {
@@ -209,6 +213,7 @@ impl Default for WebConfig {
             allowed_hosts: Vec::new(),
             max_connections: 64,
             timeout: Duration::from_secs(10),
+            actions: false,
         }
     }
 }
@@ -250,6 +255,10 @@ impl WebConfig {
             max_connections: self.max_connections as usize,
             timeout: self.timeout,
             retry: crate::web::RETRY,
+            actions: self.actions,
+            login_file: None,
+            lxd_sockets: Vec::new(),
+            history_path: None,
         })
     }
 }

@@ -35,8 +35,12 @@ pub fn http_request(bytes: &[u8]) {
         max_connections: 1,
         timeout: Duration::from_millis(100),
         retry: Duration::from_secs(1),
+        actions: false,
+        login_file: None,
+        lxd_sockets: Vec::new(),
+        history_path: None,
     };
-    let app = web::router(latest, &options);
+    let app = web::router(web::AppState::new(latest), &options);
     let request = bytes.to_vec();
     runtime.block_on(async move {
         let (mut client, server) = tokio::io::duplex(64 * 1024);

@@ -9,6 +9,7 @@ pub mod config;
 pub mod controller;
 pub mod daemon;
 pub mod docker;
+pub mod follow;
 #[cfg(fuzzing)]
 pub mod fuzz;
 pub mod generate;
@@ -17,6 +18,7 @@ pub mod manage;
 pub mod model;
 pub mod nginx;
 pub mod process;
+pub mod remote;
 pub mod sink;
 pub mod stop;
 #[cfg(test)]

@@ -12,6 +12,8 @@ fn main() -> ExitCode {
         .init();
     match lynx::cli::run(cli) {
         Ok(()) => ExitCode::SUCCESS,
+        // The remote lynx has said why on standard error, passed through.
+        Err(lynx::cli::CliError::RemoteExit(code)) => ExitCode::from(code),
         Err(error) => {
             eprintln!("lynx: {error}");
             ExitCode::from(error.exit_code())

@@ -170,9 +170,19 @@ pub fn containers_table(
     )
 }
 
-/// `lynx images list`: alias, fingerprint, architecture, description, size, upload date.
-pub fn images_table(images: &[Image]) -> String {
-    let rows = images.iter().map(|i| {
+/// The columns of `lynx images list` and of the dashboard's images page.
+pub const IMAGE_COLUMNS: [&str; 6] = [
+    "ALIAS",
+    "FINGERPRINT",
+    "ARCH",
+    "DESCRIPTION",
+    "SIZE",
+    "UPLOADED",
+];
+
+/// One row of cells per image, under [`IMAGE_COLUMNS`].
+pub fn image_rows(images: &[Image]) -> impl Iterator<Item = Vec<String>> + '_ {
+    images.iter().map(|i| {
         vec![
             join_or_dash(i.aliases.iter().cloned()),
             short(&i.fingerprint),
@@ -181,18 +191,12 @@ pub fn images_table(images: &[Image]) -> String {
             format!("{:.1} MiB", i.size as f64 / (1024.0 * 1024.0)),
             i.uploaded_at.get(..10).unwrap_or(&i.uploaded_at).to_owned(),
         ]
-    });
-    table(
-        &[
-            "ALIAS",
-            "FINGERPRINT",
-            "ARCH",
-            "DESCRIPTION",
-            "SIZE",
-            "UPLOADED",
-        ],
-        rows,
-    )
+    })
+}
+
+/// `lynx images list`: alias, fingerprint, architecture, description, size, upload date.
+pub fn images_table(images: &[Image]) -> String {
+    table(&IMAGE_COLUMNS, image_rows(images))
 }
 
 /// The 12-digit form `lxc` shows.

@@ -3,9 +3,10 @@
 //! own cgroup accounting) to check Lynx's counters against.
 use std::{
     fs,
+    io::Write,
     os::unix::{fs::MetadataExt, process::CommandExt},
     path::{Path, PathBuf},
-    process::{Child, Command, Stdio},
+    process::{Child, Command, Output, Stdio},
     thread::sleep,
     time::{Duration, Instant},
 };
@@ -16,6 +17,7 @@ use lynx::collector::{
 };
 
 pub mod bench;
+pub mod browser;
 pub mod control;
 pub mod daemon;
 pub mod docker;
@@ -103,6 +105,37 @@ pub fn lynx_ok(args: &[&str]) -> String {
     String::from_utf8(output.stdout).expect("lynx prints UTF-8")
 }
 
+/// Checks `metrics` with `promtool check metrics` (Debian package `prometheus`), which must
+/// accept it without a remark.
+pub fn promtool_check(metrics: &str) {
+    let mut child = Command::new("promtool")
+        .args(["check", "metrics"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap_or_else(|e| {
+            panic!("run promtool: {e} (it is in Debian's package prometheus: apt-get install prometheus)")
+        });
+    child
+        .stdin
+        .take()
+        .expect("promtool's stdin")
+        .write_all(metrics.as_bytes())
+        .expect("feed promtool");
+    let output = child.wait_with_output().expect("wait for promtool");
+    let said = format!(
+        "{}{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
+    assert!(
+        output.status.success() && said.trim().is_empty(),
+        "promtool check metrics: {}: {said}\n{metrics}",
+        output.status
+    );
+}
+
 /// Runs `command`, which must succeed, and returns its standard output.
 pub fn run_ok(command: &mut Command) -> String {
     let output = command
@@ -156,6 +189,28 @@ impl Drop for ChildGuard {
     fn drop(&mut self) {
         self.kill();
     }
+}
+
+/// Runs `command` (no stdin) to its end and returns its output; panics, killing it, after
+/// `timeout`, so that a command waiting for input or a key never hangs the suite. The outputs
+/// must fit in a pipe's buffer.
+pub fn output_within(command: &mut Command, timeout: Duration) -> Output {
+    let mut child = command
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap_or_else(|e| panic!("start {command:?}: {e}"));
+    let deadline = Instant::now() + timeout;
+    while child.try_wait().expect("poll child").is_none() {
+        if Instant::now() >= deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("{command:?} still ran after {timeout:?}");
+        }
+        sleep(Duration::from_millis(20));
+    }
+    child.wait_with_output().expect("collect output")
 }
 
 /// Starts `command` inside the cgroups at `dirs` (one per hierarchy) before it executes

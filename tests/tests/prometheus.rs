@@ -5,7 +5,6 @@ use std::{
     collections::BTreeMap,
     io::{ErrorKind, Read, Write},
     net::{SocketAddr, TcpStream},
-    process::{Command, Stdio},
     thread::sleep,
     time::{Duration, Instant},
 };
@@ -19,7 +18,7 @@ use lynx_tests::{
     daemon::DaemonUnderTest,
     documented_example,
     lxd::{TestContainer, http_get},
-    lynx_ok, privileged,
+    lynx_ok, privileged, promtool_check,
 };
 
 /// Where the daemon under test serves; off the default port, so a daemon the host runs does
@@ -88,6 +87,10 @@ fn server_serves_a_real_snapshot_that_promtool_accepts() {
         max_connections: 64,
         timeout: Duration::from_secs(10),
         retry: Duration::from_secs(1),
+        actions: false,
+        login_file: None,
+        lxd_sockets: Vec::new(),
+        history_path: None,
     })
     .unwrap_or_else(|e| panic!("start the server: {e}"));
     server.publish(&snapshot);
@@ -240,35 +243,6 @@ fn fetch(addr: SocketAddr, path: &str, log: &dyn Fn() -> String) -> (u16, String
     assert_eq!(length, body.len(), "Content-Length of GET {path}");
     let content_type = header("content-type").unwrap_or_default();
     (status, content_type, body.to_owned())
-}
-
-fn promtool_check(metrics: &str) {
-    let mut child = Command::new("promtool")
-        .args(["check", "metrics"])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap_or_else(|e| {
-            panic!("run promtool: {e} (it is in Debian's package prometheus: apt-get install prometheus)")
-        });
-    child
-        .stdin
-        .take()
-        .expect("promtool's stdin")
-        .write_all(metrics.as_bytes())
-        .expect("feed promtool");
-    let output = child.wait_with_output().expect("wait for promtool");
-    let said = format!(
-        "{}{}",
-        String::from_utf8_lossy(&output.stdout),
-        String::from_utf8_lossy(&output.stderr)
-    );
-    assert!(
-        output.status.success() && said.trim().is_empty(),
-        "promtool check metrics: {}: {said}\n{metrics}",
-        output.status
-    );
 }
 
 /// Samples by metric name and labels.

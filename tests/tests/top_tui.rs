@@ -2,41 +2,24 @@
 //! containers, one of them busy, and the test reads the screen back with `capture-pane`.
 use std::{
     path::Path,
-    process::{Command, Output, Stdio},
+    process::Command,
     thread::sleep,
     time::{Duration, Instant},
 };
 
 use lynx::model::Snapshot;
 use lynx_tests::{
-    ChildGuard, daemon::DaemonUnderTest, lxd::TestContainer, lynx_bin, privileged, tmux::Tmux,
+    ChildGuard, daemon::DaemonUnderTest, lxd::TestContainer, lynx_bin, output_within, privileged,
+    tmux::Tmux,
 };
 
 /// The pane's size: wide enough for every column of the table.
 const WIDTH: u16 = 160;
 const HEIGHT: u16 = 40;
 
-/// Runs `command` to its end, at most 30 s: a `top` that wrongly went full-screen would wait
-/// for a key forever.
-fn output_within(command: &mut Command) -> Output {
-    let mut child = command
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap_or_else(|e| panic!("start {command:?}: {e}"));
-    let deadline = Instant::now() + Duration::from_secs(30);
-    // The table is far smaller than a pipe's buffer, so the child never blocks on it.
-    while child.try_wait().expect("poll child").is_none() {
-        if Instant::now() >= deadline {
-            let _ = child.kill();
-            let _ = child.wait();
-            panic!("{command:?} still ran after 30 s");
-        }
-        sleep(Duration::from_millis(50));
-    }
-    child.wait_with_output().expect("collect output")
-}
+/// How long a `top` that prints one table may take: a `top` that wrongly went full-screen
+/// would wait for a key forever.
+const ONCE_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// The CPU figure in the row of `name`: the first cell that is a percentage.
 fn cpu_on_row(line: &str) -> Option<f64> {
@@ -89,7 +72,10 @@ fn top_shows_sorts_and_restores_the_terminal() {
 
     // Scripts: `--once`, and any `top` whose stdout is not a terminal, print one table.
     for args in [&["top", "--once"][..], &["top"]] {
-        let output = output_within(Command::new(&lynx).arg("--config").arg(&config).args(args));
+        let output = output_within(
+            Command::new(&lynx).arg("--config").arg(&config).args(args),
+            ONCE_TIMEOUT,
+        );
         let stdout = String::from_utf8_lossy(&output.stdout);
         assert!(
             output.status.success(),

@@ -98,9 +98,9 @@ pub const TEST_PACKAGES: &[Package] = &[
     },
     Package {
         name: "procps",
-        programs: &["pgrep", "sysctl"],
-        why: "the `lynx top` test finds the process it drives; the tests turn IPv6 off in the \
-              network namespaces they make",
+        programs: &["pgrep", "pkill", "sysctl"],
+        why: "the `lynx top` test finds the process it drives; the remote test ends its user's \
+              processes; the tests turn IPv6 off in the network namespaces they make",
     },
     Package {
         name: "tar",
@@ -164,6 +164,16 @@ pub const TEST_PACKAGES: &[Package] = &[
         why: "promtool checks lynx's /metrics output",
     },
     Package {
+        name: "chromium",
+        programs: &["chromium"],
+        why: "a real browser, headless, for the dashboard tests",
+    },
+    Package {
+        name: "chromium-driver",
+        programs: &["chromedriver"],
+        why: "drives chromium over WebDriver in the dashboard tests",
+    },
+    Package {
         name: "openssl",
         programs: &["openssl"],
         why: "a self-signed certificate for nginx's TLS port",
@@ -193,6 +203,21 @@ pub const TEST_PACKAGES: &[Package] = &[
         name: "adduser",
         programs: &["adduser", "deluser", "delgroup"],
         why: "the package's postinst makes the lynx user; the package tests remove it",
+    },
+    Package {
+        name: "openssh-server",
+        programs: &["sshd"],
+        why: "the remote test runs a real sshd of its own on a loopback port",
+    },
+    Package {
+        name: "openssh-client",
+        programs: &["ssh", "ssh-keygen"],
+        why: "`lynx --host ssh://` runs the system's ssh; the remote test makes its own keys",
+    },
+    Package {
+        name: "passwd",
+        programs: &["useradd", "userdel"],
+        why: "the remote test makes (and removes) a non-root user in LXD's group",
     },
     Package {
         name: "strace",

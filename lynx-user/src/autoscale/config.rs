@@ -169,7 +169,7 @@ fn thresholds(
     Ok(())
 }
 
-/// A humantime duration (`"90s"`, `"5m"`, `"2h"`); unlike `cli::parse_interval` not capped
+/// A humantime duration (`"90s"`, `"5m"`, `"2h"`); unlike `config::parse_interval` not capped
 /// at an hour, since windows and cooldowns may be longer.
 fn duration<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Duration, D::Error> {
     let text = String::deserialize(deserializer)?;

@@ -855,6 +855,31 @@ pub struct DaySummary {
     pub requests_per_s_avg: Option<f64>,
 }
 
+impl DaySummary {
+    /// The columns of `lynx history`'s table and of the dashboard's.
+    pub const HEADERS: [&str; 6] = [
+        "date",
+        "minutes",
+        "running min",
+        "running max",
+        "req/s peak",
+        "req/s avg",
+    ];
+
+    /// This day's cells under [`Self::HEADERS`], `-` where nothing is known.
+    pub fn cells(&self) -> [String; 6] {
+        let or_dash = |value: Option<String>| value.unwrap_or_else(|| "-".to_owned());
+        [
+            self.date.clone(),
+            self.minutes.to_string(),
+            or_dash(self.running_min.map(|n| n.to_string())),
+            or_dash(self.running_max.map(|n| n.to_string())),
+            or_dash(self.requests_per_s_peak.map(|r| format!("{r:.1}"))),
+            or_dash(self.requests_per_s_avg.map(|r| format!("{r:.1}"))),
+        ]
+    }
+}
+
 /// One summary for each of the `days` UTC days up to and including the day of `now_unix`,
 /// oldest first; days without data are included, empty.
 /// One container's figures for one minute, from the history database.
@@ -897,6 +922,29 @@ pub fn container_minutes(
                 memory_max_bytes: row.get::<_, Option<i64>>(2)?.map(|b| b.max(0) as u64),
             })
         })
+        .map_err(read_error)?;
+    rows.collect::<Result<_, _>>().map_err(read_error)
+}
+
+/// nginx's average request rate of each minute since `since_unix`, oldest first, as (start
+/// of the minute in Unix seconds, requests/s); minutes while nginx was not measured are left
+/// out. What the dashboard's history chart draws.
+pub fn nginx_minutes(path: &Path, since_unix: i64) -> Result<Vec<(i64, f64)>, HistoryError> {
+    let read_error = |source| HistoryError::Read {
+        path: path.to_owned(),
+        source,
+    };
+    let Some(connection) = open_for_reading(path)? else {
+        return Ok(Vec::new());
+    };
+    let mut query = connection
+        .prepare(
+            "SELECT minute, nginx_requests_per_s_avg FROM minutes
+             WHERE minute >= ?1 AND nginx_requests_per_s_avg IS NOT NULL ORDER BY minute",
+        )
+        .map_err(read_error)?;
+    let rows = query
+        .query_map([since_unix], |row| Ok((row.get(0)?, row.get(1)?)))
         .map_err(read_error)?;
     rows.collect::<Result<_, _>>().map_err(read_error)
 }
@@ -1011,29 +1059,8 @@ fn date_of_day(day: i64) -> String {
 
 /// The table `lynx history` prints: one line per day, `-` where nothing is known.
 pub fn render_table(days: &[DaySummary]) -> String {
-    const HEADERS: [&str; 6] = [
-        "date",
-        "minutes",
-        "running min",
-        "running max",
-        "req/s peak",
-        "req/s avg",
-    ];
-    let or_dash = |value: Option<String>| value.unwrap_or_else(|| "-".to_owned());
-    let rows: Vec<[String; 6]> = days
-        .iter()
-        .map(|day| {
-            [
-                day.date.clone(),
-                day.minutes.to_string(),
-                or_dash(day.running_min.map(|n| n.to_string())),
-                or_dash(day.running_max.map(|n| n.to_string())),
-                or_dash(day.requests_per_s_peak.map(|r| format!("{r:.1}"))),
-                or_dash(day.requests_per_s_avg.map(|r| format!("{r:.1}"))),
-            ]
-        })
-        .collect();
-    let mut widths = HEADERS.map(str::len);
+    let rows: Vec<[String; 6]> = days.iter().map(DaySummary::cells).collect();
+    let mut widths = DaySummary::HEADERS.map(str::len);
     for row in &rows {
         for (width, cell) in widths.iter_mut().zip(row) {
             *width = (*width).max(cell.len());
@@ -1052,7 +1079,7 @@ pub fn render_table(days: &[DaySummary]) -> String {
         out.push_str(text.trim_end());
         out.push('\n');
     };
-    line(HEADERS);
+    line(DaySummary::HEADERS);
     for row in &rows {
         line(row.each_ref().map(String::as_str));
     }

@@ -5,7 +5,6 @@ use std::{
     cmp::Ordering,
     collections::{HashMap, VecDeque},
     net::Ipv4Addr,
-    path::PathBuf,
     time::{Instant, SystemTime},
 };
 
@@ -258,8 +257,8 @@ pub struct LongHistory {
 /// The live view's whole state.
 #[derive(Debug)]
 pub struct App {
-    /// The file being shown, for messages.
-    pub snapshot_path: PathBuf,
+    /// Where the documents come from (a path, or `ssh://...`), for messages.
+    pub origin: String,
     /// The latest good document; kept while reads fail.
     pub snapshot: Option<Snapshot>,
     /// Indices into `snapshot.containers` in display order; the `host` entry is always last,
@@ -281,9 +280,9 @@ pub struct App {
 }
 
 impl App {
-    pub fn new(snapshot_path: PathBuf) -> Self {
+    pub fn new(origin: String) -> Self {
         Self {
-            snapshot_path,
+            origin,
             snapshot: None,
             order: Vec::new(),
             selected: 0,

@@ -35,7 +35,7 @@ pub fn draw(frame: &mut Frame, app: &App) {
     .areas(frame.area());
     match (&app.snapshot, &app.view) {
         (None, _) => {
-            let text = format!("waiting for a snapshot at {}", app.snapshot_path.display());
+            let text = format!("waiting for a snapshot from {}", app.origin);
             frame.render_widget(Paragraph::new(text).block(Block::bordered()), main);
         }
         (Some(snapshot), View::Table) => draw_overview(frame, main, app, snapshot),
@@ -989,7 +989,7 @@ mod tests {
         app.now = SystemTime::UNIX_EPOCH;
         let text = render(&app, 80, 10).join("\n");
         assert!(
-            text.contains("waiting for a snapshot at /tmp/none.json"),
+            text.contains("waiting for a snapshot from /tmp/none.json"),
             "{text}"
         );
     }

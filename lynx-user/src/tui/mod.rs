@@ -2,7 +2,7 @@
 //! `--once` or when standard output is not a terminal. It only reads the file, so it needs no
 //! privilege.
 //!
-//! - [`source`] reads and checks the file,
+//! - [`source`] reads and checks the documents, from the file or a remote stream,
 //! - [`app`] holds the state and handles keys, with no terminal,
 //! - [`draw`] renders the state,
 //! - [`plain`] writes the `--once` table,
@@ -29,19 +29,21 @@ use std::{
 
 use crossterm::event::{self, Event};
 
-pub use self::{app::App, draw::draw, source::load_snapshot};
+pub use self::{
+    app::App,
+    draw::draw,
+    source::{FileSource, SnapshotSource, StreamSource, load_snapshot},
+};
 use self::{
     app::View,
     terminal::{Input, TerminalGuard},
 };
 use crate::sink::history::container_minutes;
 
-/// What `lynx top` shows and how.
+/// How `lynx top` shows its documents.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct TopOptions {
-    /// The daemon's snapshot file (`daemon.snapshot_path`).
-    pub snapshot_path: PathBuf,
-    /// How often to re-read it (`top.refresh`).
+    /// How often to look for a new document (`top.refresh`).
     pub refresh: Duration,
     /// Print one plain table and return, as when standard output is not a terminal.
     pub once: bool,
@@ -80,6 +82,8 @@ pub enum TuiError {
         version: u32,
         source: serde_json::Error,
     },
+    #[error("the snapshot stream from {origin} ended: {why}")]
+    StreamEnded { origin: String, why: String },
     #[error("terminal: {0}")]
     Terminal(io::Error),
     #[error("cannot write to standard output: {0}")]
@@ -95,8 +99,8 @@ const MIN_REFRESH: Duration = Duration::from_millis(10);
 
 /// Runs `lynx top`. The first read must succeed, so that a missing daemon or a foreign file is
 /// a message in the shell; later failed reads show in the status line over the last document.
-pub fn run(options: &TopOptions) -> Result<(), TuiError> {
-    let snapshot = load_snapshot(&options.snapshot_path)?;
+pub fn run(source: &mut dyn SnapshotSource, options: &TopOptions) -> Result<(), TuiError> {
+    let snapshot = source.first()?;
     if options.once || !io::stdout().is_terminal() {
         let mut out = io::stdout().lock();
         return match plain::write_table(&mut out, &snapshot).and_then(|()| out.flush()) {
@@ -115,16 +119,17 @@ pub fn run(options: &TopOptions) -> Result<(), TuiError> {
     ] {
         signal_hook::flag::register(signal, Arc::clone(&stop)).map_err(TuiError::Signals)?;
     }
-    let mut app = App::new(options.snapshot_path.clone());
+    let mut app = App::new(source.origin());
     app.update(snapshot);
     let mut guard = TerminalGuard::enter().map_err(TuiError::Terminal)?;
-    live(&mut guard, &mut app, options, &stop)
+    live(&mut guard, &mut app, source, options, &stop)
 }
 
-/// The full-screen loop: keys as they come, the file every `refresh`.
+/// The full-screen loop: keys as they come, the source every `refresh`.
 fn live(
     guard: &mut TerminalGuard,
     app: &mut App,
+    source: &mut dyn SnapshotSource,
     options: &TopOptions,
     stop: &AtomicBool,
 ) -> Result<(), TuiError> {
@@ -177,12 +182,13 @@ fn live(
         }
         if Instant::now() >= next_read {
             next_read = Instant::now() + refresh;
-            match load_snapshot(&options.snapshot_path) {
+            match source.poll() {
                 // An unchanged document leaves the history alone; the screen is still redrawn
                 // for the snapshot's age, which ratatui sends as the few cells that changed.
-                Ok(snapshot) => {
+                Ok(Some(snapshot)) => {
                     app.update(snapshot);
                 }
+                Ok(None) => {}
                 Err(error) => app.read_failed(&error),
             }
             redraw = true;
@@ -290,12 +296,14 @@ pub(crate) mod tests {
 
     #[test]
     fn run_says_when_there_is_no_snapshot_before_touching_the_terminal() {
-        let error = run(&TopOptions {
-            snapshot_path: "/nonexistent/snapshot.json".into(),
-            refresh: Duration::from_secs(1),
-            once: false,
-            history_path: None,
-        })
+        let error = run(
+            &mut FileSource("/nonexistent/snapshot.json".into()),
+            &TopOptions {
+                refresh: Duration::from_secs(1),
+                once: false,
+                history_path: None,
+            },
+        )
         .expect_err("no file");
         assert!(matches!(error, TuiError::NoSnapshot { .. }), "{error}");
     }

@@ -21,19 +21,27 @@
 //!
 //! An address another process holds is not fatal: the server names the holder in the log
 //! and tries again every [`RETRY`], while collection and control go on.
-//! The dashboard (pages, `/api/v1`) is to be served here too, behind the same checks.
+//!
+//! The dashboard ([`dashboard`]: pages, `/api/v1`, charts) is served beside them, behind the
+//! same checks and a session ([`session`]), on a loopback address only: it has no TLS, so a
+//! non-loopback `listen` serves `/metrics` and `/snapshot` alone.
+pub mod chart;
+pub mod dashboard;
 pub mod holder;
+pub mod page;
+pub mod session;
 
 use std::{
     net::{IpAddr, SocketAddr, TcpListener},
+    path::PathBuf,
     sync::{Arc, Mutex, PoisonError},
     thread,
     time::Duration,
 };
 
 use axum::{
-    Router,
-    extract::{Request, State},
+    Extension, Router,
+    extract::{FromRef, Request, State},
     http::{HeaderValue, StatusCode, header},
     middleware::{self, Next},
     response::{IntoResponse, Response},
@@ -49,6 +57,7 @@ use tokio::{
 };
 use tower_http::limit::RequestBodyLimitLayer;
 
+use self::dashboard::{Dashboard, Live, Peer};
 use crate::{
     model::Snapshot,
     sink::{
@@ -77,6 +86,33 @@ pub struct WebOptions {
     pub timeout: Duration,
     /// How often an address another process holds is tried again ([`RETRY`]).
     pub retry: Duration,
+    /// `[web] actions`: whether the dashboard may start, stop and freeze containers and
+    /// delete images.
+    pub actions: bool,
+    /// Where the dashboard's login token is written; `None`: no dashboard.
+    pub login_file: Option<PathBuf>,
+    /// LXD's sockets, for the dashboard's actions and images.
+    pub lxd_sockets: Vec<PathBuf>,
+    /// The history database, for the dashboard's history page.
+    pub history_path: Option<PathBuf>,
+}
+
+impl WebOptions {
+    /// These options with the dashboard on: its login token written to `login_file`, LXD
+    /// reached through `lxd_sockets`, history read from `history_path`.
+    pub fn with_dashboard(
+        self,
+        login_file: PathBuf,
+        lxd_sockets: Vec<PathBuf>,
+        history_path: PathBuf,
+    ) -> Self {
+        Self {
+            login_file: Some(login_file),
+            lxd_sockets,
+            history_path: Some(history_path),
+            ..self
+        }
+    }
 }
 
 /// Errors of starting the server.
@@ -89,11 +125,38 @@ pub enum WebError {
 }
 
 /// The latest snapshot, shared with the server; `None` until the first one.
-type Latest = Arc<Mutex<Option<Arc<Snapshot>>>>;
+pub(crate) type Latest = Arc<Mutex<Option<Arc<Snapshot>>>>;
+
+/// What the routes read: the latest snapshot, the live chart samples, the dashboard (`None`
+/// when it is off).
+#[derive(Clone)]
+pub(crate) struct AppState {
+    latest: Latest,
+    live: Live,
+    dashboard: Option<Arc<Dashboard>>,
+}
+
+impl AppState {
+    /// Serving `latest`, without the dashboard.
+    pub(crate) fn new(latest: Latest) -> Self {
+        Self {
+            latest,
+            live: Live::default(),
+            dashboard: None,
+        }
+    }
+}
+
+impl FromRef<AppState> for Latest {
+    fn from_ref(state: &AppState) -> Self {
+        state.latest.clone()
+    }
+}
 
 /// The running server. Dropping it stops it and joins its thread.
 pub struct WebServer {
     latest: Latest,
+    live: Live,
     local_addr: Arc<Mutex<Option<SocketAddr>>>,
     stop: watch::Sender<bool>,
     thread: Option<thread::JoinHandle<()>>,
@@ -115,19 +178,25 @@ impl WebServer {
             listener.as_ref().and_then(|l| l.local_addr().ok()),
         ));
         let latest = Latest::default();
+        let live = Live::default();
         let (stop, stopped) = watch::channel(false);
         let thread = thread::Builder::new()
             .name("lynx-web".into())
             .spawn({
-                let (latest, local_addr) = (latest.clone(), local_addr.clone());
+                let state = AppState {
+                    live: live.clone(),
+                    ..AppState::new(latest.clone())
+                };
+                let local_addr = local_addr.clone();
                 move || {
                     let bound = Bound { listener, failure };
-                    runtime.block_on(run(options, bound, latest, local_addr, stopped));
+                    runtime.block_on(run(options, bound, state, local_addr, stopped));
                 }
             })
             .map_err(WebError::Thread)?;
         Ok(Self {
             latest,
+            live,
             local_addr,
             stop,
             thread: Some(thread),
@@ -146,6 +215,7 @@ impl WebServer {
 
 impl Sink for WebServer {
     fn publish(&mut self, snapshot: &Snapshot) {
+        dashboard::record(&self.live, snapshot);
         let snapshot = Arc::new(snapshot.clone());
         // A poisoned lock only means a request panicked mid-read: the slot is intact.
         *self.latest.lock().unwrap_or_else(PoisonError::into_inner) = Some(snapshot);
@@ -198,7 +268,7 @@ struct Bound {
 async fn run(
     options: WebOptions,
     bound: Bound,
-    latest: Latest,
+    mut state: AppState,
     local_addr: Arc<Mutex<Option<SocketAddr>>>,
     mut stopped: watch::Receiver<bool>,
 ) {
@@ -229,7 +299,8 @@ async fn run(
     if let Some(address) = address {
         tracing::info!("serving http://{address}/metrics and http://{address}/snapshot");
     }
-    let app = router(latest, &options);
+    state.dashboard = start_dashboard(&options, address);
+    let app = router(state, &options);
     let limit = Arc::new(Semaphore::new(options.max_connections));
     loop {
         let (stream, peer) = tokio::select! {
@@ -248,7 +319,8 @@ async fn run(
             tracing::debug!(%peer, "HTTP server: {} connections open, closing one more", options.max_connections);
             continue;
         };
-        let app = app.clone();
+        // The peer, for the dashboard's action log.
+        let app = app.clone().layer(Extension(Peer(peer)));
         let timeout = options.timeout;
         tokio::spawn(async move {
             let _permit = permit;
@@ -277,14 +349,61 @@ pub(crate) async fn serve_connection(
     }
 }
 
+/// The dashboard, when it is configured and the server listens on loopback: makes its
+/// login token. `None` (said in the log) otherwise.
+fn start_dashboard(options: &WebOptions, address: Option<SocketAddr>) -> Option<Arc<Dashboard>> {
+    let login_file = options.login_file.clone()?;
+    if !options.listen.ip().is_loopback() {
+        tracing::warn!(
+            "the dashboard is not served on {}: it has no TLS, so it is served on loopback \
+             addresses only (reach it through `ssh -L`)",
+            options.listen
+        );
+        return None;
+    }
+    let sessions = match session::Sessions::start(login_file) {
+        Ok(sessions) => sessions,
+        Err(error) => {
+            tracing::error!(
+                file = %options.login_file.as_deref().unwrap_or(std::path::Path::new("")).display(),
+                %error,
+                "cannot write the dashboard's login token: the dashboard is off"
+            );
+            return None;
+        }
+    };
+    if let Some(address) = address {
+        tracing::info!(
+            actions = options.actions,
+            "dashboard on http://{address}/ (`lynx web` prints the login link)"
+        );
+    }
+    Some(Arc::new(Dashboard {
+        sessions,
+        hosts: Arc::new(AllowedHosts::new(&options.allowed_hosts)),
+        actions: options.actions,
+        lxd_sockets: options.lxd_sockets.clone(),
+        history_path: options.history_path.clone(),
+        // Within the connection's own timeout, so the answer still reaches the page.
+        deadline: options
+            .timeout
+            .saturating_sub(Duration::from_secs(1))
+            .max(Duration::from_secs(1)),
+    }))
+}
+
 /// The routes, behind the Host check and the body limit.
-pub(crate) fn router(latest: Latest, options: &WebOptions) -> Router {
+pub(crate) fn router(state: AppState, options: &WebOptions) -> Router {
     let hosts = Arc::new(AllowedHosts::new(&options.allowed_hosts));
-    Router::new()
+    let mut routes = Router::new()
         .route("/metrics", get(metrics))
-        .route("/snapshot", get(snapshot))
+        .route("/snapshot", get(snapshot));
+    if state.dashboard.is_some() {
+        routes = routes.merge(dashboard::routes(state.clone()));
+    }
+    routes
         .fallback(not_found)
-        .with_state(latest)
+        .with_state(state)
         .layer(middleware::from_fn_with_state(hosts, check_host))
         .layer(RequestBodyLimitLayer::new(MAX_BODY))
 }

@@ -13,13 +13,17 @@ use crate::{
     sink::prometheus::tests::{FIXTURE_METRICS, fixture},
 };
 
-fn options(listen: &str) -> WebOptions {
+pub(super) fn options(listen: &str) -> WebOptions {
     WebOptions {
         listen: listen.parse().expect("an address"),
         allowed_hosts: vec!["lynx.example.org".into()],
         max_connections: 64,
         timeout: Duration::from_secs(10),
         retry: Duration::from_millis(100),
+        actions: false,
+        login_file: None,
+        lxd_sockets: Vec::new(),
+        history_path: None,
     }
 }
 
@@ -30,14 +34,14 @@ fn start() -> (WebServer, SocketAddr) {
 }
 
 /// The status line, the headers (names lowercased) and the body of one response.
-type Answer = (String, Vec<(String, String)>, Vec<u8>);
+pub(super) type Answer = (String, Vec<(String, String)>, Vec<u8>);
 
 fn head_end(bytes: &[u8]) -> Option<usize> {
     bytes.windows(4).position(|w| w == b"\r\n\r\n")
 }
 
 /// Sends `request` and reads the response to its end.
-fn exchange(addr: SocketAddr, request: &[u8]) -> Answer {
+pub(super) fn exchange(addr: SocketAddr, request: &[u8]) -> Answer {
     let mut stream = TcpStream::connect(addr).unwrap_or_else(|e| panic!("connect to {addr}: {e}"));
     stream
         .set_read_timeout(Some(Duration::from_secs(10)))
@@ -79,7 +83,7 @@ fn get_as(addr: SocketAddr, path: &str, host: &str) -> Answer {
     )
 }
 
-fn header<'a>(headers: &'a [(String, String)], name: &str) -> &'a str {
+pub(super) fn header<'a>(headers: &'a [(String, String)], name: &str) -> &'a str {
     headers
         .iter()
         .find(|(n, _)| n == name)
