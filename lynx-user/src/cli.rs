@@ -306,6 +306,7 @@ fn daemon_options(config: Config, args: &DaemonArgs) -> DaemonOptions {
         pin_dir: config.daemon.pin_dir,
         count_host_network: config.daemon.count_host_network,
         lxd_sockets: config.lxd.sockets,
+        disk: config.disk,
         docker: config.docker,
         history: config.history,
         web,
@@ -406,7 +407,11 @@ pub fn run(cli: Cli) -> Result<(), CliError> {
                 nginx: config.nginx.counting(),
                 pin_dir: None,
                 instances: Some(Box::new(move || {
-                    Box::new(LxdInstances::spawn(config.lxd.sockets, args.interval))
+                    Box::new(LxdInstances::spawn(
+                        config.lxd.sockets,
+                        args.interval,
+                        config.disk,
+                    ))
                 })),
                 docker: Some(Box::new(move || Box::new(config.docker.watch()))),
                 count_host_network: config.daemon.count_host_network,

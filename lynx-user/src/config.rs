@@ -49,6 +49,7 @@ pub struct Config {
     pub prometheus: PrometheusConfig,
     pub top: TopConfig,
     pub nginx: NginxConfig,
+    pub disk: DiskConfig,
     /// `[[groups]]`: the containers behind each upstream Lynx keeps, and their autoscaling.
     pub groups: Vec<GroupConfig>,
 }
@@ -144,6 +145,29 @@ impl NginxConfig {
             prefix: self.prefix.clone(),
             pid_file: self.pid_file.clone(),
             test_timeout: self.test_timeout,
+        }
+    }
+}
+
+/// `[disk]`: containers' disk usage, read from LXD.
+#[derive(Clone, Copy, Debug, PartialEq, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct DiskConfig {
+    /// How often LXD is asked for disk usage and pool space: measuring is costly for LXD
+    /// (a btrfs qgroup scan, a zfs property per volume) and usage changes slowly.
+    #[serde(deserialize_with = "interval")]
+    pub interval: Duration,
+    /// A disk device whose usage reaches this fraction of its quota is flagged `nearly_full`
+    /// and logged once; 0 < fraction <= 1.
+    #[serde(deserialize_with = "fraction")]
+    pub full_fraction: f64,
+}
+
+impl Default for DiskConfig {
+    fn default() -> Self {
+        Self {
+            interval: Duration::from_secs(60),
+            full_fraction: 0.9,
         }
     }
 }
@@ -436,6 +460,16 @@ fn days<'de, D: Deserializer<'de>>(deserializer: D) -> Result<u32, D::Error> {
     Ok(days)
 }
 
+fn fraction<'de, D: Deserializer<'de>>(deserializer: D) -> Result<f64, D::Error> {
+    let fraction = f64::deserialize(deserializer)?;
+    if !(fraction > 0.0 && fraction <= 1.0) {
+        return Err(serde::de::Error::custom(format!(
+            "{fraction} is not a fraction in (0, 1]"
+        )));
+    }
+    Ok(fraction)
+}
+
 /// Shortest and longest interval accepted: shorter makes rates noise, longer makes them stale.
 const INTERVAL_RANGE: (Duration, Duration) = (Duration::from_millis(10), Duration::from_secs(3600));
 /// Shortest and longest deadline of an external command.
@@ -608,6 +642,30 @@ mod tests {
         assert!(error.contains("\"soon\""), "{error}");
         let error = parse("[lxd]\nsockets = \"/one/path\"\n").unwrap_err();
         assert!(error.starts_with("lynx.toml: line 2"), "{error}");
+    }
+
+    #[test]
+    fn disk_keys_are_read_and_checked() {
+        let config = parse("[disk]\ninterval = \"10s\"\nfull_fraction = 0.75\n").expect("valid");
+        assert_eq!(
+            config.disk,
+            DiskConfig {
+                interval: Duration::from_secs(10),
+                full_fraction: 0.75
+            }
+        );
+        let error = parse("[disk]\n\nfull_fraction = 1.5\n").unwrap_err();
+        assert!(
+            error.starts_with("lynx.toml: line 3, column 17:") && error.contains("1.5"),
+            "{error}"
+        );
+        let error = parse("[disk]\nfull_fraction = 0\n").unwrap_err();
+        assert!(error.starts_with("lynx.toml: line 2"), "{error}");
+        let error = parse("[disk]\nfull = 0.5\n").unwrap_err();
+        assert!(
+            error.starts_with("lynx.toml: line 2, column 1: unknown field `full`"),
+            "{error}"
+        );
     }
 
     #[test]

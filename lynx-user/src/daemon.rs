@@ -17,7 +17,7 @@ use crate::{
     collector::{
         CollectError, Collector, CollectorOptions, NginxOptions, lxd_instances::LxdInstances,
     },
-    config::{ConfigError, DockerConfig, HistoryConfig},
+    config::{ConfigError, DiskConfig, DockerConfig, HistoryConfig},
     controller::{ControlOptions, Controller},
     model,
     sink::{
@@ -39,6 +39,8 @@ pub struct DaemonOptions {
     pub count_host_network: bool,
     /// LXD API sockets to try.
     pub lxd_sockets: Vec<PathBuf>,
+    /// Disk usage polling and its threshold.
+    pub disk: DiskConfig,
     pub docker: DockerConfig,
     pub history: HistoryConfig,
     /// The HTTP server (`/metrics`, `/snapshot`); `None` for none.
@@ -89,8 +91,9 @@ pub fn run(
         nginx: options.nginx.clone(),
         pin_dir: Some(options.pin_dir.clone()),
         instances: Some({
-            let (sockets, interval) = (options.lxd_sockets.clone(), options.interval);
-            Box::new(move || Box::new(LxdInstances::spawn(sockets, interval)))
+            let (sockets, interval, disk) =
+                (options.lxd_sockets.clone(), options.interval, options.disk);
+            Box::new(move || Box::new(LxdInstances::spawn(sockets, interval, disk)))
         }),
         docker: Some({
             let docker = options.docker.clone();
@@ -222,6 +225,7 @@ impl Running {
                 "[lxd] sockets (for the collector)",
             ),
             (new.docker != old.docker, "[docker]"),
+            (new.disk != old.disk, "[disk] (for the collector)"),
         ]
         .into_iter()
         .filter_map(|(changed, key)| changed.then_some(key))
@@ -274,6 +278,7 @@ impl Running {
             count_host_network: self.options.count_host_network,
             nginx: self.options.nginx.clone(),
             lxd_sockets: self.options.lxd_sockets.clone(),
+            disk: self.options.disk,
             ..new
         };
     }

@@ -9,7 +9,7 @@ use lynx_common::{
 use serde::{Deserialize, Serialize};
 
 pub use crate::collector::features::{Family, Feature, FeatureState, Features};
-pub use crate::collector::kernel::Drops as KernelDrops;
+pub use crate::collector::{disk::DiskInfo as Disk, kernel::Drops as KernelDrops};
 use crate::{
     collector::{ContainerFiles, DockerView, InstanceInfo, Sample, containers::Owner},
     docker::{self, ContainerState},
@@ -200,6 +200,10 @@ pub struct Container {
     pub cpu: Cpu,
     pub memory: Option<Memory>,
     pub block_io: BlockIo,
+    /// LXD containers: each disk device by name (`root`, …); `None` for other kinds and
+    /// before LXD's first disk poll.
+    #[serde(default)]
+    pub disk: Option<BTreeMap<String, Disk>>,
     /// `None` where network traffic is not counted: the host and services, unless
     /// `[daemon] count_host_network` is on.
     pub network: Option<Network>,
@@ -296,7 +300,15 @@ fn known_info(known: Option<Known>) -> InstanceInfo {
             image: Some(c.image.clone()).filter(|i| !i.is_empty()),
             created_at: Some(format_time(c.created_at)),
             last_used_at: c.started_at.map(format_time),
+            disk: None,
         },
+    }
+}
+
+impl Container {
+    /// Its root disk (LXD's device `root`), once LXD's disks were polled.
+    pub fn root_disk(&self) -> Option<&Disk> {
+        self.disk.as_ref()?.get("root")
     }
 }
 
@@ -419,6 +431,7 @@ pub fn snapshot(previous: &Sample, current: &Sample) -> Snapshot {
                 read_bytes_per_s: round2(rate(totals.io.read_bytes, prior.io.read_bytes)),
                 write_bytes_per_s: round2(rate(totals.io.write_bytes, prior.io.write_bytes)),
             },
+            disk: info.disk,
             network: network_counted(owner).then(|| Network {
                 rx_bytes: totals.net.rx_bytes,
                 tx_bytes: totals.net.tx_bytes,
@@ -666,6 +679,7 @@ pub(crate) mod fixtures {
             cpu: Cpu::default(),
             memory: None,
             block_io: BlockIo::default(),
+            disk: None,
             network: Some(Network::default()),
             docker: None,
         }
@@ -1076,6 +1090,46 @@ mod tests {
             (1, 1, 1)
         );
         assert!(doc.host.lxd_available);
+    }
+
+    #[test]
+    fn lxds_disk_figures_are_published_per_device() {
+        let start = Instant::now();
+        let root = Disk {
+            path: "/".into(),
+            pool: Some("fast".into()),
+            used_bytes: Some(20 << 20),
+            limit_bytes: Some(64 << 20),
+            free_bytes: Some(44 << 20),
+            nearly_full: false,
+            reason: None,
+        };
+        let mut web1 = lxd("web1", "Running");
+        web1.disk = Some(BTreeMap::from([("root".to_owned(), root.clone())]));
+        let instances = Some(vec![web1, lxd("web2", "Stopped")]);
+        let cgroups = vec![cgroup(7, "/lxc.payload.web1", 0, 0)];
+        let doc = snapshot(
+            &sample(start, 1, cgroups.clone(), instances.clone()),
+            &sample(start + Duration::from_secs(1), 2, cgroups, instances),
+        );
+        let disk = |name: &str| {
+            let container = doc.containers.iter().find(|c| c.name == name).unwrap();
+            container.disk.clone()
+        };
+        assert_eq!(
+            disk("web1"),
+            Some(BTreeMap::from([("root".to_owned(), root)]))
+        );
+        assert_eq!(disk("web2"), None, "no disk poll yet");
+        assert_eq!(disk("host"), None);
+        let json = serde_json::to_value(&doc).unwrap();
+        assert_eq!(
+            json["containers"][0]["disk"]["root"],
+            serde_json::json!({
+                "path": "/", "pool": "fast", "used_bytes": 20971520, "limit_bytes": 67108864,
+                "free_bytes": 46137344, "nearly_full": false, "reason": null
+            })
+        );
     }
 
     #[test]

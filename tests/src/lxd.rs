@@ -12,6 +12,9 @@
 //!   until it runs and has an IPv4 address from LXD's dnsmasq. It offers `exec`,
 //!   `exec_ok`, `exec_command`, `spawn_exec`, `serve_http`, `stop`, `start`, `freeze`,
 //!   `unfreeze` and `status`, and is force-deleted on drop, also when the test panics.
+//! - [`TestPool::btrfs`] creates a btrfs storage pool `lynx-t-<prefix>-<pid>-<n>` on a loop
+//!   file that LXD makes, deleted on drop (with the image volumes LXD cached on it);
+//!   [`TestContainer::launch_with`] launches onto it (`--storage`, `--device root,size=…`).
 //! - [`http_get`] fetches a page from the host, and refuses any address but loopback and the
 //!   rig's bridge: tests send traffic nowhere else.
 //!
@@ -129,25 +132,118 @@ impl Lxd {
             })
     }
 
-    /// Deletes containers of test processes that were killed before their guards could run.
+    /// Deletes containers, then storage pools, of test processes that were killed before
+    /// their guards could run.
     fn delete_orphans(&self) {
         for instance in self.list() {
-            let Some(name) = instance["name"].as_str() else {
-                continue;
-            };
-            let Some(pid) = name
-                .strip_prefix(CONTAINER_PREFIX)
-                .and_then(|rest| rest.rsplit('-').nth(1))
-                .and_then(|pid| pid.parse::<u32>().ok())
-            else {
-                continue;
-            };
-            // Set-up runs before this process launches anything, so its own pid marks a
-            // container of an earlier process with the same pid.
-            if pid == std::process::id() || !Path::new(&format!("/proc/{pid}")).exists() {
-                eprintln!("lxd rig: deleting {name}, left behind by test process {pid}");
+            if let Some(name) = instance["name"].as_str().filter(|name| orphaned(name)) {
+                eprintln!("lxd rig: deleting {name}, left behind by a test process");
                 lxc(&["delete", "--force", name]);
             }
+        }
+        let pools: Vec<String> =
+            serde_json::from_str(&lxc(&["query", "/1.0/storage-pools"])).expect("pool list");
+        for pool in pools {
+            let name = pool.rsplit('/').next().unwrap_or_default();
+            if orphaned(name) {
+                eprintln!("lxd rig: deleting pool {name}, left behind by a test process");
+                if let Err(error) = delete_pool(name) {
+                    panic!("{error}");
+                }
+            }
+        }
+    }
+}
+
+/// True when `name` is the rig's and the test process that made it is gone. Set-up runs before
+/// this process makes anything, so its own pid marks a leftover of an earlier process with
+/// the same pid.
+fn orphaned(name: &str) -> bool {
+    name.strip_prefix(CONTAINER_PREFIX)
+        .and_then(|rest| rest.rsplit('-').nth(1))
+        .and_then(|pid| pid.parse::<u32>().ok())
+        .is_some_and(|pid| {
+            pid == std::process::id() || !Path::new(&format!("/proc/{pid}")).exists()
+        })
+}
+
+/// Deletes storage pool `name`: first the image volumes LXD cached on it (they keep it in
+/// use), then the pool, whose loop file LXD removes.
+fn delete_pool(name: &str) -> Result<(), String> {
+    let query = run(
+        system_command("lxc").args(["query", &format!("/1.0/storage-pools/{name}/volumes")]),
+        LXC_TIMEOUT,
+    )?;
+    let volumes: Vec<String> = serde_json::from_slice(&query.stdout).unwrap_or_default();
+    let prefix = format!("/1.0/storage-pools/{name}/volumes/");
+    for volume in volumes.iter().filter_map(|v| v.strip_prefix(&prefix)) {
+        if volume.starts_with("image/") {
+            let output = run(
+                system_command("lxc").args(["storage", "volume", "delete", name, volume]),
+                LXC_TIMEOUT,
+            )?;
+            if !output.status.success() {
+                return Err(format!(
+                    "cannot delete volume {volume} of pool {name}: {}",
+                    String::from_utf8_lossy(&output.stderr).trim()
+                ));
+            }
+        }
+    }
+    let output = run(
+        system_command("lxc").args(["storage", "delete", name]),
+        LXC_TIMEOUT,
+    )?;
+    if !output.status.success() {
+        return Err(format!(
+            "cannot delete pool {name}: {}",
+            String::from_utf8_lossy(&output.stderr).trim()
+        ));
+    }
+    Ok(())
+}
+
+/// A storage pool for one test, deleted on drop: drop it after the containers on it.
+pub struct TestPool {
+    name: String,
+}
+
+impl TestPool {
+    /// A btrfs pool of `size` (LXD's units, `512MiB`) on a loop file that LXD creates under
+    /// its own directory and removes with the pool.
+    pub fn btrfs(prefix: &str, size: &str) -> Self {
+        static COUNT: AtomicU32 = AtomicU32::new(0);
+        lxd();
+        for program in ["mkfs.btrfs", "btrfs"] {
+            require(program);
+        }
+        let pool = Self {
+            name: container_name(
+                prefix,
+                std::process::id(),
+                COUNT.fetch_add(1, Ordering::Relaxed),
+            ),
+        };
+        lxc(&[
+            "storage",
+            "create",
+            &pool.name,
+            "btrfs",
+            &format!("size={size}"),
+        ]);
+        pool
+    }
+
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+}
+
+impl Drop for TestPool {
+    fn drop(&mut self) {
+        // No panic here, as in TestContainer's drop.
+        if let Err(error) = delete_pool(&self.name) {
+            eprintln!("lxd rig: {error}");
         }
     }
 }
@@ -163,6 +259,12 @@ impl TestContainer {
     /// Launches a container named `lynx-t-<prefix>-<pid>-<n>` and waits (at most 60 s) until
     /// it runs and has an IPv4 address on [`BRIDGE`].
     pub fn launch(prefix: &str) -> Self {
+        Self::launch_with(prefix, &[])
+    }
+
+    /// As [`launch`](Self::launch), with more `lxc launch` arguments, such as
+    /// `--storage POOL` and `--device root,size=64MiB`.
+    pub fn launch_with(prefix: &str, args: &[&str]) -> Self {
         static COUNT: AtomicU32 = AtomicU32::new(0);
         lxd();
         let name = container_name(
@@ -176,7 +278,9 @@ impl TestContainer {
             ipv4: AtomicU32::new(0),
         };
         let started = Instant::now();
-        lxc(&["launch", IMAGE, &container.name, "--quiet"]);
+        let mut launch = vec!["launch", IMAGE, &container.name, "--quiet"];
+        launch.extend_from_slice(args);
+        lxc(&launch);
         container.wait_ready();
         eprintln!(
             "lxd rig: {} running at {} after {:.2} s",

@@ -468,6 +468,35 @@ fn check_against(metrics: &Metrics, snapshot: &Snapshot) {
             &labels,
             int(io.write_ops),
         );
+        // LXD's disk figures, per device; what LXD did not give has no series.
+        for (device, disk) in c.disk.iter().flatten() {
+            let labels = [
+                ("container", c.name.as_str()),
+                ("kind", c.kind.as_str()),
+                ("device", device.as_str()),
+            ];
+            let figure = |n: Option<u64>| n.map(|n| n as f64);
+            expect(
+                "lynx_container_disk_used_bytes",
+                &labels,
+                figure(disk.used_bytes),
+            );
+            expect(
+                "lynx_container_disk_limit_bytes",
+                &labels,
+                figure(disk.limit_bytes),
+            );
+            expect(
+                "lynx_container_disk_free_bytes",
+                &labels,
+                figure(disk.free_bytes),
+            );
+            expect(
+                "lynx_container_disk_nearly_full",
+                &labels,
+                Some(f64::from(u8::from(disk.nearly_full))),
+            );
+        }
         // Not counted (the host, services): no series.
         let net = c.network.as_ref();
         expect(

@@ -118,6 +118,12 @@ pub const TEST_PACKAGES: &[Package] = &[
         why: "LXD's managed bridge runs dnsmasq, which the lxd package only recommends",
     },
     Package {
+        name: "btrfs-progs",
+        programs: &["mkfs.btrfs", "btrfs"],
+        why: "LXD formats the disk test's btrfs pool on a loop file and measures its volumes \
+              with btrfs qgroups",
+    },
+    Package {
         name: "busybox-static",
         programs: &["busybox"],
         why: "the LXD and Docker rigs build their container images from a static busybox",

@@ -2,7 +2,13 @@
 //! for LXD: a tick takes the latest answer (at most one poll period old), and a slow or hung
 //! LXD only makes that answer older. While LXD is down every poll looks for its socket again,
 //! so the daemon picks it up when it returns.
+//!
+//! Disk usage is read on the same thread at its own, slower cadence (`[disk] interval`):
+//! every instance's disk devices, each instance's state (where LXD puts the usage it measured)
+//! and the free space of each pool in use. Each instance's figures from the last disk poll
+//! ride along with every instance answer.
 use std::{
+    collections::BTreeMap,
     path::PathBuf,
     sync::{
         Arc, Mutex, PoisonError,
@@ -12,9 +18,13 @@ use std::{
     time::{Duration, Instant},
 };
 
-use super::{InstanceInfo, InstanceSource};
+use super::{
+    InstanceInfo, InstanceSource,
+    disk::{self, Crossing, DiskInfo, FullTracker, PoolFacts},
+};
 use crate::{
-    lxd::{Instance, LxdClient},
+    config::DiskConfig,
+    lxd::{Instance, LxdClient, LxdError},
     stop::sleep_until,
 };
 
@@ -32,11 +42,18 @@ pub struct LxdInstances {
 }
 
 impl LxdInstances {
-    /// Polls once now, then every `period` on a background thread until dropped.
-    pub fn spawn(sockets: Vec<PathBuf>, period: Duration) -> Self {
+    /// Polls once now, then every `period` on a background thread until dropped; disk usage
+    /// at the first poll and then every `disk.interval`.
+    pub fn spawn(sockets: Vec<PathBuf>, period: Duration, disk: DiskConfig) -> Self {
         let mut poller = Poller {
             sockets,
             client: None,
+            disk: DiskPoll {
+                config: disk,
+                last: None,
+                by_instance: BTreeMap::new(),
+                full: FullTracker::default(),
+            },
         };
         let latest = Arc::new(Mutex::new(poller.poll()));
         let stop = Arc::new(AtomicBool::new(false));
@@ -81,6 +98,90 @@ impl Drop for LxdInstances {
 struct Poller {
     sockets: Vec<PathBuf>,
     client: Option<LxdClient>,
+    disk: DiskPoll,
+}
+
+/// The disk poll's cadence and its last results.
+struct DiskPoll {
+    config: DiskConfig,
+    last: Option<Instant>,
+    by_instance: BTreeMap<String, BTreeMap<String, DiskInfo>>,
+    full: FullTracker,
+}
+
+impl DiskPoll {
+    fn due(&self, now: Instant) -> bool {
+        self.last
+            .is_none_or(|last| now.saturating_duration_since(last) >= self.config.interval)
+    }
+
+    /// Reads every instance's disks; an error leaves the last results in place.
+    fn refresh(&mut self, client: &LxdClient) -> Result<(), LxdError> {
+        self.last = Some(Instant::now());
+        let instances = client.instance_disks()?;
+        let drivers: BTreeMap<String, String> = client
+            .storage_pools()?
+            .into_iter()
+            .map(|pool| (pool.name, pool.driver))
+            .collect();
+        let mut pools: BTreeMap<String, PoolFacts> = BTreeMap::new();
+        for pool in instances
+            .iter()
+            .flat_map(|i| i.devices.values())
+            .filter_map(|d| d.pool.as_ref())
+        {
+            if pools.contains_key(pool) {
+                continue;
+            }
+            let free = match client.pool_space(pool) {
+                Ok(space) => Some(space.free()),
+                Err(error) => {
+                    tracing::debug!(%error, pool, "storage pool space unknown");
+                    None
+                }
+            };
+            let driver = drivers.get(pool).cloned().unwrap_or_default();
+            pools.insert(pool.clone(), PoolFacts { driver, free });
+        }
+        let mut by_instance = BTreeMap::new();
+        for instance in instances {
+            // Only instances with a volume have anything LXD could measure.
+            let state = match instance.devices.values().any(|d| d.pool.is_some()) {
+                true => client
+                    .instance_state(&instance.name)
+                    .map_err(|e| e.to_string()),
+                false => Err(String::new()),
+            };
+            let usage = state.as_ref().map(|s| &s.disk).map_err(String::as_str);
+            let disks = disk::derive(&instance.devices, usage, &pools, self.config.full_fraction);
+            by_instance.insert(instance.name, disks);
+        }
+        for crossing in self.full.update(&by_instance) {
+            match crossing {
+                Crossing::Over {
+                    instance,
+                    device,
+                    used,
+                    limit,
+                } => tracing::warn!(
+                    container = instance,
+                    device,
+                    used_bytes = used,
+                    limit_bytes = limit,
+                    fraction = self.config.full_fraction,
+                    "a container's disk is nearly full"
+                ),
+                Crossing::Under { instance, device } => tracing::info!(
+                    container = instance,
+                    device,
+                    fraction = self.config.full_fraction,
+                    "a container's disk is no longer nearly full"
+                ),
+            }
+        }
+        self.by_instance = by_instance;
+        Ok(())
+    }
 }
 
 impl Poller {
@@ -101,7 +202,20 @@ impl Poller {
             ));
         };
         match client.instances() {
-            Ok(instances) => Ok(instances.into_iter().map(info).collect()),
+            Ok(instances) => {
+                if self.disk.due(Instant::now())
+                    && let Err(error) = self.disk.refresh(client)
+                {
+                    tracing::debug!(%error, "disk usage not read; keeping the last figures");
+                }
+                Ok(instances
+                    .into_iter()
+                    .map(|instance| {
+                        let disk = self.disk.by_instance.get(&instance.name).cloned();
+                        info(instance, disk)
+                    })
+                    .collect())
+            }
             Err(error) => {
                 // Look for the socket again next time: LXD may come back elsewhere.
                 self.client = None;
@@ -111,8 +225,9 @@ impl Poller {
     }
 }
 
-fn info(instance: Instance) -> InstanceInfo {
+fn info(instance: Instance, disk: Option<BTreeMap<String, DiskInfo>>) -> InstanceInfo {
     InstanceInfo {
+        disk,
         status: instance.status.as_str().to_owned(),
         pid: instance.pid,
         ipv4: instance.ipv4.iter().map(ToString::to_string).collect(),

@@ -4,6 +4,7 @@
 pub mod btf;
 pub mod cgroupfs;
 pub mod containers;
+pub mod disk;
 pub mod docker_containers;
 pub mod features;
 pub mod host;
@@ -89,6 +90,8 @@ pub struct InstanceInfo {
     pub created_at: Option<String>,
     /// RFC 3339: when it was last started.
     pub last_used_at: Option<String>,
+    /// Disk devices by name, from the last disk poll; `None` before the first one.
+    pub disk: Option<BTreeMap<String, disk::DiskInfo>>,
 }
 
 /// A source of instance information that may be unreachable for a while.

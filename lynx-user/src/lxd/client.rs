@@ -13,7 +13,10 @@ use serde_json::{Value, json};
 use super::{
     Image, Instance, InstanceState, LxdError, Network, StateAction,
     http::{self, Deadline, HttpError, connect},
-    types::{RawDevices, RawImage, RawInstance, RawNetwork, RawOperation, RawState},
+    types::{
+        InstanceDisks, PoolSpace, RawDevices, RawImage, RawInstance, RawInstanceDevices,
+        RawNetwork, RawOperation, RawPoolResources, RawState, RawStoragePool, StoragePool,
+    },
 };
 
 /// How long a connect may take: only a full listen backlog makes a unix socket connect wait.
@@ -131,6 +134,25 @@ impl LxdClient {
     /// One instance's live state.
     pub fn instance_state(&self, name: &str) -> Result<InstanceState, LxdError> {
         let raw: RawState = self.get(&format!("/1.0/instances/{}/state", segment(name)))?;
+        Ok(raw.into())
+    }
+
+    /// Every instance's disk devices (its expanded devices of `type: disk`), in one request.
+    pub fn instance_disks(&self) -> Result<Vec<InstanceDisks>, LxdError> {
+        let raw: Vec<RawInstanceDevices> = self.get("/1.0/instances?recursion=1")?;
+        Ok(raw.into_iter().map(InstanceDisks::from).collect())
+    }
+
+    /// The storage pools with their drivers.
+    pub fn storage_pools(&self) -> Result<Vec<StoragePool>, LxdError> {
+        let raw: Vec<RawStoragePool> = self.get("/1.0/storage-pools?recursion=1")?;
+        Ok(raw.into_iter().map(StoragePool::from).collect())
+    }
+
+    /// The space used and available on storage pool `pool`.
+    pub fn pool_space(&self, pool: &str) -> Result<PoolSpace, LxdError> {
+        let target = format!("/1.0/storage-pools/{}/resources", segment(pool));
+        let raw: RawPoolResources = self.get(&target)?;
         Ok(raw.into())
     }
 

@@ -11,6 +11,10 @@
 //!   live state (`GET /1.0/instances/NAME/state`).
 //! - [`LxdClient::change_state`] starts, stops, restarts, freezes or unfreezes an instance
 //!   (`PUT /1.0/instances/NAME/state`) and waits for LXD's background operation.
+//! - [`LxdClient::instance_disks`] lists every instance's disk devices
+//!   (`GET /1.0/instances?recursion=1`); [`LxdClient::storage_pools`] and
+//!   [`LxdClient::pool_space`] read the pools and their free space
+//!   (`GET /1.0/storage-pools/NAME/resources`).
 //! - [`LxdClient::networks`] lists networks (`GET /1.0/networks?recursion=1`), for the subnet
 //!   an upstream address must be in.
 //! - [`LxdClient::images`] lists local images, [`LxdClient::delete_image`] deletes one.
@@ -33,8 +37,9 @@ use crate::unix_http as http;
 
 pub use client::{DEFAULT_CONNECT_TIMEOUT, DEFAULT_IO_TIMEOUT, LxdClient};
 pub use types::{
-    Image, Instance, InstanceState, InstanceStatus, Interfaces, MemoryState, Network, NicDevice,
-    NicState, StateAction,
+    DiskDevice, DiskState, Image, Instance, InstanceDisks, InstanceState, InstanceStatus,
+    Interfaces, MemoryState, Network, NicDevice, NicState, PoolSpace, StateAction, StoragePool,
+    parse_byte_size,
 };
 #[cfg(fuzzing)]
 pub use types::{parse_instances, parse_networks, parse_state};

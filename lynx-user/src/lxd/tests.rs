@@ -877,6 +877,121 @@ fn lists_and_deletes_images() {
 }
 
 #[test]
+fn reads_disk_devices_pools_and_usage() {
+    // Shapes as LXD 5.0 sends them: a root disk with a quota on a btrfs pool, a custom volume,
+    // a host path, and a NIC that is not a disk.
+    let instances = json!([{
+        "name": "web1", "status": "Running", "type": "container",
+        "expanded_devices": {
+            "root": {"type": "disk", "path": "/", "pool": "fast", "size": "64MiB"},
+            "data": {"type": "disk", "path": "/srv", "pool": "fast", "source": "web-data"},
+            "logs": {"type": "disk", "path": "/var/log/host", "source": "/srv/logs"},
+            "eth0": {"type": "nic", "network": "lxdbr0", "name": "eth0"},
+        },
+    }, {
+        "name": "bare", "status": "Stopped", "type": "container", "expanded_devices": null,
+    }]);
+    let pools = json!([
+        {"name": "fast", "driver": "btrfs", "status": "Created"},
+        {"name": "default", "driver": "dir", "status": "Created"},
+    ]);
+    let resources = json!({
+        "space": {"used": 104_857_600, "total": 536_870_912},
+        "inodes": {"used": 0, "total": 0},
+    });
+    let state = json!({
+        "status": "Running", "status_code": 103, "pid": 10, "processes": 1,
+        "cpu": {"usage": 1}, "memory": null, "network": null,
+        "disk": {"root": {"usage": 20_971_520}, "data": {"usage": 4096, "total": 1_000_000}},
+    });
+    let lxd = FakeLxd::serve(
+        "disks",
+        vec![
+            answer("200 OK", "", &sync(&instances)),
+            answer("200 OK", "", &sync(&pools)),
+            answer("200 OK", "", &sync(&resources)),
+            answer("200 OK", "", &sync(&state)),
+        ],
+    );
+    let client = lxd.client();
+    let disks = client.instance_disks().expect("disks");
+    assert_eq!(lxd.next().target, "/1.0/instances?recursion=1");
+    let [web1, bare] = disks.as_slice() else {
+        panic!("two instances: {disks:?}");
+    };
+    assert_eq!((web1.name.as_str(), bare.name.as_str()), ("web1", "bare"));
+    assert!(bare.devices.is_empty());
+    let names: Vec<&str> = web1.devices.keys().map(String::as_str).collect();
+    assert_eq!(names, ["data", "logs", "root"], "disks only");
+    assert_eq!(
+        web1.devices["root"],
+        DiskDevice {
+            path: "/".into(),
+            pool: Some("fast".into()),
+            size: Some(64 << 20),
+        }
+    );
+    assert_eq!(web1.devices["data"].size, None);
+    assert_eq!(web1.devices["logs"].pool, None);
+
+    let pools = client.storage_pools().expect("pools");
+    assert_eq!(lxd.next().target, "/1.0/storage-pools?recursion=1");
+    assert_eq!(
+        pools,
+        [
+            StoragePool {
+                name: "fast".into(),
+                driver: "btrfs".into()
+            },
+            StoragePool {
+                name: "default".into(),
+                driver: "dir".into()
+            },
+        ]
+    );
+    let space = client.pool_space("fast").expect("space");
+    assert_eq!(lxd.next().target, "/1.0/storage-pools/fast/resources");
+    assert_eq!(space.free(), 536_870_912 - 104_857_600);
+
+    let state = client.instance_state("web1").expect("state");
+    assert_eq!(
+        state.disk["root"],
+        DiskState {
+            usage: 20_971_520,
+            total: None
+        }
+    );
+    assert_eq!(state.disk["data"].total, Some(1_000_000));
+}
+
+#[test]
+fn a_state_without_disk_has_no_devices() {
+    let state = json!({"status": "Stopped", "status_code": 102, "disk": null});
+    let lxd = FakeLxd::serve("nodisk", vec![answer("200 OK", "", &sync(&state))]);
+    assert!(lxd.client().instance_state("web1").unwrap().disk.is_empty());
+}
+
+#[test]
+fn sizes_parse_as_lxd_writes_them() {
+    for (text, bytes) in [
+        ("0", 0),
+        ("1234", 1234),
+        ("10B", 10),
+        ("64MiB", 64 << 20),
+        ("64MB", 64_000_000),
+        ("1kB", 1000),
+        ("2GiB", 2 << 30),
+        ("3 GB", 3_000_000_000),
+        ("1EiB", 1 << 60),
+    ] {
+        assert_eq!(parse_byte_size(text), Ok(bytes), "{text}");
+    }
+    for bad in ["", "MiB", "1.5GiB", "-1", "12XB", "20EiB"] {
+        assert!(parse_byte_size(bad).is_err(), "{bad}");
+    }
+}
+
+#[test]
 fn lists_networks_with_their_subnet() {
     let networks = json!([
         {"name": "lxdbr0", "managed": true, "type": "bridge",

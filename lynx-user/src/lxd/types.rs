@@ -121,6 +121,61 @@ pub struct InstanceState {
     pub memory: MemoryState,
     /// Per NIC inside the instance, by its name there (`eth0`, `lo`, …).
     pub network: BTreeMap<String, NicState>,
+    /// Per disk device that LXD could measure, by device name (`root`, …). LXD leaves out
+    /// devices it cannot measure: host paths, and volumes on a `dir` pool without project
+    /// quotas.
+    pub disk: BTreeMap<String, DiskState>,
+}
+
+/// One disk device's usage as LXD measured it on its storage pool.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct DiskState {
+    /// Bytes used on the device's volume.
+    pub usage: u64,
+    /// The volume's size as LXD sees it; `None` where LXD does not say (5.0 never does).
+    pub total: Option<u64>,
+}
+
+/// An instance's disk devices, from `GET /1.0/instances?recursion=1`'s `expanded_devices`
+/// (profiles' devices merged in).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct InstanceDisks {
+    pub name: String,
+    /// By device name.
+    pub devices: BTreeMap<String, DiskDevice>,
+}
+
+/// One `type: disk` device.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct DiskDevice {
+    /// Mount point inside the instance (`/` for the root disk).
+    pub path: String,
+    /// The storage pool of a volume; `None` for a host path (`source` on the host).
+    pub pool: Option<String>,
+    /// The device's `size` quota in bytes (set on root disks); `None` when unset.
+    pub size: Option<u64>,
+}
+
+/// A storage pool, from `GET /1.0/storage-pools?recursion=1`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct StoragePool {
+    pub name: String,
+    /// `dir`, `btrfs`, `zfs`, `lvm`, `ceph`, …
+    pub driver: String,
+}
+
+/// A pool's space, from `GET /1.0/storage-pools/NAME/resources`, in bytes.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct PoolSpace {
+    pub used: u64,
+    pub total: u64,
+}
+
+impl PoolSpace {
+    /// What is left on the pool.
+    pub fn free(self) -> u64 {
+        self.total.saturating_sub(self.used)
+    }
 }
 
 /// Memory use, in bytes, from the instance's cgroup.
@@ -305,6 +360,16 @@ pub(super) struct RawState {
     memory: RawMemory,
     #[serde(default, deserialize_with = "nullable")]
     cpu: RawCpu,
+    #[serde(default, deserialize_with = "nullable")]
+    disk: BTreeMap<String, RawDiskState>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+struct RawDiskState {
+    #[serde(default)]
+    usage: i64,
+    #[serde(default)]
+    total: i64,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -417,6 +482,17 @@ impl From<RawState> for InstanceState {
                 swap_usage_peak: count(raw.memory.swap_usage_peak),
             },
             network,
+            disk: raw
+                .disk
+                .into_iter()
+                .map(|(name, disk)| {
+                    let state = DiskState {
+                        usage: count(disk.usage),
+                        total: u64::try_from(disk.total).ok().filter(|&t| t > 0),
+                    };
+                    (name, state)
+                })
+                .collect(),
         }
     }
 }
@@ -492,6 +568,112 @@ impl From<RawNetwork> for Network {
 pub(super) struct RawDevices {
     #[serde(default, deserialize_with = "nullable")]
     pub expanded_devices: BTreeMap<String, BTreeMap<String, String>>,
+}
+
+/// An instance's name and expanded devices, from `GET /1.0/instances?recursion=1`.
+#[derive(Debug, Deserialize)]
+pub(super) struct RawInstanceDevices {
+    name: String,
+    #[serde(default, deserialize_with = "nullable")]
+    expanded_devices: BTreeMap<String, BTreeMap<String, String>>,
+}
+
+impl From<RawInstanceDevices> for InstanceDisks {
+    fn from(raw: RawInstanceDevices) -> Self {
+        let devices = raw
+            .expanded_devices
+            .into_iter()
+            .filter(|(_, device)| device.get("type").is_some_and(|t| t == "disk"))
+            .map(|(name, mut device)| {
+                let disk = DiskDevice {
+                    path: device.remove("path").unwrap_or_default(),
+                    pool: device.remove("pool").filter(|p| !p.is_empty()),
+                    // LXD validated the size when it was set, so this parses; a value from a
+                    // newer LXD that does not reads as no quota.
+                    size: device
+                        .get("size")
+                        .and_then(|size| parse_byte_size(size).ok()),
+                };
+                (name, disk)
+            })
+            .collect();
+        Self {
+            name: raw.name,
+            devices,
+        }
+    }
+}
+
+/// Parses a size as LXD writes them (its `units.ParseByteSizeString`): a whole number of bytes,
+/// optionally followed by a decimal (`kB`, `MB`, …, `EB`) or binary (`KiB`, `MiB`, …, `EiB`)
+/// unit, or `B`.
+pub fn parse_byte_size(text: &str) -> Result<u64, String> {
+    let text = text.trim();
+    let split = text
+        .find(|c: char| !c.is_ascii_digit())
+        .unwrap_or(text.len());
+    let (number, unit) = text.split_at(split);
+    let number: u64 = number
+        .parse()
+        .map_err(|_| format!("{text:?} is not a size (a whole number of bytes with a unit)"))?;
+    let multiplier: u64 = match unit.trim() {
+        "" | "B" => 1,
+        "kB" | "KB" => 1000,
+        "MB" => 1000u64.pow(2),
+        "GB" => 1000u64.pow(3),
+        "TB" => 1000u64.pow(4),
+        "PB" => 1000u64.pow(5),
+        "EB" => 1000u64.pow(6),
+        "KiB" => 1 << 10,
+        "MiB" => 1 << 20,
+        "GiB" => 1 << 30,
+        "TiB" => 1 << 40,
+        "PiB" => 1 << 50,
+        "EiB" => 1 << 60,
+        other => return Err(format!("{text:?}: unknown unit {other:?}")),
+    };
+    number
+        .checked_mul(multiplier)
+        .ok_or_else(|| format!("{text:?} is too large"))
+}
+
+#[derive(Debug, Deserialize)]
+pub(super) struct RawStoragePool {
+    name: String,
+    #[serde(default)]
+    driver: String,
+}
+
+impl From<RawStoragePool> for StoragePool {
+    fn from(raw: RawStoragePool) -> Self {
+        Self {
+            name: raw.name,
+            driver: raw.driver,
+        }
+    }
+}
+
+#[derive(Debug, Default, Deserialize)]
+pub(super) struct RawPoolResources {
+    #[serde(default, deserialize_with = "nullable")]
+    space: RawSpace,
+}
+
+#[derive(Debug, Default, Deserialize)]
+struct RawSpace {
+    #[serde(default)]
+    used: i64,
+    #[serde(default)]
+    total: i64,
+}
+
+impl From<RawPoolResources> for PoolSpace {
+    fn from(raw: RawPoolResources) -> Self {
+        Self {
+            used: count(raw.space.used),
+            total: count(raw.space.total),
+        }
+    }
 }
 
 /// A background operation, as in an async answer's `metadata` and `GET …/wait`.

@@ -15,8 +15,12 @@
 //!   rate (average and peak), `NULL` for minutes in which nginx was not found.
 //! - `container_minutes`: one row per minute and container (the `host` entry included) that
 //!   was not stopped during the whole minute: average CPU %, peak memory, block and network
-//!   bytes moved during the minute, and the rate of requests nginx sent it (`NULL` for
-//!   minutes in which nginx was not found).
+//!   bytes moved during the minute, the rate of requests nginx sent it (`NULL` for
+//!   minutes in which nginx was not found), and the peak of its root disk's usage as LXD
+//!   measured it (`NULL` where LXD gave none).
+//!
+//! An older database is upgraded in place when the daemon opens it (see [`UPGRADES`]);
+//! `lynx history` and `lynx top` read every version.
 //!
 //! A row written twice for one minute (a daemon restarted within the minute, a clock set back)
 //! is merged, not replaced.
@@ -46,9 +50,9 @@ use serde::Serialize;
 use super::Sink;
 use crate::model::{Container, Snapshot};
 
-/// Version of the schema below, kept in `PRAGMA user_version`. Version 1 lacked
-/// `minutes.ahead_of_clock`, which opening for writing adds.
-pub const SCHEMA_VERSION: i32 = 2;
+/// Version of the schema below, kept in `PRAGMA user_version`: one more than the upgrades
+/// that bring an older database to it.
+pub const SCHEMA_VERSION: i32 = UPGRADES.len() as i32 + 1;
 
 const SCHEMA: &str = "
 CREATE TABLE IF NOT EXISTS minutes (
@@ -79,9 +83,19 @@ CREATE TABLE IF NOT EXISTS container_minutes (
     network_tx_bytes INTEGER NOT NULL,
     requests_per_s_avg REAL,
     requests_per_s_max REAL,
+    disk_used_max_bytes INTEGER,
     PRIMARY KEY (minute, kind, name)
 ) WITHOUT ROWID;
 ";
+
+/// What each version after 1 added, in order: a database of version `n` gets the entries
+/// from `n - 1` on. `ADD COLUMN` appends each column where [`SCHEMA`] has it, last.
+const UPGRADES: [&str; 2] = [
+    // 2: minutes stamped ahead of the host's clock.
+    "ALTER TABLE minutes ADD COLUMN ahead_of_clock INTEGER NOT NULL DEFAULT 0;",
+    // 3: the root disk's peak usage.
+    "ALTER TABLE container_minutes ADD COLUMN disk_used_max_bytes INTEGER;",
+];
 
 // Averages are merged weighted by samples; SQLite's two-argument max() is NULL when either
 // side is, hence the coalesce() around nullable columns.
@@ -114,8 +128,8 @@ ON CONFLICT (minute) DO UPDATE SET
 const UPSERT_CONTAINER: &str = "
 INSERT INTO container_minutes (minute, kind, name, samples, cpu_percent_avg, memory_max_bytes,
     block_read_bytes, block_write_bytes, network_rx_bytes, network_tx_bytes,
-    requests_per_s_avg, requests_per_s_max)
-VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12)
+    requests_per_s_avg, requests_per_s_max, disk_used_max_bytes)
+VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13)
 ON CONFLICT (minute, kind, name) DO UPDATE SET
     samples = samples + excluded.samples,
     cpu_percent_avg = (cpu_percent_avg * samples + excluded.cpu_percent_avg * excluded.samples)
@@ -130,7 +144,9 @@ ON CONFLICT (minute, kind, name) DO UPDATE SET
         + excluded.requests_per_s_avg * excluded.samples) / (samples + excluded.samples),
         requests_per_s_avg, excluded.requests_per_s_avg),
     requests_per_s_max = max(coalesce(requests_per_s_max, excluded.requests_per_s_max),
-        coalesce(excluded.requests_per_s_max, requests_per_s_max))
+        coalesce(excluded.requests_per_s_max, requests_per_s_max)),
+    disk_used_max_bytes = max(coalesce(disk_used_max_bytes, excluded.disk_used_max_bytes),
+        coalesce(excluded.disk_used_max_bytes, disk_used_max_bytes))
 ";
 
 const SECONDS_PER_DAY: i64 = 86_400;
@@ -419,6 +435,8 @@ struct ContainerMinute {
     samples: u32,
     cpu_percent_sum: f64,
     memory_max_bytes: Option<u64>,
+    /// The root disk's peak usage, from LXD.
+    disk_used_max_bytes: Option<u64>,
     moved: Counters,
     /// Requests nginx sent to the container, over the samples in which nginx was counted.
     requests: Rate,
@@ -494,6 +512,9 @@ impl MinuteRecord {
             entry.cpu_percent_sum += container.cpu.percent;
             if let Some(memory) = &container.memory {
                 entry.memory_max_bytes = entry.memory_max_bytes.max(Some(memory.used_bytes));
+            }
+            if let Some(used) = container.root_disk().and_then(|d| d.used_bytes) {
+                entry.disk_used_max_bytes = entry.disk_used_max_bytes.max(Some(used));
             }
             entry.moved.add(moved);
             if counted && container.kind != "host" {
@@ -704,6 +725,7 @@ fn write_minute(
                 sql_int(container.moved.network_tx_bytes),
                 requests_avg,
                 requests_max,
+                container.disk_used_max_bytes.map(sql_int),
             ])?;
         }
     }
@@ -767,10 +789,10 @@ fn open_and_check(path: &Path) -> rusqlite::Result<(Connection, i32)> {
         ))?;
         version = SCHEMA_VERSION;
     }
-    if version == 1 {
+    if (1..SCHEMA_VERSION).contains(&version) {
+        let upgrades = UPGRADES[usize::try_from(version - 1).unwrap_or_default()..].concat();
         connection.execute_batch(&format!(
-            "BEGIN; ALTER TABLE minutes ADD COLUMN ahead_of_clock INTEGER NOT NULL DEFAULT 0; \
-             PRAGMA user_version = {SCHEMA_VERSION}; COMMIT;"
+            "BEGIN; {upgrades} PRAGMA user_version = {SCHEMA_VERSION}; COMMIT;"
         ))?;
         version = SCHEMA_VERSION;
     }
@@ -950,8 +972,8 @@ fn open_for_reading(path: &Path) -> Result<Option<Connection>, HistoryError> {
         .map_err(read_error)?;
     match version {
         0 => Ok(None),
-        // Reports read no column that version 1 lacked.
-        1 | SCHEMA_VERSION => Ok(Some(connection)),
+        // Reports read no column that an older version lacks.
+        1..=SCHEMA_VERSION => Ok(Some(connection)),
         found => Err(HistoryError::Schema {
             path: path.to_owned(),
             found,
@@ -1551,7 +1573,9 @@ mod tests {
         fs::create_dir_all(path.parent().expect("a parent")).expect("db dir");
         {
             let connection = Connection::open(&path).expect("create a version 1 database");
-            let v1 = SCHEMA.replace(",\n    ahead_of_clock INTEGER NOT NULL DEFAULT 0", "");
+            let v1 = SCHEMA
+                .replace(",\n    ahead_of_clock INTEGER NOT NULL DEFAULT 0", "")
+                .replace("    disk_used_max_bytes INTEGER,\n", "");
             assert_ne!(v1, SCHEMA, "the version 1 schema lacks the column");
             connection
                 .execute_batch(&format!("{v1} PRAGMA user_version = 1;"))
@@ -1645,6 +1669,90 @@ mod tests {
             summary(&path, 1, NOV_20),
             [day("2026-11-20", 1, Some((1, 1)))],
             "the new database works"
+        );
+    }
+
+    /// `container` with a root disk using `used` bytes (`None`: LXD measured nothing).
+    fn with_disk(mut container: Container, used: Option<u64>) -> Container {
+        let root = crate::model::Disk {
+            path: "/".into(),
+            used_bytes: used,
+            ..crate::model::Disk::default()
+        };
+        container.disk = Some([("root".to_owned(), root)].into());
+        container
+    }
+
+    #[test]
+    fn the_root_disks_peak_is_kept_per_minute() {
+        let dir = history_dir("disk");
+        let mut sink = open(&db(&dir), 7);
+        for (at, used) in [(0, 10_000), (10, 30_000), (20, 20_000), (60, 5000)] {
+            sink.publish(&snapshot(
+                NOV_20 + at,
+                vec![
+                    with_disk(container("web1", "Running", 1.0, 0), Some(used)),
+                    with_disk(container("web2", "Running", 1.0, 0), None),
+                ],
+            ));
+        }
+        drop(sink);
+        let rows: Vec<(String, Option<i64>)> = select(
+            &db(&dir),
+            "SELECT name, disk_used_max_bytes FROM container_minutes \
+             WHERE kind = 'lxd' ORDER BY minute, name",
+            |row| Ok((row.get(0)?, row.get(1)?)),
+        );
+        assert_eq!(
+            rows,
+            [
+                ("web1".to_owned(), Some(30_000)),
+                ("web2".to_owned(), None),
+                ("web1".to_owned(), Some(5000)),
+                ("web2".to_owned(), None),
+            ],
+            "peak per minute; NULL where LXD measured nothing"
+        );
+    }
+
+    #[test]
+    fn a_version_2_database_is_upgraded_and_keeps_its_minutes() {
+        let dir = history_dir("upgrade");
+        let path = db(&dir);
+        {
+            let version_2 = SCHEMA.replace("    disk_used_max_bytes INTEGER,\n", "");
+            assert_ne!(version_2, SCHEMA);
+            fs::create_dir_all(path.parent().expect("a parent")).expect("create the directory");
+            let connection = Connection::open(&path).expect("create");
+            connection
+                .execute_batch(&format!("{version_2} PRAGMA user_version = 2;"))
+                .expect("a version 2 schema");
+            connection
+                .execute(
+                    "INSERT INTO container_minutes VALUES \
+                     (?1, 'lxd', 'old', 1, 5.0, 100, 0, 0, 0, 0, NULL, NULL)",
+                    [NOV_20],
+                )
+                .expect("an old minute");
+        }
+        let old = container_minutes(&path, "old", 0).expect("version 2 reads");
+        assert_eq!(old.len(), 1);
+        let mut sink = open(&path, 3650);
+        sink.publish(&snapshot(
+            NOV_20 + 60,
+            vec![with_disk(container("web1", "Running", 1.0, 0), Some(7))],
+        ));
+        drop(sink);
+        let version: Vec<i64> = query(&path, "PRAGMA user_version");
+        assert_eq!(version, [i64::from(SCHEMA_VERSION)]);
+        let disks: Vec<Option<i64>> = query(
+            &path,
+            "SELECT disk_used_max_bytes FROM container_minutes WHERE kind = 'lxd' ORDER BY minute",
+        );
+        assert_eq!(
+            disks,
+            [None, Some(7)],
+            "the old minute kept, the new one with its disk"
         );
     }
 

@@ -5,7 +5,7 @@
 use std::fmt::{self, Write as _};
 
 use super::history::parse_timestamp;
-use crate::model::{Autoscaler, Container, Features, Group, Nginx, NginxEndpoint, Snapshot};
+use crate::model::{Autoscaler, Container, Disk, Features, Group, Nginx, NginxEndpoint, Snapshot};
 
 /// `Content-Type` of `/metrics`.
 pub const METRICS_CONTENT_TYPE: &str = "text/plain; version=0.0.4; charset=utf-8";
@@ -142,6 +142,7 @@ pub fn render(snapshot: &Snapshot) -> String {
             }
         }
     }
+    render_disks(&mut out, containers);
     // `None`: not counted for this container (network outside containers).
     type Counter = fn(&Container) -> Option<u64>;
     let counters: [(&str, &str, Counter); 8] = [
@@ -222,6 +223,44 @@ pub fn render(snapshot: &Snapshot) -> String {
         render_groups(&mut out, &snapshot.groups);
     }
     out.text
+}
+
+/// LXD's disk figures per container and device; a figure LXD did not give has no sample.
+fn render_disks(out: &mut Exposition, containers: &[Container]) {
+    type Figure = fn(&Disk) -> Option<u64>;
+    let families: [(&str, &str, Figure); 4] = [
+        (
+            "lynx_container_disk_used_bytes",
+            "Bytes the disk device's volume uses, as LXD measures it (polled every [disk] interval); absent where LXD measures nothing (a dir pool).",
+            |d| d.used_bytes,
+        ),
+        (
+            "lynx_container_disk_limit_bytes",
+            "The disk device's size quota; absent without one.",
+            |d| d.limit_bytes,
+        ),
+        (
+            "lynx_container_disk_free_bytes",
+            "What the container can still write on the device: the quota's rest, capped by the pool's free space, or the pool's free space without a quota.",
+            |d| d.free_bytes,
+        ),
+        (
+            "lynx_container_disk_nearly_full",
+            "1 when the device's usage is at least [disk] full_fraction of its quota.",
+            |d| Some(u64::from(d.nearly_full)),
+        ),
+    ];
+    for (name, help, value) in families {
+        out.family(name, Type::Gauge, help);
+        for c in containers {
+            for (device, disk) in c.disk.iter().flatten() {
+                if let Some(value) = value(disk) {
+                    let [container, kind] = labels(c);
+                    out.sample(name, &[container, kind, ("device", device)], value);
+                }
+            }
+        }
+    }
 }
 
 /// Which counter families the kernel supports: 1 counted, 0 unavailable (the snapshot's
@@ -563,7 +602,7 @@ impl fmt::Display for Decimal {
 #[cfg(test)]
 pub(crate) mod tests {
     use super::*;
-    use crate::model::{BlockIo, Container, Cpu, Family, Feature, Memory, Network, fixtures};
+    use crate::model::{BlockIo, Container, Cpu, Disk, Family, Feature, Memory, Network, fixtures};
 
     /// A snapshot with a container, the host, nginx and a group: what [`FIXTURE_METRICS`]
     /// renders.
@@ -601,6 +640,33 @@ pub(crate) mod tests {
                 tx_packets: 20,
                 ..Network::default()
             }),
+            disk: Some(
+                [
+                    (
+                        "root".to_owned(),
+                        Disk {
+                            path: "/".into(),
+                            pool: Some("fast".into()),
+                            used_bytes: Some(61_000_000),
+                            limit_bytes: Some(67_108_864),
+                            free_bytes: Some(6_108_864),
+                            nearly_full: true,
+                            reason: None,
+                        },
+                    ),
+                    (
+                        "logs".to_owned(),
+                        Disk {
+                            path: "/var/log".into(),
+                            pool: Some("default".into()),
+                            free_bytes: Some(9_000_000_000),
+                            reason: Some("pool default is a dir pool".into()),
+                            ..Disk::default()
+                        },
+                    ),
+                ]
+                .into(),
+            ),
             ..fixtures::container("web1", "lxd", "Running")
         };
         let host = Container {
@@ -691,6 +757,20 @@ lynx_container_processes{container="web1",kind="lxd"} 4
 # HELP lynx_container_uptime_seconds Time since the container's init process started.
 # TYPE lynx_container_uptime_seconds gauge
 lynx_container_uptime_seconds{container="web1",kind="lxd"} 5
+# HELP lynx_container_disk_used_bytes Bytes the disk device's volume uses, as LXD measures it (polled every [disk] interval); absent where LXD measures nothing (a dir pool).
+# TYPE lynx_container_disk_used_bytes gauge
+lynx_container_disk_used_bytes{container="web1",kind="lxd",device="root"} 61000000
+# HELP lynx_container_disk_limit_bytes The disk device's size quota; absent without one.
+# TYPE lynx_container_disk_limit_bytes gauge
+lynx_container_disk_limit_bytes{container="web1",kind="lxd",device="root"} 67108864
+# HELP lynx_container_disk_free_bytes What the container can still write on the device: the quota's rest, capped by the pool's free space, or the pool's free space without a quota.
+# TYPE lynx_container_disk_free_bytes gauge
+lynx_container_disk_free_bytes{container="web1",kind="lxd",device="logs"} 9000000000
+lynx_container_disk_free_bytes{container="web1",kind="lxd",device="root"} 6108864
+# HELP lynx_container_disk_nearly_full 1 when the device's usage is at least [disk] full_fraction of its quota.
+# TYPE lynx_container_disk_nearly_full gauge
+lynx_container_disk_nearly_full{container="web1",kind="lxd",device="logs"} 0
+lynx_container_disk_nearly_full{container="web1",kind="lxd",device="root"} 1
 # HELP lynx_container_block_read_bytes_total Bytes of block I/O reads the container's tasks submitted, counted in the kernel.
 # TYPE lynx_container_block_read_bytes_total counter
 lynx_container_block_read_bytes_total{container="web1",kind="lxd"} 4096

@@ -27,6 +27,8 @@ pub enum Column {
     Ipv4,
     Cpu,
     Memory,
+    /// Root disk used (LXD's figure).
+    Disk,
     DiskRead,
     DiskWrite,
     NetRx,
@@ -36,12 +38,13 @@ pub enum Column {
 
 impl Column {
     /// In display order.
-    pub const ALL: [Self; 10] = [
+    pub const ALL: [Self; 11] = [
         Self::Name,
         Self::Status,
         Self::Ipv4,
         Self::Cpu,
         Self::Memory,
+        Self::Disk,
         Self::DiskRead,
         Self::DiskWrite,
         Self::NetRx,
@@ -57,6 +60,7 @@ impl Column {
             Self::Ipv4 => 'i',
             Self::Cpu => 'c',
             Self::Memory => 'm',
+            Self::Disk => 'd',
             Self::DiskRead => 'r',
             Self::DiskWrite => 'w',
             Self::NetRx => 'x',
@@ -77,6 +81,7 @@ impl Column {
             Self::Ipv4 => "IPV4",
             Self::Cpu => "CPU%",
             Self::Memory => "MEM",
+            Self::Disk => "DISK",
             Self::DiskRead => "READ/S",
             Self::DiskWrite => "WRITE/S",
             Self::NetRx => "RX/S",
@@ -93,6 +98,7 @@ impl Column {
             Self::Ipv4 => "ipv4",
             Self::Cpu => "cpu",
             Self::Memory => "mem",
+            Self::Disk => "disk used",
             Self::DiskRead => "disk read",
             Self::DiskWrite => "disk write",
             Self::NetRx => "net rx",
@@ -109,6 +115,8 @@ impl Column {
             Self::Status => 7,
             Self::Cpu => 6,
             Self::Memory => 7,
+            // `1023KiB!`: the mark of a nearly full disk.
+            Self::Disk => 8,
             Self::DiskRead | Self::DiskWrite | Self::NetRx | Self::NetTx => 9,
             Self::Processes => 5,
         }
@@ -128,6 +136,11 @@ impl Column {
             Self::Ipv4 => container.ipv4.join(","),
             Self::Cpu => format::percent(container.cpu.percent),
             Self::Memory => memory_used(container).map_or_else(|| "-".to_owned(), format::bytes),
+            Self::Disk => match container.root_disk().and_then(|d| Some((d.used_bytes?, d))) {
+                Some((used, disk)) if disk.nearly_full => format!("{}!", format::bytes(used)),
+                Some((used, _)) => format::bytes(used),
+                None => "-".to_owned(),
+            },
             Self::DiskRead => format::rate(container.block_io.read_bytes_per_s),
             Self::DiskWrite => format::rate(container.block_io.write_bytes_per_s),
             Self::NetRx | Self::NetTx => self
@@ -158,6 +171,10 @@ impl Column {
             Self::Ipv4 => first_ipv4(a).cmp(&first_ipv4(b)),
             Self::Cpu => a.cpu.percent.total_cmp(&b.cpu.percent),
             Self::Memory => memory_used(a).cmp(&memory_used(b)),
+            Self::Disk => {
+                let used = |c: &Container| c.root_disk().and_then(|d| d.used_bytes);
+                used(a).cmp(&used(b))
+            }
             Self::DiskRead => a
                 .block_io
                 .read_bytes_per_s

@@ -13,7 +13,7 @@ use super::{
     app::{App, Column, History, LongHistory, View},
     format,
 };
-use crate::model::{Container, Snapshot};
+use crate::model::{Container, Disk, Snapshot};
 
 /// A column never takes more than this, so one long name cannot push the figures away.
 const MAX_COLUMN_WIDTH: usize = 40;
@@ -301,6 +301,9 @@ fn draw_table(frame: &mut Frame, area: Rect, app: &App) {
                     Line::styled(column.cell(container), status_style(&container.status))
                 }
                 Column::Cpu => Line::from(cpu_span(container.cpu.percent, 100.0)),
+                Column::Disk if container.root_disk().is_some_and(|d| d.nearly_full) => {
+                    Line::styled(column.cell(container), Style::new().fg(Color::Red).bold())
+                }
                 _ => Line::raw(column.cell(container)),
             };
             Cell::from(align(column, line))
@@ -338,7 +341,7 @@ fn draw_detail(frame: &mut Frame, area: Rect, app: &App, snapshot: &Snapshot, na
         Constraint::Fill(1),
         Constraint::Fill(1),
         Constraint::Length(5),
-        Constraint::Length(4),
+        Constraint::Length(4 + disk_rows(app.detail())),
     ])
     .areas(area);
     let container = app.detail();
@@ -443,10 +446,58 @@ fn io_lines(c: &Container) -> Vec<Line<'_>> {
             )
         },
     );
-    vec![
+    let mut lines = vec![
         Line::from(vec![label("disk "), disk.into()]),
         Line::from(vec![label("net  "), net.into()]),
-    ]
+    ];
+    for (device, figures) in c.disk.iter().flatten() {
+        let style = if figures.nearly_full {
+            Style::new().fg(Color::Red).bold()
+        } else {
+            Style::new()
+        };
+        lines.push(Line::from(vec![
+            label("space "),
+            Span::styled(space_line(device, figures), style),
+        ]));
+    }
+    lines
+}
+
+/// Rows the detail view gives the disk devices of `container`.
+fn disk_rows(container: Option<&Container>) -> u16 {
+    container
+        .and_then(|c| c.disk.as_ref())
+        .map_or(0, |disks| u16::try_from(disks.len()).unwrap_or(u16::MAX))
+}
+
+/// One disk device: `root / 20.0MiB of 64.0MiB (31%), 44.0MiB free, pool fast`.
+fn space_line(device: &str, disk: &Disk) -> String {
+    let used = match (disk.used_bytes, disk.limit_bytes) {
+        (Some(used), Some(limit)) => format!(
+            "{} of {} ({})",
+            format::bytes(used),
+            format::bytes(limit),
+            format::percent(used as f64 * 100.0 / limit.max(1) as f64)
+        ),
+        (Some(used), None) => format!("{} used, no quota", format::bytes(used)),
+        (None, Some(limit)) => format!("usage unknown, quota {}", format::bytes(limit)),
+        (None, None) => "usage unknown".to_owned(),
+    };
+    let mut line = format!("{device} {} {used}", disk.path);
+    if let Some(free) = disk.free_bytes {
+        line += &format!(", {} free", format::bytes(free));
+    }
+    if let Some(pool) = &disk.pool {
+        line += &format!(", pool {pool}");
+    }
+    if disk.nearly_full {
+        line += "  NEARLY FULL";
+    }
+    if let Some(reason) = &disk.reason {
+        line += &format!(" ({reason})");
+    }
+    line
 }
 
 /// Two directions of traffic, each as (bytes per second, bytes in all, `unit`s in all).
@@ -627,6 +678,34 @@ mod tests {
             .expect("a container's traffic")
             .rx_bytes_per_s = 2.5 * 1024.0 * 1024.0;
         snapshot.containers[2].block_io.write_bytes_per_s = 64.0 * 1024.0;
+        snapshot.containers[1].disk = Some(
+            [(
+                "root".to_owned(),
+                Disk {
+                    path: "/".into(),
+                    pool: Some("fast".into()),
+                    used_bytes: Some(58 << 20),
+                    limit_bytes: Some(64 << 20),
+                    free_bytes: Some(6 << 20),
+                    nearly_full: true,
+                    reason: None,
+                },
+            )]
+            .into(),
+        );
+        snapshot.containers[2].disk = Some(
+            [(
+                "root".to_owned(),
+                Disk {
+                    path: "/".into(),
+                    pool: Some("default".into()),
+                    free_bytes: Some(40 << 30),
+                    reason: Some("pool default is a dir pool".into()),
+                    ..Disk::default()
+                },
+            )]
+            .into(),
+        );
         snapshot.nginx = Nginx {
             master_pid: Some(900),
             accepts: 40,
@@ -669,7 +748,14 @@ mod tests {
             assert!(header.contains(column.title()), "{column:?} in {header}");
         }
         let web2 = &screen[row_of(&screen, "web2")];
-        for figure in ["Running", "10.177.42.11", "88.5%", "300MiB", "2.50MiB/s"] {
+        for figure in [
+            "Running",
+            "10.177.42.11",
+            "88.5%",
+            "300MiB",
+            "58.0MiB!",
+            "2.50MiB/s",
+        ] {
             assert!(web2.contains(figure), "{figure} in {web2}");
         }
         assert!(screen[row_of(&screen, "web3")].contains("2.00GiB"));
@@ -754,6 +840,30 @@ mod tests {
         assert!(bars(&screen[memory_box + 1..]) > 20, "{text}");
         press(&mut app, KeyCode::Esc);
         assert!(render(&app, 100, 30).join("\n").contains("nginx"));
+    }
+
+    #[test]
+    fn detail_view_shows_each_disk_device_and_why_usage_is_unknown() {
+        let mut app = farm_app();
+        press(&mut app, KeyCode::Down);
+        press(&mut app, KeyCode::Enter);
+        let text = render(&app, 140, 34).join("\n");
+        assert!(
+            text.contains(
+                "space root / 58.0MiB of 64.0MiB (90.6%), 6.00MiB free, pool fast  NEARLY FULL"
+            ),
+            "{text}"
+        );
+        press(&mut app, KeyCode::Esc);
+        press(&mut app, KeyCode::Down);
+        press(&mut app, KeyCode::Enter);
+        let text = render(&app, 140, 34).join("\n");
+        assert!(
+            text.contains(
+                "space root / usage unknown, 40.0GiB free, pool default (pool default is a dir pool)"
+            ),
+            "{text}"
+        );
     }
 
     #[test]

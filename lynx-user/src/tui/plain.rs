@@ -60,14 +60,24 @@ mod tests {
         );
         snapshot.containers[1].ipv4 = vec!["10.177.42.184".into(), "10.0.0.9".into()];
         snapshot.containers[2].block_io.write_bytes_per_s = 65_474.45;
+        snapshot.containers[0].disk = Some(
+            [(
+                "root".to_owned(),
+                crate::model::Disk {
+                    used_bytes: Some(20 << 20),
+                    ..Default::default()
+                },
+            )]
+            .into(),
+        );
         let mut out = Vec::new();
         write_table(&mut out, &snapshot).expect("write to a Vec");
         let text = String::from_utf8(out).expect("UTF-8");
         let expected = "\
-NAME  STATUS   IPV4                     CPU%      MEM  READ/S    WRITE/S  RX/S  TX/S  PROCS
-web1  Running  10.177.42.10            76.7%  1.02MiB    0B/s       0B/s  0B/s  0B/s      4
-web2  Running  10.177.42.184,10.0.0.9   0.0%   848KiB    0B/s       0B/s  0B/s  0B/s      4
-host  Running  -                        2.4%        -    0B/s  63.9KiB/s     -     -      -
+NAME  STATUS   IPV4                     CPU%      MEM     DISK  READ/S    WRITE/S  RX/S  TX/S  PROCS
+web1  Running  10.177.42.10            76.7%  1.02MiB  20.0MiB    0B/s       0B/s  0B/s  0B/s      4
+web2  Running  10.177.42.184,10.0.0.9   0.0%   848KiB        -    0B/s       0B/s  0B/s  0B/s      4
+host  Running  -                        2.4%        -        -    0B/s  63.9KiB/s     -     -      -
 ";
         assert_eq!(text, expected, "got:\n{text}");
         for line in text.lines().skip(1) {
