@@ -680,7 +680,26 @@ fn ensure_initialised() {
     };
     let address = format!("{BRIDGE_ADDRESS}/{BRIDGE_PREFIX}");
     let pool = query("/1.0/storage-pools/default");
-    let bridge_ok = query(&format!("/1.0/networks/{BRIDGE}")).is_some_and(|network| {
+    let network = query(&format!("/1.0/networks/{BRIDGE}"));
+    if network
+        .as_ref()
+        .is_some_and(|network| network["managed"] == false)
+    {
+        // The bridge device outlived the LXD database that managed it (LXD reinstalled or its
+        // state removed): LXD lists it as a host interface and its preseed cannot take it over.
+        let output = run(
+            system_command("ip").args(["link", "delete", BRIDGE]),
+            LXC_TIMEOUT,
+        )
+        .unwrap_or_else(|e| panic!("ip link delete {BRIDGE}: {e}"));
+        assert!(
+            output.status.success(),
+            "ip link delete {BRIDGE}, a bridge LXD no longer manages: {}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+        eprintln!("lxd rig: removed the bridge {BRIDGE} that no LXD database knew");
+    }
+    let bridge_ok = network.is_some_and(|network| {
         let config = &network["config"];
         network["managed"] == true
             && config["ipv4.address"] == address.as_str()
