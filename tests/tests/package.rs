@@ -744,7 +744,8 @@ fn without_cap_sys_ptrace_nginx_is_not_counted_and_the_log_says_why() {
     wait_ready(&service);
     wait_log(
         &service,
-        "reading the network namespace of another user's process needs CAP_SYS_PTRACE",
+        // Checking nginx's master (its executable) or reading its network namespace.
+        "another user's process needs CAP_SYS_PTRACE",
         READY_TIMEOUT,
     );
     let snapshot = service.next_snapshot(Path::new(SNAPSHOT));

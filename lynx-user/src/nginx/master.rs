@@ -81,8 +81,16 @@ pub fn find_master(control: &NginxControl, proc: &Path) -> Result<u32, MasterErr
             "it runs as uid {uid}, and uid {owner} owns the pid file"
         )));
     }
-    let exe = fs::read_link(process.join("exe"))
-        .map_err(|e| not_master(format!("cannot read its executable: {e}")))?;
+    let exe = fs::read_link(process.join("exe")).map_err(|e| {
+        not_master(match e.kind() {
+            // nginx's master is root's; a daemon running as its own user lacks this.
+            io::ErrorKind::PermissionDenied => format!(
+                "cannot read its executable: reading another user's process needs \
+                 CAP_SYS_PTRACE ({e})"
+            ),
+            _ => format!("cannot read its executable: {e}"),
+        })
+    })?;
     // A binary replaced by a package upgrade shows as deleted until nginx restarts.
     let exe = exe.to_string_lossy();
     let exe = Path::new(exe.strip_suffix(" (deleted)").unwrap_or(&exe));
