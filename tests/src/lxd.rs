@@ -681,6 +681,12 @@ fn ensure_initialised() {
     let address = format!("{BRIDGE_ADDRESS}/{BRIDGE_PREFIX}");
     let pool = query("/1.0/storage-pools/default");
     let network = query(&format!("/1.0/networks/{BRIDGE}"));
+    if !network
+        .as_ref()
+        .is_some_and(|network| network["managed"] == true)
+    {
+        end_stale_dnsmasq();
+    }
     if network
         .as_ref()
         .is_some_and(|network| network["managed"] == false)
@@ -744,6 +750,34 @@ fn ensure_initialised() {
         "lxd init --preseed failed: {}\npreseed:\n{preseed}",
         String::from_utf8_lossy(&output.stderr)
     );
+}
+
+/// Ends a dnsmasq serving [`BRIDGE`] that no LXD manages any more (its LXD was stopped and its
+/// database removed): it holds the bridge's DNS port, so LXD could not start its own.
+fn end_stale_dnsmasq() {
+    let needle = format!("--interface={BRIDGE}");
+    for entry in fs::read_dir("/proc").into_iter().flatten().flatten() {
+        let Some(pid) = entry
+            .file_name()
+            .to_str()
+            .and_then(|n| n.parse::<i32>().ok())
+        else {
+            continue;
+        };
+        let Ok(cmdline) = fs::read(entry.path().join("cmdline")) else {
+            continue;
+        };
+        let mut args = cmdline.split(|&b| b == 0).map(String::from_utf8_lossy);
+        if args
+            .next()
+            .is_some_and(|program| program.ends_with("dnsmasq"))
+            && args.any(|arg| arg == needle)
+        {
+            // SAFETY: kill has no memory-safety preconditions; the pid is a stale dnsmasq's.
+            unsafe { libc::kill(pid, libc::SIGKILL) };
+            eprintln!("lxd rig: ended a dnsmasq (pid {pid}) left on {BRIDGE} by an earlier LXD");
+        }
+    }
 }
 
 /// Imports the busybox image unless [`IMAGE`] exists at the current [`IMAGE_VERSION`].
