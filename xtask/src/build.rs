@@ -211,9 +211,8 @@ fn host_tests(
 }
 
 /// Runs the guest test binaries in a virtual machine of each kernel of the matrix, all at
-/// once (one emulated CPU each: emulation scales poorly past one CPU a guest, so two guests of
-/// one CPU get through more than one of two). A guest that does not finish counts as a failed
-/// test.
+/// once (see `kernel_matrix::run_guest` for each guest's CPUs and memory). A guest that does
+/// not finish counts as a failed test.
 fn kernel_matrix(
     object: &Path,
     lynx: &Path,
