@@ -6,7 +6,9 @@
 //! the way a file in a shared directory must be: a random name, created with `O_EXCL` and
 //! `O_NOFOLLOW` (a planted file or symlink makes the write fail instead of redirecting it),
 //! and given its mode explicitly, whatever the umask. A file that already exists keeps its
-//! owner, group and mode.
+//! mode, and its owner and group where this process may give files away (root, or
+//! `CAP_CHOWN`); otherwise (the packaged daemon runs as its own user) the new file is this
+//! process's.
 use std::{
     fs,
     io::{self, Write},
@@ -15,7 +17,8 @@ use std::{
 };
 
 /// Replaces `path` with `contents`, creating its directory (mode 0755) if needed. A new file
-/// gets `mode`; an existing one keeps its owner, group and mode.
+/// gets `mode`; an existing one keeps its mode, and its owner and group where this process
+/// may give files away.
 pub fn write(path: &Path, contents: &[u8], mode: u32) -> io::Result<()> {
     let dir = parent(path);
     create_dir(dir)?;
@@ -64,10 +67,13 @@ fn write_via(path: &Path, contents: &[u8], mode: u32, temporary: &Path) -> io::R
     result
 }
 
-/// A process that may not give files away (not root) can still replace a file it owns.
+/// A process that may not give files away (not root, no `CAP_CHOWN`) replaces the file with
+/// one of its own; any other failure to keep the owner fails the write.
 fn same_owner(file: &fs::File, wanted: &fs::Metadata, error: io::Error) -> io::Result<()> {
     let made = file.metadata()?;
-    if (made.uid(), made.gid()) == (wanted.uid(), wanted.gid()) {
+    if (made.uid(), made.gid()) == (wanted.uid(), wanted.gid())
+        || error.kind() == io::ErrorKind::PermissionDenied
+    {
         Ok(())
     } else {
         Err(error)
