@@ -900,36 +900,43 @@ pub fn container_minutes(
     name: &str,
     since_unix: i64,
 ) -> Result<Vec<ContainerMinutePoint>, HistoryError> {
-    let read_error = |source| HistoryError::Read {
-        path: path.to_owned(),
-        source,
-    };
-    let Some(connection) = open_for_reading(path)? else {
-        return Ok(Vec::new());
-    };
-    let mut query = connection
-        .prepare(
-            "SELECT minute, cpu_percent_avg, memory_max_bytes FROM container_minutes
-             WHERE name = ?1 AND minute >= ?2 ORDER BY minute",
-        )
-        .map_err(read_error)?;
-    let rows = query
-        .query_map(rusqlite::params![name, since_unix], |row| {
+    read_rows(
+        path,
+        "SELECT minute, cpu_percent_avg, memory_max_bytes FROM container_minutes
+         WHERE name = ?1 AND minute >= ?2 ORDER BY minute",
+        rusqlite::params![name, since_unix],
+        |row| {
             Ok(ContainerMinutePoint {
                 minute: row.get(0)?,
                 cpu_percent_avg: row.get(1)?,
                 // SQLite integers are i64; memory is never negative.
                 memory_max_bytes: row.get::<_, Option<i64>>(2)?.map(|b| b.max(0) as u64),
             })
-        })
-        .map_err(read_error)?;
-    rows.collect::<Result<_, _>>().map_err(read_error)
+        },
+    )
 }
 
 /// nginx's average request rate of each minute since `since_unix`, oldest first, as (start
 /// of the minute in Unix seconds, requests/s); minutes while nginx was not measured are left
 /// out. What the dashboard's history chart draws.
 pub fn nginx_minutes(path: &Path, since_unix: i64) -> Result<Vec<(i64, f64)>, HistoryError> {
+    read_rows(
+        path,
+        "SELECT minute, nginx_requests_per_s_avg FROM minutes
+         WHERE minute >= ?1 AND nginx_requests_per_s_avg IS NOT NULL ORDER BY minute",
+        [since_unix],
+        |row| Ok((row.get(0)?, row.get(1)?)),
+    )
+}
+
+/// The rows `sql` selects with `params`, each made by `row`; none when the database has no
+/// schema yet.
+fn read_rows<T>(
+    path: &Path,
+    sql: &str,
+    params: impl rusqlite::Params,
+    row: impl FnMut(&rusqlite::Row) -> rusqlite::Result<T>,
+) -> Result<Vec<T>, HistoryError> {
     let read_error = |source| HistoryError::Read {
         path: path.to_owned(),
         source,
@@ -937,15 +944,8 @@ pub fn nginx_minutes(path: &Path, since_unix: i64) -> Result<Vec<(i64, f64)>, Hi
     let Some(connection) = open_for_reading(path)? else {
         return Ok(Vec::new());
     };
-    let mut query = connection
-        .prepare(
-            "SELECT minute, nginx_requests_per_s_avg FROM minutes
-             WHERE minute >= ?1 AND nginx_requests_per_s_avg IS NOT NULL ORDER BY minute",
-        )
-        .map_err(read_error)?;
-    let rows = query
-        .query_map([since_unix], |row| Ok((row.get(0)?, row.get(1)?)))
-        .map_err(read_error)?;
+    let mut query = connection.prepare(sql).map_err(read_error)?;
+    let rows = query.query_map(params, row).map_err(read_error)?;
     rows.collect::<Result<_, _>>().map_err(read_error)
 }
 
