@@ -431,6 +431,27 @@ impl KernelOracle {
         cpu_stat_usage_ns(&self.v2(""))
     }
 
+    /// Waits until the cgroup has stopped using CPU (under 5 ms in 300 ms, at most 30 s), so
+    /// that a workload's client returning is not taken for the workload having ended.
+    pub fn wait_quiet(&self) {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        let mut last = self.cpu_ns();
+        loop {
+            sleep(Duration::from_millis(300));
+            let now = self.cpu_ns();
+            if now - last < 5_000_000 {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{} still used {} ms of CPU in 300 ms after 30 s",
+                self.top,
+                (now - last) / 1_000_000
+            );
+            last = now;
+        }
+    }
+
     pub fn memory_bytes(&self) -> u64 {
         match self.v1("memory", "memory.usage_in_bytes") {
             Some(path) if path.exists() => read_number(&path),

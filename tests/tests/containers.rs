@@ -88,8 +88,7 @@ fn containers_agree_with_the_kernel_and_lxd() {
     let (server_sent_before, _) = server_veth.l3_bytes();
 
     // A memory hog (page cache it keeps), then a CPU loop for 6 s, bounded inside the
-    // container: it has ended when `lxc exec` returns, where killing the client leaves the
-    // loop spinning until LXD notices, which can overlap the quiet end's readings.
+    // container (killing the client would leave the loop spinning until LXD notices).
     busy.exec_ok(&["dd", "if=/dev/zero", "of=/hog", "bs=1M", "count=64"]);
     let mut spin = busy.spawn_exec(&["timeout", "6", "sh", "-c", "while :; do :; done"]);
     // 64 MiB of direct writes.
@@ -104,8 +103,12 @@ fn containers_agree_with_the_kernel_and_lxd() {
     // 48 MiB from one container to the other over HTTP.
     let url = format!("http://{}:8080/big", server.ipv4());
     client.exec_ok(&["wget", "-q", "-O", "/dev/null", &url]);
-    let _ = spin.wait();
-    // Quiet end: both sides settle before the second readings.
+    let spun = spin.wait().expect("wait for lxc exec");
+    // busybox timeout exits 143 when it ends the loop, as it must have.
+    assert_eq!(spun.code(), Some(143), "the CPU loop ran until its timeout");
+    // Quiet end: the busy container has stopped, as the kernel sees it, and the network
+    // settles, before the second readings.
+    busy_oracle.wait_quiet();
     sleep(Duration::from_millis(500));
     let after = daemon.next_snapshot();
     let (cpu_after, io_after) = (busy_oracle.cpu_ns(), disk_oracle.io());

@@ -64,9 +64,11 @@ fn assert_matches_inspect(engine: &DockerEngine, snapshot: &Snapshot, name: &str
             .map(|a| a.as_str().expect("an argument").to_owned()),
     );
     assert_eq!(docker.command, command, "{name} command line");
+    // Only a container with processes has a cgroup.
+    let running = theirs["State"]["Pid"].as_u64().is_some_and(|pid| pid > 0);
     assert_eq!(
-        ours.cgroup.as_deref(),
-        Some(engine.cgroup(name).as_str()),
+        ours.cgroup,
+        running.then(|| engine.cgroup(name)),
         "{name} cgroup"
     );
 }
@@ -114,8 +116,7 @@ fn docker_containers_agree_with_the_engine_and_the_kernel() {
     let before = daemon.next_snapshot();
     let (cpu_before, io_before) = (busy.cpu_ns(), disk.io());
     thread::scope(|scope| {
-        scope.spawn(|| {
-            // busybox timeout exits 143 when it ends the loop: the status says nothing here.
+        let spin = scope.spawn(|| {
             engine.try_docker(&[
                 "exec",
                 "lynx-busy",
@@ -136,14 +137,21 @@ fn docker_containers_agree_with_the_engine_and_the_kernel() {
             "count=1024",
             "oflag=direct",
         ]);
+        let spun = spin.join().expect("docker exec's thread");
+        // busybox timeout exits 143 when it ends the loop, as it must have.
+        assert_eq!(spun.status.code(), Some(143), "the CPU loop: {spun:?}");
     });
+    busy.wait_quiet();
     thread::sleep(Duration::from_millis(500));
     let after = daemon.next_snapshot();
     let (cpu_after, io_after) = (busy.cpu_ns(), disk.io());
 
     let delta =
         |f: fn(&Container) -> u64, name: &str| f(entry(&after, name)) - f(entry(&before, name));
-    assert!(cpu_after - cpu_before > 2_000_000_000, "the CPU loop ran");
+    assert!(
+        cpu_after - cpu_before > 1_000_000_000,
+        "the CPU loop had at least a second of CPU"
+    );
     assert_close(
         delta(|c| c.cpu.ns, "lynx-busy"),
         cpu_after - cpu_before,
@@ -184,15 +192,15 @@ fn docker_containers_agree_with_the_engine_and_the_kernel() {
     );
     assert_eq!(after.host.docker_available, Some(true));
 
-    // A stopped container is listed, as `docker ps -a` does, with no PID or cgroup.
+    // A stopped container is listed, as `docker ps -a` does, with no PID, and no cgroup once
+    // the kernel has removed it.
     engine.docker(&["stop", "--time", "1", "lynx-hog"]);
     let stopped = daemon.wait_for("the stopped container", Duration::from_secs(10), |s| {
         s.containers
             .iter()
-            .any(|c| c.name == "lynx-hog" && c.status == "Stopped")
+            .any(|c| c.name == "lynx-hog" && c.status == "Stopped" && c.cgroup.is_none())
     });
     assert_matches_inspect(&engine, &stopped, "lynx-hog");
-    assert_eq!(entry(&stopped, "lynx-hog").cgroup, None);
     drop(beside);
     lxd();
 }
