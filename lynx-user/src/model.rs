@@ -2,16 +2,13 @@
 //! plain functions; serialised by the sinks. `docs/snapshot.md` documents every field.
 use std::{collections::BTreeMap, net::IpAddr, time::SystemTime};
 
-use lynx_common::{
-    Accumulate, IoCounters, NetCounters,
-    http::{Endpoint, FLOW_CLIENT},
-};
+use lynx_common::http::{Endpoint, FLOW_CLIENT};
 use serde::{Deserialize, Serialize};
 
 pub use crate::collector::features::{Family, Feature, FeatureState, Features};
 pub use crate::collector::{disk::DiskInfo as Disk, kernel::Drops as KernelDrops};
 use crate::{
-    collector::{ContainerFiles, DockerView, InstanceInfo, Sample, containers::Owner},
+    collector::{ContainerFiles, Counters, DockerView, InstanceInfo, Sample, containers::Owner},
     docker::{self, ContainerState},
 };
 
@@ -352,21 +349,14 @@ pub struct Network {
     pub tx_bytes_per_s: f64,
 }
 
-/// Kernel counters summed over one owner's cgroups.
-#[derive(Clone, Copy, Debug, Default)]
-struct Totals {
-    cpu_ns: u64,
-    net: NetCounters,
-    io: IoCounters,
-}
-
-fn totals_by_owner(sample: &Sample) -> BTreeMap<Owner, Totals> {
-    let mut by_owner: BTreeMap<Owner, Totals> = BTreeMap::new();
+/// Kernel counters summed over each owner's cgroups, those alive and those removed.
+fn totals_by_owner(sample: &Sample) -> BTreeMap<Owner, Counters> {
+    let mut by_owner = sample.retired.clone();
     for cgroup in &sample.cgroups {
-        let totals = by_owner.entry(cgroup.owner.clone()).or_default();
-        totals.cpu_ns += cgroup.cpu_ns;
-        totals.net.accumulate(&cgroup.net);
-        totals.io.accumulate(&cgroup.io);
+        by_owner
+            .entry(cgroup.owner.clone())
+            .or_default()
+            .accumulate(&cgroup.counters);
     }
     by_owner
 }
@@ -790,24 +780,27 @@ mod tests {
         kernel::Drops,
     };
     use lynx_common::http::{EndpointCounters, FLOW_UPSTREAM};
+    use lynx_common::{IoCounters, NetCounters};
 
     fn cgroup(id: u64, path: &str, cpu_ns: u64, bytes: u64) -> CgroupSample {
         CgroupSample {
             id,
             path: path.into(),
             owner: Owner::of(path).0,
-            cpu_ns,
-            net: NetCounters {
-                rx_bytes: bytes,
-                rx_packets: 1,
-                tx_bytes: 2 * bytes,
-                tx_packets: 2,
-            },
-            io: IoCounters {
-                read_bytes: bytes,
-                read_ops: 1,
-                write_bytes: 0,
-                write_ops: 0,
+            counters: Counters {
+                cpu_ns,
+                net: NetCounters {
+                    rx_bytes: bytes,
+                    rx_packets: 1,
+                    tx_bytes: 2 * bytes,
+                    tx_packets: 2,
+                },
+                io: IoCounters {
+                    read_bytes: bytes,
+                    read_ops: 1,
+                    write_bytes: 0,
+                    write_ops: 0,
+                },
             },
         }
     }
@@ -852,6 +845,7 @@ mod tests {
                 load_average: [0.5, 0.25, 0.125],
             },
             cgroups,
+            retired: BTreeMap::new(),
             containers,
             instances,
             docker: DockerView::Absent,
@@ -913,6 +907,38 @@ mod tests {
         assert_eq!(web1.processes, Some(3));
         assert_eq!(doc.containers.last().expect("host entry").name, "host");
         assert!(!doc.host.lxd_available);
+    }
+
+    #[test]
+    fn what_a_removed_inner_cgroup_counted_stays_in_its_container() {
+        let start = Instant::now();
+        let before = sample(
+            start,
+            10,
+            vec![
+                cgroup(7, "/lxc.payload.web1", 1_000_000_000, 0),
+                cgroup(
+                    8,
+                    "/lxc.payload.web1/system.slice/cron.service",
+                    500_000_000,
+                    0,
+                ),
+            ],
+            None,
+        );
+        let mut after = sample(
+            start + Duration::from_secs(1),
+            20,
+            vec![cgroup(7, "/lxc.payload.web1", 1_250_000_000, 0)],
+            None,
+        );
+        let removed = cgroup(8, "", 750_000_000, 0).counters;
+        after.retired = BTreeMap::from([(Owner::Lxc("web1".into()), removed)]);
+        let doc = snapshot(&before, &after);
+        let web1 = doc.containers.iter().find(|c| c.name == "web1");
+        let cpu = &web1.expect("web1 listed").cpu;
+        assert_eq!(cpu.ns, 2_000_000_000);
+        assert_eq!(cpu.percent, 50.0);
     }
 
     #[test]

@@ -2,7 +2,9 @@
 //! accounting.
 use std::{process::Command, thread::sleep, time::Duration};
 
-use lynx_tests::{TestCgroup, assert_close, private_kernel_counters, privileged};
+use lynx_tests::{
+    TestCgroup, assert_close, daemon::DaemonUnderTest, entry, private_kernel_counters, privileged,
+};
 
 /// How long the CPU-bound child runs.
 const BUSY_FOR: Duration = Duration::from_millis(2500);
@@ -118,5 +120,44 @@ fn new_cgroups_busy_on_every_cpu_at_once_lose_no_time() {
         kernel_ns,
         0.03,
         "fresh cgroups' cpu.stat usage_usec",
+    );
+}
+
+/// A container's inner cgroups come and go (systemd's scopes, a cron job's); the time they
+/// used stays the container's, as it does in the kernel's own accounting of the container.
+#[test]
+fn time_of_a_removed_inner_cgroup_stays_with_its_container() {
+    if !privileged("time_of_a_removed_inner_cgroup_stays_with_its_container") {
+        return;
+    }
+    let name = format!("lynx-inner-{}", std::process::id());
+    let container = TestCgroup::at_root(&format!("lxc.payload.{name}"));
+    // An init that keeps the container listed.
+    let _init = container.spawn(Command::new("sleep").arg("120"));
+    let daemon = DaemonUnderTest::start("inner-cgroup", "200ms");
+    daemon.wait_for("the container", Duration::from_secs(30), |s| {
+        s.containers.iter().any(|c| c.name == name)
+    });
+    let before = daemon.next_snapshot();
+    let kernel_before = container.v2_usage_ns();
+    {
+        // Busy for several of the daemon's samples, so that it sees the cgroup alive, then
+        // removed when it goes out of scope.
+        let job = TestCgroup::at_root(&format!("lxc.payload.{name}/job"));
+        let mut busy =
+            job.spawn(Command::new("timeout").args(["1.5", "sh", "-c", "while :; do :; done"]));
+        busy.0.wait().expect("the busy loop ends");
+    }
+    let after = daemon.next_snapshot();
+    let kernel_ns = container.v2_usage_ns() - kernel_before;
+    assert!(kernel_ns > 300_000_000, "the job ran only {kernel_ns} ns");
+    assert_close(
+        entry(&after, &name)
+            .cpu
+            .ns
+            .saturating_sub(entry(&before, &name).cpu.ns),
+        kernel_ns,
+        0.03,
+        "the container's CPU time, its removed job's included, vs its cpu.stat usage_usec",
     );
 }

@@ -13,6 +13,7 @@ pub mod lxd_instances;
 pub mod nginx;
 mod pins;
 pub mod preflight;
+mod retired;
 pub mod sockets;
 
 use std::{
@@ -29,7 +30,7 @@ use features::{ByteHooks, Features};
 use host::{HostError, HostSample};
 use kernel::{Drops, KernelCounters, KernelError, LoadOptions, NginxTarget};
 use lynx_common::{
-    IoCounters, NetCounters,
+    Accumulate, IoCounters, NetCounters,
     http::{Endpoint, EndpointCounters},
 };
 
@@ -60,6 +61,23 @@ impl CollectError {
     }
 }
 
+/// Kernel counters of one cgroup, or summed over several.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Counters {
+    /// Nanoseconds on CPU since the kernel counters started.
+    pub cpu_ns: u64,
+    pub net: NetCounters,
+    pub io: IoCounters,
+}
+
+impl Counters {
+    pub fn accumulate(&mut self, other: &Self) {
+        self.cpu_ns += other.cpu_ns;
+        self.net.accumulate(&other.net);
+        self.io.accumulate(&other.io);
+    }
+}
+
 /// Kernel counters of one cgroup.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct CgroupSample {
@@ -69,10 +87,7 @@ pub struct CgroupSample {
     pub path: String,
     /// The container (or host) it belongs to, classified once here from `path`.
     pub owner: Owner,
-    /// Nanoseconds on CPU since the kernel counters started.
-    pub cpu_ns: u64,
-    pub net: NetCounters,
-    pub io: IoCounters,
+    pub counters: Counters,
 }
 
 /// What a container manager (LXD) says about one instance.
@@ -149,6 +164,8 @@ pub struct Sample {
     pub wall: SystemTime,
     pub host: HostSample,
     pub cgroups: Vec<CgroupSample>,
+    /// What the removed cgroups of each owner that still has cgroups counted.
+    pub retired: BTreeMap<Owner, Counters>,
     pub containers: Vec<ContainerFiles>,
     /// `None` when no instance source answered.
     pub instances: Option<Vec<InstanceInfo>>,
@@ -227,6 +244,8 @@ pub struct Collector {
     /// Recent request counts per endpoint, oldest first, covering [`REQUEST_RATE_SPAN`].
     nginx_requests: VecDeque<(Instant, Vec<(Endpoint, u64)>)>,
     count_host_network: bool,
+    /// Counters of removed cgroups, kept with their owners.
+    retired: retired::Retired,
     /// Container cgroups the network programs could not attach to (logged once each).
     network_failed: BTreeSet<PathBuf>,
 }
@@ -261,6 +280,7 @@ impl Collector {
             nginx_netns: None,
             nginx_requests: VecDeque::new(),
             count_host_network: options.count_host_network,
+            retired: retired::Retired::default(),
             network_failed: BTreeSet::new(),
         })
     }
@@ -286,8 +306,16 @@ impl Collector {
             .filter(|id| !paths.contains_key(id))
             .copied()
             .collect();
+        let mut counters_of = |id| Counters {
+            cpu_ns: kernel.cpu_ns.remove(&id).unwrap_or(0),
+            net: kernel.net.remove(&id).unwrap_or_default(),
+            io: kernel.io.remove(&id).unwrap_or_default(),
+        };
         if !gone.is_empty() {
-            tracing::debug!(count = gone.len(), "forgetting counters of removed cgroups");
+            tracing::debug!(count = gone.len(), "keeping counters of removed cgroups");
+            for &id in &gone {
+                self.retired.retire(id, counters_of(id));
+            }
             self.kernel.forget(&gone)?;
         }
         let mut cgroups: Vec<CgroupSample> = ids
@@ -298,13 +326,12 @@ impl Collector {
                     id,
                     owner: Owner::of(&path).0,
                     path,
-                    cpu_ns: kernel.cpu_ns.remove(&id).unwrap_or(0),
-                    net: kernel.net.remove(&id).unwrap_or_default(),
-                    io: kernel.io.remove(&id).unwrap_or_default(),
+                    counters: counters_of(id),
                 })
             })
             .collect();
         cgroups.sort_by(|a, b| a.path.cmp(&b.path));
+        self.retired.alive(&cgroups);
 
         let instances = self.read_instances();
         let docker = self
@@ -319,6 +346,7 @@ impl Collector {
             wall: SystemTime::now(),
             host: HostSample::read()?,
             cgroups,
+            retired: self.retired.totals().clone(),
             containers,
             instances,
             docker,
