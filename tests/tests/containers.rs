@@ -4,8 +4,9 @@
 use std::{
     collections::HashMap,
     path::{Path, PathBuf},
+    sync::atomic::{AtomicBool, Ordering},
     thread::{self, sleep},
-    time::Duration,
+    time::{Duration, Instant},
 };
 
 use lynx::model::{Container, Network};
@@ -82,38 +83,77 @@ fn containers_agree_with_the_kernel_and_lxd() {
     let (client_veth, server_veth) = (Veth::of(client.name()), Veth::of(server.name()));
     server.serve_http(8080);
     server.exec_ok(&["dd", "if=/dev/zero", "of=/www/big", "bs=64k", "count=768"]);
-    let before = daemon.next_snapshot();
-    let (cpu_before, io_before) = (busy_oracle.cpu_ns(), disk_oracle.io());
-    let (_, client_received_before) = client_veth.l3_bytes();
-    let (server_sent_before, _) = server_veth.l3_bytes();
+    // Both sides of the busy container's CPU time every 100 ms, shown with the test's output:
+    // where they part says when time was missed.
+    let recording = AtomicBool::new(true);
+    let started = Instant::now();
+    let record = || {
+        let mut points = Vec::new();
+        while recording.load(Ordering::Relaxed) {
+            let lynx = daemon
+                .snapshot()
+                .and_then(|s| Some(s.containers.iter().find(|c| c.name == busy.name())?.cpu.ns));
+            points.push((started.elapsed(), busy_oracle.cpu_ns(), lynx));
+            sleep(Duration::from_millis(100));
+        }
+        points
+    };
+    let (readings, timeline) = thread::scope(|scope| {
+        let timeline = scope.spawn(record);
+        let before = daemon.next_snapshot();
+        let (cpu_before, io_before) = (busy_oracle.cpu_ns(), disk_oracle.io());
+        let (_, client_received_before) = client_veth.l3_bytes();
+        let (server_sent_before, _) = server_veth.l3_bytes();
 
-    // A memory hog (page cache it keeps), then a CPU loop for 6 s, bounded inside the
-    // container (killing the client would leave the loop spinning until LXD notices).
-    busy.exec_ok(&["dd", "if=/dev/zero", "of=/hog", "bs=1M", "count=64"]);
-    let mut spin = busy.spawn_exec(&["timeout", "6", "sh", "-c", "while :; do :; done"]);
-    // 64 MiB of direct writes.
-    disk.exec_ok(&[
-        "dd",
-        "if=/dev/zero",
-        "of=/direct",
-        "bs=64k",
-        "count=1024",
-        "oflag=direct",
-    ]);
-    // 48 MiB from one container to the other over HTTP.
-    let url = format!("http://{}:8080/big", server.ipv4());
-    client.exec_ok(&["wget", "-q", "-O", "/dev/null", &url]);
-    let spun = spin.wait().expect("wait for lxc exec");
-    // busybox timeout exits 143 when it ends the loop, as it must have.
-    assert_eq!(spun.code(), Some(143), "the CPU loop ran until its timeout");
-    // Quiet end: the busy container has stopped, as the kernel sees it, and the network
-    // settles, before the second readings.
-    busy_oracle.wait_quiet();
-    sleep(Duration::from_millis(500));
-    let after = daemon.next_snapshot();
-    let (cpu_after, io_after) = (busy_oracle.cpu_ns(), disk_oracle.io());
-    let (_, client_received_after) = client_veth.l3_bytes();
-    let (server_sent_after, _) = server_veth.l3_bytes();
+        // A memory hog (page cache it keeps), then a CPU loop for 6 s, bounded inside the
+        // container (killing the client would leave the loop spinning until LXD notices).
+        busy.exec_ok(&["dd", "if=/dev/zero", "of=/hog", "bs=1M", "count=64"]);
+        let mut spin = busy.spawn_exec(&["timeout", "6", "sh", "-c", "while :; do :; done"]);
+        // 64 MiB of direct writes.
+        disk.exec_ok(&[
+            "dd",
+            "if=/dev/zero",
+            "of=/direct",
+            "bs=64k",
+            "count=1024",
+            "oflag=direct",
+        ]);
+        // 48 MiB from one container to the other over HTTP.
+        let url = format!("http://{}:8080/big", server.ipv4());
+        client.exec_ok(&["wget", "-q", "-O", "/dev/null", &url]);
+        let spun = spin.wait().expect("wait for lxc exec");
+        // busybox timeout exits 143 when it ends the loop, as it must have.
+        assert_eq!(spun.code(), Some(143), "the CPU loop ran until its timeout");
+        // Quiet end: the busy container has stopped, as the kernel sees it, and the network
+        // settles, before the second readings.
+        busy_oracle.wait_quiet();
+        sleep(Duration::from_millis(500));
+        let after = daemon.next_snapshot();
+        let (cpu_after, io_after) = (busy_oracle.cpu_ns(), disk_oracle.io());
+        let (_, client_received_after) = client_veth.l3_bytes();
+        let (server_sent_after, _) = server_veth.l3_bytes();
+        recording.store(false, Ordering::Relaxed);
+        let readings = (before, after, cpu_before, cpu_after, io_before, io_after);
+        let veths = (
+            client_received_before,
+            client_received_after,
+            server_sent_before,
+            server_sent_after,
+        );
+        (
+            (readings, veths),
+            timeline.join().expect("the timeline's thread"),
+        )
+    });
+    for (at, oracle, lynx) in &timeline {
+        eprintln!(
+            "timeline {:>6} ms: cpu.stat {oracle} lynx {lynx:?}",
+            at.as_millis()
+        );
+    }
+    let ((before, after, cpu_before, cpu_after, io_before, io_after), veths) = readings;
+    let (client_received_before, client_received_after, server_sent_before, server_sent_after) =
+        veths;
 
     let delta =
         |f: fn(&Container) -> u64, name: &str| f(entry(&after, name)) - f(entry(&before, name));

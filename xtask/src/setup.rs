@@ -67,7 +67,15 @@ pub const TEST_PACKAGES: &[Package] = &[
     },
     Package {
         name: "coreutils",
-        programs: &["sleep", "timeout", "id", "chmod", "chown", "sha256sum", "dd"],
+        programs: &[
+            "sleep",
+            "timeout",
+            "id",
+            "chmod",
+            "chown",
+            "sha256sum",
+            "dd",
+        ],
         why: "idle and time-bounded busy processes in test cgroups; file owners and modes, \
               and the eBPF object's hash, in the package tests; block writes in the guest tests",
     },
