@@ -651,6 +651,30 @@ pub fn rfc3339(at: SystemTime) -> String {
 pub(crate) mod fixtures {
     use super::*;
 
+    /// A cgroup at `path` with `cpu_ns` of CPU and `bytes` each way (and read).
+    pub fn cgroup(id: u64, path: &str, cpu_ns: u64, bytes: u64) -> crate::collector::CgroupSample {
+        crate::collector::CgroupSample {
+            id,
+            path: path.into(),
+            owner: Owner::of(path).0,
+            counters: Counters {
+                cpu_ns,
+                net: lynx_common::NetCounters {
+                    rx_bytes: bytes,
+                    rx_packets: 1,
+                    tx_bytes: 2 * bytes,
+                    tx_packets: 2,
+                },
+                io: lynx_common::IoCounters {
+                    read_bytes: bytes,
+                    read_ops: 1,
+                    write_bytes: 0,
+                    write_ops: 0,
+                },
+            },
+        }
+    }
+
     /// A container with every figure zero or unknown; tests set what they need.
     pub fn container(name: &str, kind: &str, status: &str) -> Container {
         Container {
@@ -779,31 +803,8 @@ mod tests {
         host::{CpuTicks, HostSample, MemInfo},
         kernel::Drops,
     };
+    use fixtures::cgroup;
     use lynx_common::http::{EndpointCounters, FLOW_UPSTREAM};
-    use lynx_common::{IoCounters, NetCounters};
-
-    fn cgroup(id: u64, path: &str, cpu_ns: u64, bytes: u64) -> CgroupSample {
-        CgroupSample {
-            id,
-            path: path.into(),
-            owner: Owner::of(path).0,
-            counters: Counters {
-                cpu_ns,
-                net: NetCounters {
-                    rx_bytes: bytes,
-                    rx_packets: 1,
-                    tx_bytes: 2 * bytes,
-                    tx_packets: 2,
-                },
-                io: IoCounters {
-                    read_bytes: bytes,
-                    read_ops: 1,
-                    write_bytes: 0,
-                    write_ops: 0,
-                },
-            },
-        }
-    }
 
     fn files(name: &str, frozen: bool) -> ContainerFiles {
         ContainerFiles {

@@ -41,17 +41,10 @@ impl Retired {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::model::fixtures;
 
     fn cgroup(id: u64, path: &str, cpu_ns: u64) -> CgroupSample {
-        CgroupSample {
-            id,
-            path: path.into(),
-            owner: Owner::of(path).0,
-            counters: Counters {
-                cpu_ns,
-                ..Counters::default()
-            },
-        }
+        fixtures::cgroup(id, path, cpu_ns, 0)
     }
 
     #[test]
