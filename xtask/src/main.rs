@@ -105,10 +105,18 @@ fn run(command: Command) -> Result<()> {
                 setup::setup(&[setup::TEST_PACKAGES, setup::PACKAGE_PACKAGES].concat())?;
             let compiler = fuzz::setup(&mut setup::Apt::default())?;
             let packages = package::for_tests(&toolchain)?;
-            let object = build::test_all(&toolchain, &args, only, &packages)?;
-            // A filtered run is for one test; the whole suite fuzzes too.
-            if args.is_empty() && only != Some(build::Part::Guests) {
-                fuzz::run(&compiler, &object, FUZZ_SECONDS_IN_TEST, &[])?;
+            let run = build::test_all(&toolchain, &args, only, &packages)?;
+            let mut failures = run.failures;
+            // A filtered run is for one test; the whole suite fuzzes too, whatever the tests
+            // found, so that one run reports every part.
+            if args.is_empty()
+                && only != Some(build::Part::Guests)
+                && let Err(error) = fuzz::run(&compiler, &run.object, FUZZ_SECONDS_IN_TEST, &[])
+            {
+                failures.push(format!("fuzzing ({error:#})"));
+            }
+            if !failures.is_empty() {
+                anyhow::bail!("failed: {}", failures.join(", "));
             }
             Ok(())
         }
