@@ -39,6 +39,9 @@ pub const CGROUP_NET_MAP: &str = "CGROUP_NET";
 pub const CGROUP_IO_MAP: &str = "CGROUP_IO";
 /// Capacity of each per-cgroup map: cgroups that can hold a counter at one time.
 pub const CGROUP_MAP_ENTRIES: u32 = 16384;
+/// Capacity of the kernel programs' own LRU map of each task's runtime at its last switch-out
+/// (tasks beyond it are forgotten least recently used first).
+pub const TASK_RUNTIME_ENTRIES: u32 = 32768;
 
 /// Per-CPU array of `u64` counters of events the kernel side had to drop, indexed by
 /// the `DROP_*` constants.

@@ -3,10 +3,11 @@
 use aya_ebpf::{
     bindings::BPF_NOEXIST,
     macros::map,
-    maps::{Array, HashMap, PerCpuArray, PerCpuHashMap},
+    maps::{Array, HashMap, LruHashMap, PerCpuArray, PerCpuHashMap},
 };
 use lynx_common::{
     CGROUP_MAP_ENTRIES, CpuSlice, CpuTime, DROP_KINDS, IoCounters, NetCounters,
+    TASK_RUNTIME_ENTRIES,
     http::{
         Endpoint, EndpointCounters, HTTP_ENDPOINT_ENTRIES, HTTP_FLOW_ENTRIES, HTTP_PORT_ENTRIES,
         HttpFlowEntry, HttpTarget, NGINX_TGID_ENTRIES,
@@ -16,6 +17,12 @@ use lynx_common::{
 #[map]
 pub static CGROUP_CPU: PerCpuHashMap<u64, CpuTime> =
     PerCpuHashMap::with_max_entries(CGROUP_MAP_ENTRIES, 0);
+
+/// Task (`task_struct` address) -> its `se.sum_exec_runtime` when it last went off a CPU: where
+/// to charge it from when its switch-in was not seen on the CPU it leaves.
+#[map]
+pub static TASK_RUNTIME: LruHashMap<u64, u64> =
+    LruHashMap::with_max_entries(TASK_RUNTIME_ENTRIES, 0);
 
 #[map]
 pub static CPU_SLICE: PerCpuArray<CpuSlice> = PerCpuArray::with_max_entries(1, 0);
