@@ -4,7 +4,7 @@
 //!
 //! A cgroup is attributed from the sample that last saw it alive: one created and removed
 //! between two samples has no known owner, and its counters go with it.
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 
 use super::{CgroupSample, Counters, containers::Owner};
 
@@ -27,9 +27,8 @@ impl Retired {
     /// (a container stopped or deleted): its removed cgroups' counters are let go with it.
     pub fn alive(&mut self, cgroups: &[CgroupSample]) {
         self.owners = cgroups.iter().map(|c| (c.id, c.owner.clone())).collect();
-        let owners = &self.owners;
-        self.kept
-            .retain(|owner, _| owners.values().any(|alive| alive == owner));
+        let alive: BTreeSet<&Owner> = self.owners.values().collect();
+        self.kept.retain(|owner, _| alive.contains(owner));
     }
 
     /// What each owner's removed cgroups counted.
